@@ -1,0 +1,108 @@
+"""The cache layout, byte-compatible with tensorflow_hub 0.16, plus our ``<key>.meta.json``.
+
+::
+
+    <cache>/<sha1(handle)>/                  the model (saved_model.pb, variables/, assets/)
+    <cache>/<sha1>.descriptor.txt            tensorflow_hub's three informational lines
+    <cache>/<sha1>.lock                      "<host>.<pid>.<uid>" while someone stages
+    <cache>/<sha1>.<uid>.tmp/                the holder's download in progress
+    <cache>/<sha1>.meta.json                 ours, written last: the entry is complete
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import re
+import socket
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+META_VERSION = 1
+ENTRY_RE = re.compile(r"^(?P<key>[0-9a-f]{40})(?P<suffix>\..+)?$")
+TMP_RE = re.compile(r"^(?P<key>[0-9a-f]{40})\.(?P<uid>[0-9a-f]+)\.tmp$")
+
+
+@dataclass(frozen=True)
+class EntryNames:
+    """Names (relative to the cache root) of everything that belongs to one cache entry."""
+
+    key: str
+
+    @property
+    def model(self) -> str:
+        return self.key
+
+    @property
+    def descriptor(self) -> str:
+        return f"{self.key}.descriptor.txt"
+
+    @property
+    def lock(self) -> str:
+        return f"{self.key}.lock"
+
+    @property
+    def meta(self) -> str:
+        return f"{self.key}.meta.json"
+
+    def tmp(self, uid: str) -> str:
+        return f"{self.key}.{uid}.tmp"
+
+
+def new_uid() -> str:
+    return uuid.uuid4().hex
+
+
+def lock_content(uid: str) -> str:
+    """tensorflow_hub's lock content: ``<hostname>.<pid>.<uid>`` (the uid names the holder's tmp dir)."""
+    return f"{socket.gethostname()}.{os.getpid()}.{uid}"
+
+
+@dataclass(frozen=True)
+class LockOwner:
+    host: str
+    pid: int
+    uid: str
+
+
+def parse_lock_content(text: str) -> LockOwner | None:
+    """Split lock content; hostnames may contain dots, so pid and uid are taken from the right."""
+    host, _, rest = text.strip().rpartition(".")
+    uid = rest
+    host, _, pid_text = host.rpartition(".")
+    if not host or not pid_text.isdigit() or not uid:
+        return None
+    return LockOwner(host=host, pid=int(pid_text), uid=uid)
+
+
+def descriptor_text(handle: str) -> str:
+    """The descriptor tensorflow_hub writes (informational; no code reads it)."""
+    return "Module: %s\nDownload Time: %s\nDownloader Hostname: %s (PID:%d)" % (  # noqa: UP031 - tf_hub's format
+        handle,
+        str(datetime.datetime.today()),
+        socket.gethostname(),
+        os.getpid(),
+    )
+
+
+def utc_now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def encode_meta(meta: dict[str, Any]) -> bytes:
+    return json.dumps({"format_version": META_VERSION, **meta}, indent=1, sort_keys=True).encode("utf8")
+
+
+def decode_meta(data: bytes | None) -> dict[str, Any] | None:
+    """Parse metadata; anything unreadable counts as absent (the entry is then not trusted)."""
+    if not data:
+        return None
+    try:
+        meta = json.loads(data)
+    except ValueError:
+        return None
+    if not isinstance(meta, dict) or "handle" not in meta:
+        return None
+    return meta

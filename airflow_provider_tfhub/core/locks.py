@@ -1,0 +1,208 @@
+"""One stager per cache entry, across processes and machines, with leases instead of faith.
+
+The lock is tensorflow_hub's ``<key>.lock`` (content ``host.pid.uid``), created only if absent
+(``O_EXCL`` locally, ``if_generation_match=0`` on GCS) so that exactly one creator wins, which
+tensorflow_hub's check-then-rename cannot promise. The holder renews it as a lease from a
+heartbeat thread. A waiter takes a lock over when
+
+* its holder ran on this host and that process is gone (stale at once: nothing can renew it), or
+* the lease made no progress (lock token and the holder's tmp tree unchanged) for ``timeout``
+  seconds, by the waiter's own clock or by the lock's age; that covers dead remote holders and
+  tensorflow_hub holders, which never renew but whose tmp dir grows while they work.
+
+Correctness never rests on the lock alone: publishing is atomic (or ordered) on its own, so a
+wrongly broken lock costs a second download, never a mixed model.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import socket
+import threading
+import time
+from collections.abc import Callable
+
+from airflow_provider_tfhub.core.errors import LockTimeoutError
+from airflow_provider_tfhub.core.layout import LockOwner, lock_content, parse_lock_content
+from airflow_provider_tfhub.core.storage.base import Storage
+
+log = logging.getLogger(__name__)
+
+DEFAULT_LOCK_TIMEOUT = 600.0
+
+
+class CacheLock:
+    """The lock of one cache entry; use :meth:`acquire` then :meth:`release` (or ``with``)."""
+
+    def __init__(
+        self,
+        storage: Storage,
+        name: str,
+        uid: str,
+        *,
+        timeout: float = DEFAULT_LOCK_TIMEOUT,
+        poll_interval: float = 0.25,
+        wait_timeout: float | None = None,
+        tmp_name: Callable[[str], str] | None = None,
+    ) -> None:
+        self.storage = storage
+        self.name = name
+        self.uid = uid
+        self.timeout = float(timeout)
+        self.poll_interval = poll_interval
+        self.wait_timeout = wait_timeout
+        self.tmp_name = tmp_name
+        self.content = lock_content(uid).encode()
+        self.heartbeat_interval = min(max(self.timeout / 4.0, 0.05), 30.0)
+        self.lost = False
+        self.taken_over: list[LockOwner] = []
+        self._token: str | None = None
+        self._stop = threading.Event()
+        self._beat: threading.Thread | None = None
+        self._observed: tuple[object, ...] | None = None
+        self._observed_at = 0.0
+
+    @property
+    def held(self) -> bool:
+        return self._token is not None
+
+    def acquire(self, done: Callable[[], bool] | None = None) -> bool:
+        """Take the lock; return False without it if ``done()`` becomes true while waiting.
+
+        ``done`` is how a waiter notices that the holder published the model meanwhile, so it
+        returns the cache hit instead of taking the lock after the holder released it.
+        """
+        started = time.monotonic()
+        waited_logged = 0.0
+        while True:
+            token = self.storage.create_exclusive(self.name, self.content)
+            if token is not None:
+                self._token = token
+                self._start_heartbeat()
+                return True
+            if done is not None and done():
+                return False
+            if self._holder_is_stale():
+                continue
+            now = time.monotonic()
+            if self.wait_timeout is not None and now - started > self.wait_timeout:
+                raise LockTimeoutError(
+                    f"Gave up after {self.wait_timeout:.0f}s waiting for {self.storage.location(self.name)!r} "
+                    f"held by {self._holder_text()}; raise lock_timeout or remove the lock if its holder is gone."
+                )
+            if now - waited_logged > 30:
+                waited_logged = now
+                log.info(
+                    "%s is being staged by %s; waiting.",
+                    self.storage.location(self.name),
+                    self._holder_text(),
+                )
+            time.sleep(self.poll_interval * random.uniform(0.8, 1.2))
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._beat is not None:
+            self._beat.join()
+            self._beat = None
+        if self._token is not None:
+            if self.storage.read_bytes(self.name) == self.content:
+                self.storage.delete(self.name)
+            self._token = None
+
+    def __enter__(self) -> CacheLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    # -- holder side ----------------------------------------------------------------------------
+    def _start_heartbeat(self) -> None:
+        self._stop.clear()
+        self._beat = threading.Thread(target=self._heartbeat, name="tfhub-lock-lease", daemon=True)
+        self._beat.start()
+
+    def _heartbeat(self) -> None:
+        while not self._stop.wait(self.heartbeat_interval):
+            token = self._token
+            if token is None:
+                return
+            try:
+                new = self.storage.refresh_lease(self.name, token, self.content)
+            except Exception as exc:  # a transient storage error must not kill the holder
+                log.warning("Could not renew lease on %s: %s", self.storage.location(self.name), exc)
+                continue
+            if new is None:
+                log.warning("Lost lock %s to another stager.", self.storage.location(self.name))
+                self.lost = True
+                return
+            self._token = new
+
+    # -- waiter side ----------------------------------------------------------------------------
+    def _holder_text(self) -> str:
+        data = self.storage.read_bytes(self.name)
+        return repr(data.decode("utf8", "replace")) if data else "another stager"
+
+    def _holder_is_stale(self) -> bool:
+        """Decide whether the current holder is gone; if so delete its lock and return True."""
+        stat = self.storage.stat(self.name)
+        data = self.storage.read_bytes(self.name)
+        if stat is None or data is None:
+            return False  # released meanwhile: try to create again
+        owner = parse_lock_content(data.decode("utf8", "replace"))
+        reason = ""
+        if owner is not None and owner.host == socket.gethostname() and not _pid_alive(owner.pid):
+            reason = f"its process {owner.pid} on this host is gone"
+        else:
+            now = time.monotonic()
+            sample: tuple[object, ...] = (stat.token, data)
+            if self._observed != sample:
+                self._observed, self._observed_at = sample, now
+            idle = now - self._observed_at
+            age = time.time() - stat.mtime
+            if idle >= self.timeout or age >= self.timeout:
+                progress = self._tmp_progress(owner)
+                if progress is not None and time.time() - progress < self.timeout:
+                    return False  # a non-renewing holder (tensorflow_hub) still writes its tmp dir
+                reason = f"its lease made no progress for {max(idle, min(age, 1e9)):.0f}s"
+        if not reason:
+            return False
+        if self.storage.delete(self.name, token=stat.token):
+            log.warning("Took over stale lock %s held by %r: %s.", self.storage.location(self.name), data, reason)
+            if owner is not None:
+                self.taken_over.append(owner)
+        self._observed = None
+        return True
+
+    def _tmp_progress(self, owner: LockOwner | None) -> float | None:
+        """Newest mtime in the holder's ``<key>.<uid>.tmp`` tree (tensorflow_hub names it so)."""
+        if owner is None or self.tmp_name is None:
+            return None
+        tmp = self.tmp_name(owner.uid)
+        newest: float | None = None
+        stat = self.storage.stat(tmp)
+        if stat is not None:
+            newest = stat.mtime
+        for rel, _size in self.storage.list_tree(tmp):
+            st = self.storage.stat(f"{tmp}/{rel}")
+            if st is not None and (newest is None or st.mtime > newest):
+                newest = st.mtime
+        return newest
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by another user
+    try:  # a killed child that nobody reaped yet is a zombie: it exists but will never renew
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[-1].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return True

@@ -1,0 +1,23 @@
+"""Storage backends behind one interface, so the staging flow is written once for local and gs:// caches."""
+
+from __future__ import annotations
+
+from airflow_provider_tfhub.core.storage.base import FileRecord, ObjectStat, Storage, TreeSink
+
+
+def open_storage(cache_dir: str, **options: object) -> Storage:
+    """Return the backend for ``cache_dir``: GCS for ``gs://bucket/prefix``, the local filesystem otherwise.
+
+    ``options`` go to the GCS backend (``client``, ``credentials``, ``project``, ``max_workers``...).
+    The GCS backend is imported only when asked for, so local staging never loads the GCS client.
+    """
+    if cache_dir.startswith("gs://"):
+        from airflow_provider_tfhub.core.storage.gcs import GCSStorage
+
+        return GCSStorage(cache_dir, **options)
+    from airflow_provider_tfhub.core.storage.local import LocalStorage
+
+    return LocalStorage(cache_dir)
+
+
+__all__ = ["FileRecord", "ObjectStat", "Storage", "TreeSink", "open_storage"]

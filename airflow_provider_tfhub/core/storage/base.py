@@ -1,0 +1,150 @@
+"""The storage interface the staging flow, the lock and the lifecycle tools are written against.
+
+Names passed to a :class:`Storage` are relative to its root (the cache dir) and use ``/``. The
+interface is deliberately small: a few small-object primitives (enough for descriptor, metadata
+and lock files), a few tree operations, and a :class:`TreeSink` that receives an archive's members
+as they stream out of the extractor and makes them visible all at once (or as close to it as the
+backend allows) on :meth:`TreeSink.commit`.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import BinaryIO
+
+# Model files that mark a directory as a SavedModel; written last on backends without atomic
+# publish so that a tensorflow_hub reader of a partial tree gets a load error, not a partial model.
+MODEL_MARKERS = ("saved_model.pb", "saved_model.pbtxt", "tfhub_module.pb")
+
+
+@dataclass(frozen=True)
+class ObjectStat:
+    """What a backend knows about one object without reading it.
+
+    ``token`` changes whenever the object is rewritten (local: mtime_ns and inode; GCS: generation),
+    which is what lock leases and compare-and-swap deletes rely on.
+    """
+
+    size: int
+    mtime: float
+    token: str
+
+
+@dataclass(frozen=True)
+class FileRecord:
+    """One extracted file, as recorded in the manifest: size and CRC32C (base64, like GCS's)."""
+
+    size: int
+    crc32c: str
+
+
+class TreeSink(abc.ABC):
+    """Receives a model tree file by file and publishes it at ``final`` on commit."""
+
+    @abc.abstractmethod
+    def add_dir(self, relpath: str) -> None:
+        """Create an (empty) directory; harmless if it exists."""
+
+    @abc.abstractmethod
+    def add_file(self, relpath: str, size: int, chunks: Iterable[bytes]) -> None:
+        """Consume ``chunks`` (``size`` bytes in all) as the content of ``relpath``.
+
+        Implementations may hand chunks to worker threads and return before they are durable;
+        errors of those workers surface at the latest from :meth:`finish`.
+        """
+
+    @abc.abstractmethod
+    def finish(self) -> dict[str, FileRecord]:
+        """Wait for every pending write and return the manifest (relpath -> record)."""
+
+    @abc.abstractmethod
+    def commit(self, *, replace: bool = False) -> bool:
+        """Make the tree visible at ``final``.
+
+        Returns False when ``final`` already holds a model and ``replace`` is False (someone else
+        published first; the caller discards its copy and uses theirs).
+        """
+
+    @abc.abstractmethod
+    def abort(self) -> None:
+        """Remove everything this sink wrote. Safe to call more than once and after commit."""
+
+
+class Storage(abc.ABC):
+    """A cache root: the local filesystem or a ``gs://bucket/prefix``."""
+
+    #: True when :meth:`TreeSink.commit` swaps a whole tree in one step (local rename); False when
+    #: readers could observe a partial tree while it runs (GCS), so callers hide metadata first.
+    atomic_publish: bool = True
+
+    def __init__(self, root: str) -> None:
+        self.root = root
+
+    # -- names ---------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def location(self, name: str = "") -> str:
+        """The user-visible location of ``name``: an absolute local path or a ``gs://`` URL."""
+
+    @abc.abstractmethod
+    def ensure_root(self) -> None:
+        """Create the root if needed; raise :class:`CacheError` if it cannot be written."""
+
+    # -- small objects -------------------------------------------------------------------------
+    @abc.abstractmethod
+    def read_bytes(self, name: str) -> bytes | None:
+        """Content of ``name``, or None when it does not exist."""
+
+    @abc.abstractmethod
+    def write_bytes(self, name: str, data: bytes) -> None:
+        """Replace ``name`` atomically: a reader sees the old or the new content, never a part."""
+
+    @abc.abstractmethod
+    def create_exclusive(self, name: str, data: bytes) -> str | None:
+        """Create ``name`` only if absent; return its token, or None if it already existed."""
+
+    @abc.abstractmethod
+    def refresh_lease(self, name: str, token: str, data: bytes) -> str | None:
+        """Rewrite ``name`` (same content) if it still has ``token``; return the new token or None."""
+
+    @abc.abstractmethod
+    def delete(self, name: str, *, token: str | None = None) -> bool:
+        """Delete ``name`` (only if it still has ``token`` when given). True if something was deleted."""
+
+    @abc.abstractmethod
+    def stat(self, name: str) -> ObjectStat | None:
+        """Size, modification time and change token of ``name``, or None when missing."""
+
+    @abc.abstractmethod
+    def touch(self, name: str) -> None:
+        """Record that ``name`` was used now (its mtime for :meth:`stat`); missing names are ignored."""
+
+    @abc.abstractmethod
+    def open_read(self, name: str) -> BinaryIO:
+        """Open ``name`` for streaming reads (raises FileNotFoundError when missing)."""
+
+    # -- trees ---------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def has_file(self, name: str) -> bool:
+        """True when the single object/file ``name`` exists."""
+
+    @abc.abstractmethod
+    def tree_is_nonempty(self, name: str) -> bool:
+        """True when the directory/prefix ``name`` holds at least one file (tensorflow_hub's hit test)."""
+
+    @abc.abstractmethod
+    def list_tree(self, name: str) -> Iterator[tuple[str, int]]:
+        """Yield ``(relpath, size)`` of every file below ``name``."""
+
+    @abc.abstractmethod
+    def delete_tree(self, name: str) -> int:
+        """Delete ``name`` and everything below it; return the bytes freed (0 when missing)."""
+
+    @abc.abstractmethod
+    def list_root(self, prefix: str = "") -> list[str]:
+        """Names directly under the root that start with ``prefix`` (directories without a slash)."""
+
+    @abc.abstractmethod
+    def open_sink(self, final: str, tmp: str, *, replace: bool = False) -> TreeSink:
+        """A sink that writes a tree via the temporary name ``tmp`` and publishes it at ``final``."""

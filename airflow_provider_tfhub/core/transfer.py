@@ -1,0 +1,429 @@
+"""Archive sources: HTTP(S) with the TF Hub protocol, local files (and GCS objects, in storage.gcs).
+
+An :class:`ArchiveStream` is a read-only byte stream of the (compressed) archive. For HTTP a
+network thread fills a small bounded queue, so download and decompression overlap while memory
+stays bounded; the stream hashes what it delivers (sha256), retries transient failures with
+exponential backoff and jitter, and resumes a cut-off body with ``Range`` + ``If-Range`` when the
+server allows it. When it cannot resume it raises :class:`RestartRequired` and the caller starts
+the extraction over.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import queue
+import random
+import threading
+import time
+import urllib.parse
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, BinaryIO
+
+import requests
+
+from airflow_provider_tfhub.core.errors import DownloadError
+
+log = logging.getLogger(__name__)
+
+CHUNK_SIZE = 1 << 20
+_QUEUE_CHUNKS = 8
+_REDIRECTS = (301, 302, 303, 307, 308)
+_RETRYABLE_STATUS = {408, 429, 500, 502, 503, 504}
+_MAX_REDIRECTS = 10
+USER_AGENT = "airflow-provider-tfhub"
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Bounded retries with exponential backoff and full jitter (``TFHUB_DOWNLOAD_RETRIES`` sets attempts)."""
+
+    attempts: int = 5
+    backoff: float = 0.5
+    max_backoff: float = 20.0
+
+    @classmethod
+    def from_env(cls) -> RetryPolicy:
+        text = os.environ.get("TFHUB_DOWNLOAD_RETRIES", "")
+        return cls(attempts=max(1, int(text))) if text.strip().isdigit() else cls()
+
+    def delay(self, attempt: int, retry_after: str | None = None) -> float:
+        if retry_after and retry_after.strip().isdigit():
+            return min(float(retry_after), self.max_backoff)
+        return random.uniform(0, min(self.max_backoff, self.backoff * (2**attempt)))
+
+
+@dataclass
+class SourceInfo:
+    """What the source said about the archive: validators for refresh and the final URL."""
+
+    url: str
+    etag: str | None = None
+    last_modified: str | None = None
+    size: int | None = None
+    content_type: str | None = None
+    accept_ranges: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class RestartRequired(Exception):
+    """The body was cut off and cannot be resumed: the caller must start extraction again."""
+
+
+class ArchiveStream:
+    """Base class: a readable byte stream that hashes and counts what it delivers."""
+
+    info: SourceInfo
+
+    def __init__(self) -> None:
+        self._sha = hashlib.sha256()
+        self.bytes_read = 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._read(n)
+        if data:
+            self._sha.update(data)
+            self.bytes_read += len(data)
+        return data
+
+    def readinto(self, buf: Any) -> int:
+        data = self.read(len(buf))
+        buf[: len(data)] = data
+        return len(data)
+
+    def readable(self) -> bool:
+        return True
+
+    @property
+    def sha256(self) -> str:
+        return self._sha.hexdigest()
+
+    def drain(self) -> None:
+        """Read to the end (the tar parser may stop before the archive's padding)."""
+        while self.read(CHUNK_SIZE):
+            pass
+
+    def _read(self, n: int) -> bytes:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+class ArchiveSource:
+    """Where an archive comes from. ``open`` returns None when conditional validators still match."""
+
+    description: str = ""
+
+    def open(self, validators: dict[str, str] | None = None) -> ArchiveStream | None:
+        raise NotImplementedError
+
+
+class LocalFileSource(ArchiveSource):
+    """A ``.tar.gz`` on a local path (staged like a remote one, keyed by its path)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = os.path.abspath(os.path.expanduser(path))
+        self.description = self.path
+
+    def open(self, validators: dict[str, str] | None = None) -> ArchiveStream | None:
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError as exc:
+            raise DownloadError(
+                f"Model archive {self.path!r} does not exist; check the handle.", permanent=True
+            ) from exc
+        etag = f'"{st.st_size:x}-{st.st_mtime_ns:x}"'
+        if validators and validators.get("etag") == etag:
+            return None
+        return _FileStream(self.path, SourceInfo(url=self.path, etag=etag, size=st.st_size))
+
+
+class _FileStream(ArchiveStream):
+    def __init__(self, path: str, info: SourceInfo) -> None:
+        super().__init__()
+        self.info = info
+        self._f: BinaryIO = open(path, "rb")
+
+    def _read(self, n: int) -> bytes:
+        return self._f.read(n if n >= 0 else -1)
+
+    def close(self) -> None:
+        self._f.close()
+
+
+class HttpSource(ArchiveSource):
+    """A model served over HTTP(S): TF Hub protocol handles, Kaggle handles or direct archive URLs.
+
+    ``token`` (a bearer token from the connection) is sent only to ``token_host`` (the handle's own
+    ``host[:port]``); redirects are followed here, hop by hop, so it never reaches a storage host.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        token: str | None = None,
+        token_host: str | None = None,
+        retry: RetryPolicy | None = None,
+        timeout: tuple[float, float] = (15.0, 60.0),
+        session: requests.Session | None = None,
+        progress_interval: float = 10.0,
+        description: str | None = None,
+    ) -> None:
+        self.url = url
+        self.token = token
+        self.token_host = (token_host or urllib.parse.urlsplit(url).netloc).lower()
+        self.retry = retry or RetryPolicy.from_env()
+        self.timeout = timeout
+        self.session = session or requests.Session()
+        self.progress_interval = progress_interval
+        self.description = description or url
+
+    # -- one request with redirects, retries and error translation --------------------------------
+    def request(
+        self, url: str, headers: dict[str, str] | None = None, *, stream: bool = True, redirects: bool = True
+    ) -> requests.Response:
+        """GET ``url`` following redirects ourselves; retry transient failures; raise DownloadError."""
+        attempt = 0
+        while True:
+            try:
+                resp = self._get_following(url, headers or {}, stream=stream, redirects=redirects)
+            except (requests.ConnectionError, requests.Timeout) as exc:
+                if attempt + 1 >= self.retry.attempts:
+                    raise DownloadError(
+                        f"Could not reach {self.description!r} after {attempt + 1} attempts: "
+                        f"{type(exc).__name__}: {_safe(exc)}; check the network or the handle.",
+                    ) from exc
+                delay = self.retry.delay(attempt)
+                log.warning("Request for %s failed (%s); retrying in %.1fs.", self.description, _safe(exc), delay)
+                time.sleep(delay)
+                attempt += 1
+                continue
+            if resp.status_code in _RETRYABLE_STATUS and attempt + 1 < self.retry.attempts:
+                delay = self.retry.delay(attempt, resp.headers.get("Retry-After"))
+                log.warning("%s answered HTTP %d; retrying in %.1fs.", self.description, resp.status_code, delay)
+                resp.close()
+                time.sleep(delay)
+                attempt += 1
+                continue
+            return resp
+
+    def _get_following(self, url: str, headers: dict[str, str], *, stream: bool, redirects: bool) -> requests.Response:
+        for _ in range(_MAX_REDIRECTS + 1):
+            hop_headers = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity", **headers}
+            if self.token and urllib.parse.urlsplit(url).netloc.lower() == self.token_host:
+                hop_headers["Authorization"] = f"Bearer {self.token}"
+            resp = self.session.get(
+                url, headers=hop_headers, stream=stream, allow_redirects=False, timeout=self.timeout
+            )
+            if not redirects or resp.status_code not in _REDIRECTS or "Location" not in resp.headers:
+                return resp
+            url = urllib.parse.urljoin(url, resp.headers["Location"])
+            resp.close()
+        raise DownloadError(f"Too many redirects for {self.description!r}.", permanent=True)
+
+    def open(self, validators: dict[str, str] | None = None) -> ArchiveStream | None:
+        headers: dict[str, str] = {}
+        if validators:
+            if validators.get("etag"):
+                headers["If-None-Match"] = validators["etag"]
+            if validators.get("last_modified"):
+                headers["If-Modified-Since"] = validators["last_modified"]
+        resp = self.request(self.url, headers)
+        if resp.status_code == 304:
+            resp.close()
+            return None
+        check_archive_response(resp, self.description)
+        return _HttpStream(self, resp)
+
+
+def check_archive_response(resp: requests.Response, description: str) -> None:
+    """Raise a clear, permanent-or-not DownloadError for anything but a 200 archive body."""
+    status = resp.status_code
+    if status == 200:
+        ctype = resp.headers.get("Content-Type", "").split(";")[0].strip().lower()
+        if ctype in ("text/html", "application/xhtml+xml"):
+            resp.close()
+            raise DownloadError(
+                f"{description!r} returned an HTML page instead of a model archive (Content-Type {ctype}); "
+                "the URL is probably a web page or a login page: use the model's handle or a direct "
+                ".tar.gz URL, and set a token in the tfhub connection if the hub needs one.",
+                permanent=True,
+                status=status,
+            )
+        return
+    resp.close()
+    hint = {
+        401: "the hub needs credentials: set the token (password) of the tfhub connection",
+        403: "access was denied: check the token and that the model is public",
+        404: "no model at that handle: check publisher, name and version",
+        410: "the model was removed from the hub",
+    }.get(status, "the server could not serve the archive")
+    raise DownloadError(
+        f"{description!r} answered HTTP {status} ({resp.reason}): {hint}.",
+        permanent=status < 500 and status not in _RETRYABLE_STATUS,
+        status=status,
+    )
+
+
+class _HttpStream(ArchiveStream):
+    """The body of one archive response, read by a network thread into a bounded queue."""
+
+    def __init__(self, source: HttpSource, resp: requests.Response) -> None:
+        super().__init__()
+        self.source = source
+        h = resp.headers
+        length = h.get("Content-Length")
+        self.info = SourceInfo(
+            url=_strip_query_secrets(resp.url),
+            etag=h.get("ETag"),
+            last_modified=h.get("Last-Modified"),
+            size=int(length) if length and length.isdigit() else None,
+            content_type=h.get("Content-Type"),
+            accept_ranges="bytes" in h.get("Accept-Ranges", "").lower(),
+        )
+        self._resp_url = resp.url
+        self._queue: queue.Queue[bytes | BaseException | None] = queue.Queue(maxsize=_QUEUE_CHUNKS)
+        self._buffer = b""
+        self._eof = False
+        self._closed = threading.Event()
+        self._thread = threading.Thread(target=self._pump, args=(resp,), name="tfhub-download", daemon=True)
+        self._thread.start()
+
+    def _read(self, n: int) -> bytes:
+        while not self._eof and (n < 0 or len(self._buffer) < n):
+            item = self._queue.get()
+            if item is None:
+                self._eof = True
+            elif isinstance(item, BaseException):
+                self._eof = True
+                raise item
+            elif not self._buffer:
+                self._buffer = item
+                if n >= 0:
+                    break
+            else:
+                self._buffer += item
+        if n < 0 or n >= len(self._buffer):
+            data, self._buffer = self._buffer, b""
+        else:
+            data, self._buffer = self._buffer[:n], self._buffer[n:]
+        return data
+
+    def close(self) -> None:
+        self._closed.set()
+        while self._thread.is_alive():  # unblock a pump waiting on a full queue
+            try:
+                self._queue.get(timeout=0.05)
+            except queue.Empty:
+                pass
+        self._thread.join()
+
+    def _put(self, item: bytes | BaseException | None) -> bool:
+        while not self._closed.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _pump(self, resp: requests.Response) -> None:
+        received = 0
+        attempt = 0
+        started = last_log = time.monotonic()
+        try:
+            while True:
+                try:
+                    for chunk in resp.raw.stream(CHUNK_SIZE, decode_content=False):
+                        if not self._put(chunk):
+                            return
+                        received += len(chunk)
+                        now = time.monotonic()
+                        if now - last_log >= self.source.progress_interval:
+                            last_log = now
+                            _log_progress(self.source.description, received, self.info.size, now - started)
+                    if self.info.size is not None and received < self.info.size:
+                        raise requests.ConnectionError(f"body ended after {received} of {self.info.size} bytes")
+                    break
+                except (requests.RequestException, OSError, _urllib3_errors()) as exc:
+                    resp.close()
+                    attempt += 1
+                    if attempt >= self.source.retry.attempts:
+                        raise DownloadError(
+                            f"Download of {self.source.description!r} failed after {attempt} attempts at byte "
+                            f"{received}: {_safe(exc)}."
+                        ) from exc
+                    resp = self._resume(received, attempt, exc)
+            _log_progress(self.source.description, received, self.info.size, time.monotonic() - started, final=True)
+            self._put(None)
+        except BaseException as exc:
+            self._put(exc)
+        finally:
+            resp.close()
+
+    def _resume(self, received: int, attempt: int, cause: BaseException) -> requests.Response:
+        validator = self.info.etag or self.info.last_modified
+        if not (self.info.accept_ranges and validator):
+            raise RestartRequired(f"server cannot resume ({_safe(cause)})")
+        delay = self.source.retry.delay(attempt - 1)
+        log.warning(
+            "Download of %s cut off at byte %d (%s); resuming in %.1fs.",
+            self.source.description,
+            received,
+            _safe(cause),
+            delay,
+        )
+        time.sleep(delay)
+        headers = {"Range": f"bytes={received}-", "If-Range": validator}
+        resp = self.source.request(self._resp_url, headers, redirects=False)
+        if resp.status_code == 206 and resp.headers.get("Content-Range", "").startswith(f"bytes {received}-"):
+            return resp
+        resp.close()
+        raise RestartRequired(f"resume answered HTTP {resp.status_code}; the archive changed or ranges are off")
+
+
+def _urllib3_errors() -> type[BaseException]:
+    import urllib3.exceptions
+
+    return urllib3.exceptions.HTTPError
+
+
+def _log_progress(what: str, done: int, total: int | None, elapsed: float, *, final: bool = False) -> None:
+    rate = done / elapsed / 1e6 if elapsed > 0 else 0.0
+    pct = f" ({100.0 * done / total:.0f}%)" if total else ""
+    verb = "Downloaded" if final else "Downloading"
+    log.info("%s %s: %.1f MB%s at %.1f MB/s", verb, what, done / 1e6, pct, rate)
+
+
+def _strip_query_secrets(url: str) -> str:
+    """Drop the query of a (possibly signed) URL before it is stored or logged."""
+    parts = urllib.parse.urlsplit(url)
+    return urllib.parse.urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
+
+
+def _safe(exc: BaseException) -> str:
+    """An exception message without URL queries (signed URLs carry credentials)."""
+    text = str(exc)
+    return text.split("?", 1)[0] + ("?…" if "?" in text else "")
+
+
+def with_retries(fn: Callable[[], Any], what: str, retry: RetryPolicy) -> Any:
+    """Call ``fn`` and retry on :class:`RestartRequired` or retryable :class:`DownloadError`."""
+    attempt = 0
+    while True:
+        try:
+            return fn()
+        except (RestartRequired, DownloadError) as exc:
+            permanent = isinstance(exc, DownloadError) and exc.permanent
+            attempt += 1
+            if permanent or attempt >= retry.attempts:
+                if isinstance(exc, RestartRequired):
+                    raise DownloadError(f"Download of {what!r} kept failing: {exc}.") from exc
+                raise
+            delay = retry.delay(attempt)
+            log.warning("Staging %s restarts (%s) in %.1fs.", what, exc, delay)
+            time.sleep(delay)
