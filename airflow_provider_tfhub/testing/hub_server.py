@@ -551,9 +551,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             try:
                 byte_range = _parse_range(range_header, size)
             except _Unsatisfiable:
-                self._send_bytes(
-                    416, b"range not satisfiable\n", headers={"Content-Range": f"bytes */{size}"}
-                )
+                self._send_bytes(416, b"range not satisfiable\n", headers={"Content-Range": f"bytes */{size}"})
                 return
 
         if byte_range is None:

@@ -1,0 +1,53 @@
+# Every target sets itself up from nothing: a fresh clone needs only python3 (>= 3.10) and make.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+UV := $(VENV)/bin/uv
+export AIRFLOW_HOME ?= $(CURDIR)/.airflow
+export AIRFLOW__CORE__LOAD_EXAMPLES ?= False
+export AIRFLOW__CORE__DAGS_FOLDER ?= $(CURDIR)/dags
+export NO_GCE_CHECK ?= true
+
+.PHONY: venv install demo test lint typecheck bench test-cluster compose-config clean
+
+$(VENV)/.created:
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip uv
+	touch $@
+
+$(VENV)/.installed: $(VENV)/.created pyproject.toml
+	$(UV) pip install --quiet --python $(PY) -e ".[test]"
+	touch $@
+
+venv: $(VENV)/.created
+install: $(VENV)/.installed
+
+# Runs the example DAG against a demo hub on 127.0.0.1 (a generated model served like tfhub.dev).
+demo: install
+	$(PY) -m airflow_provider_tfhub.demo
+
+# The full suite: unit, integration (loopback hub, GCS emulator, Airflow on SQLite, tensorflow_hub).
+test: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+	$(VENV)/bin/pytest -q -ra --durations=15 $(PYTEST_ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+
+typecheck: install
+	$(VENV)/bin/mypy
+
+bench: install
+	$(PY) benchmarks/run.py $(BENCH_ARGS)
+
+test-cluster: install
+	bash tests/cluster/run.sh
+
+compose-config:
+	bash docker/validate.sh
+
+clean:
+	rm -rf $(VENV) .airflow .pytest_cache .mypy_cache .ruff_cache benchmarks/.work
