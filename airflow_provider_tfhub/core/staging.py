@@ -98,7 +98,7 @@ def stage(
     parsed = parse_handle(handle)
     fmt = settings.resolve_load_format(load_format)
     mode = settings.resolve_refresh(refresh)
-    pin = _check_sha256(sha256)
+    pin = check_sha256(sha256)
     offline = settings.offline_from_env() if offline is None else offline
 
     if parsed.kind == "local_dir":
@@ -431,7 +431,7 @@ def _local_dir_result(parsed: Handle) -> dict[str, Any]:
     }
 
 
-def _check_sha256(value: str | None) -> str | None:
+def check_sha256(value: str | None) -> str | None:
     if value is None or not str(value).strip():
         return None
     text = str(value).strip().lower()

@@ -269,7 +269,7 @@ def _parse_range(header: str, size: int) -> tuple[int, int] | None:
         end = int(last) if last else size - 1
     except ValueError:
         return None
-    if start < 0 or end < start:
+    if start < 0 or (last and end < start):
         return None
     if start >= size:
         raise _Unsatisfiable
@@ -1123,17 +1123,15 @@ class HubServerProcess:
         line = b""
         with selectors.DefaultSelector() as sel:
             sel.register(self.process.stdout, selectors.EVENT_READ)
-            while not line.endswith(b"\n"):
+            while b"\n" not in line:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or self.process.poll() is not None:
                     self.stop()
                     raise RuntimeError(f"hub server did not print READY (got {line!r})")
                 if sel.select(timeout=min(remaining, 0.5)):
-                    byte = self.process.stdout.read(1)
-                    if not byte:
-                        continue
-                    line += byte
-        text = line.decode().strip()
+                    # os.read, not stdout.read: a buffered read would hide data from select().
+                    line += os.read(self.process.stdout.fileno(), 4096)
+        text = line.decode().splitlines()[0].strip()
         if not text.startswith("READY "):
             self.stop()
             raise RuntimeError(f"unexpected first line from hub server: {text!r}")

@@ -1,0 +1,111 @@
+"""Provider metadata read by every Airflow component: keep it a literal, import nothing heavy."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def get_provider_info() -> dict[str, Any]:
+    return {
+        "package-name": "airflow-provider-tfhub",
+        "name": "TensorFlow Hub",
+        "description": "Stage TensorFlow Hub models into a local or gs:// cache that tensorflow_hub itself can use, "
+        "keep it fresh and small, and load staged models on TPUs.",
+        "versions": ["0.1.0"],
+        "integrations": [
+            {
+                "integration-name": "TensorFlow Hub",
+                "external-doc-url": "https://www.tensorflow.org/hub",
+                "tags": ["software"],
+            }
+        ],
+        "connection-types": [
+            {
+                "connection-type": "tfhub",
+                "hook-class-name": "airflow_provider_tfhub.hooks.tfhub.TFHubHook",
+                "hook-name": "TensorFlow Hub",
+                "conn-fields": {
+                    "cache_dir": {
+                        "label": "Cache dir",
+                        "description": "Local directory or gs://bucket/prefix for staged models.",
+                        "schema": {"type": ["string", "null"]},
+                    },
+                    "token": {
+                        "label": "Token",
+                        "description": "Bearer token sent only to the hub's own host (never to redirect targets).",
+                        "schema": {"type": ["string", "null"], "format": "password"},
+                    },
+                    "load_format": {
+                        "label": "Load format",
+                        "schema": {"type": ["string", "null"], "enum": ["AUTO", "COMPRESSED", "UNCOMPRESSED", None]},
+                    },
+                    "gcp_conn_id": {
+                        "label": "GCP connection id",
+                        "description": "Google Cloud connection whose credentials reach a gs:// cache.",
+                        "schema": {"type": ["string", "null"]},
+                    },
+                },
+                "ui-field-behaviour": {
+                    "hidden-fields": ["schema", "port", "login", "extra"],
+                    "relabeling": {"password": "Token", "host": "Hub host (optional)"},
+                    "placeholders": {"host": "tfhub.dev", "cache_dir": "gs://my-bucket/tfhub-modules"},
+                },
+            }
+        ],
+        "hooks": [{"integration-name": "TensorFlow Hub", "python-modules": ["airflow_provider_tfhub.hooks.tfhub"]}],
+        "operators": [
+            {
+                "integration-name": "TensorFlow Hub",
+                "python-modules": [
+                    "airflow_provider_tfhub.operators.stage",
+                    "airflow_provider_tfhub.operators.load",
+                    "airflow_provider_tfhub.operators.prune",
+                ],
+            }
+        ],
+        "sensors": [
+            {
+                "integration-name": "TensorFlow Hub",
+                "python-modules": ["airflow_provider_tfhub.sensors.cached", "airflow_provider_tfhub.sensors.updated"],
+            }
+        ],
+        "triggers": [
+            {"integration-name": "TensorFlow Hub", "python-modules": ["airflow_provider_tfhub.triggers.tfhub"]}
+        ],
+        "asset-uris": [
+            {
+                "schemes": ["tfhub"],
+                "handler": "airflow_provider_tfhub.assets.sanitize_uri",
+                "factory": "airflow_provider_tfhub.assets.create_asset",
+            }
+        ],
+        "config": {
+            "tfhub": {
+                "description": "Defaults of the TensorFlow Hub provider (a connection's extras take precedence).",
+                "options": {
+                    "cache_dir": {
+                        "description": "Cache for staged models: a local directory or gs://bucket/prefix. Empty "
+                        "means TFHUB_CACHE_DIR, then <tempdir>/tfhub_modules.",
+                        "version_added": "0.1.0",
+                        "type": "string",
+                        "example": "gs://my-bucket/tfhub-modules",
+                        "default": "",
+                    },
+                    "load_format": {
+                        "description": "AUTO (= COMPRESSED), COMPRESSED or UNCOMPRESSED.",
+                        "version_added": "0.1.0",
+                        "type": "string",
+                        "example": "UNCOMPRESSED",
+                        "default": "AUTO",
+                    },
+                    "lock_timeout": {
+                        "description": "Seconds without progress after which a stager's lock is taken over.",
+                        "version_added": "0.1.0",
+                        "type": "integer",
+                        "example": "600",
+                        "default": "600",
+                    },
+                },
+            }
+        },
+    }

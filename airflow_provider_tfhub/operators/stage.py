@@ -1,0 +1,118 @@
+"""``TFHubStageModelOperator``: stage a model into the cache and hand its path downstream.
+
+The XCom value is the staged-model dict (``handle``, ``path``, ``cache_dir``, ``cache_key``,
+``load_format``, ``sha256``, ``bytes``, ``files``, ``etag``, ``source_url``, ``staged_at``,
+``downloaded``, ...). Inputs that can be checked without a network are checked at DAG-parse time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from airflow.sdk import BaseOperator
+
+from airflow_provider_tfhub.core import settings
+from airflow_provider_tfhub.core.errors import TFHubError
+from airflow_provider_tfhub.core.handles import parse_handle
+from airflow_provider_tfhub.core.staging import check_sha256
+
+
+def is_literal(value: object) -> bool:
+    """True for a plain value that can be validated now (not a Jinja template, not an XComArg)."""
+    return isinstance(value, str) and "{{" not in value and "{%" not in value
+
+
+def run_core(fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """Call the core; a permanent error (bad handle, 404, checksum) fails the task without retries."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    try:
+        return fn(*args, **kwargs)
+    except TFHubError as exc:
+        if exc.permanent:
+            raise AirflowFailException(str(exc)) from exc
+        raise
+
+
+class TFHubStageModelOperator(BaseOperator):
+    """Stage a TF Hub model (tfhub.dev, Kaggle, http(s) or gs:// archive, local dir) into the cache.
+
+    :param handle: model handle (templated).
+    :param cache_dir: local dir or ``gs://bucket/prefix`` (templated); default from the connection,
+        ``TFHUB_CACHE_DIR`` or ``[tfhub] cache_dir``.
+    :param tfhub_conn_id: ``tfhub`` connection (optional).
+    :param sha256: pin of the archive; a mismatch fails without retry and caches nothing.
+    :param load_format: ``AUTO``/``COMPRESSED`` stage; ``UNCOMPRESSED`` resolves the hub's gs:// location.
+    :param refresh: ``never`` (default), ``if_changed`` or ``always``.
+    :param offline: no network at all; a cache miss fails (default: ``TFHUB_OFFLINE``).
+    :param lock_timeout: seconds without progress before another stager's lock is taken over.
+
+    Every Asset in ``outlets`` gets an event whose ``extra`` is the staged-model dict.
+    """
+
+    template_fields: Sequence[str] = ("handle", "cache_dir", "sha256", "load_format", "refresh")
+    ui_color = "#ffe8cc"
+
+    def __init__(
+        self,
+        *,
+        handle: str,
+        cache_dir: str | None = None,
+        tfhub_conn_id: str = "tfhub_default",
+        sha256: str | None = None,
+        load_format: str | None = None,
+        refresh: str = "never",
+        offline: bool | None = None,
+        lock_timeout: float | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.handle = handle
+        self.cache_dir = cache_dir
+        self.tfhub_conn_id = tfhub_conn_id
+        self.sha256 = sha256
+        self.load_format = load_format
+        self.refresh = refresh
+        self.offline = offline
+        self.lock_timeout = lock_timeout
+        if is_literal(handle):
+            parse_handle(handle)
+        if is_literal(sha256):
+            check_sha256(sha256)
+        if is_literal(load_format):
+            settings.resolve_load_format(load_format)
+        if is_literal(refresh):
+            settings.resolve_refresh(refresh)
+        if is_literal(cache_dir):
+            settings.resolve_cache_dir(cache_dir)
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        from airflow_provider_tfhub.hooks.tfhub import TFHubHook
+
+        hook = TFHubHook(tfhub_conn_id=self.tfhub_conn_id)
+        staged: dict[str, Any] = run_core(
+            hook.stage,
+            self.handle,
+            self.cache_dir or None,
+            self.sha256 or None,
+            load_format=self.load_format or None,
+            refresh=self.refresh,
+            offline=self.offline,
+            lock_timeout=self.lock_timeout,
+        )
+        self.log.info("%s %s at %s", "Staged" if staged["downloaded"] else "Found", staged["handle"], staged["path"])
+        emit_asset_events(self, context, staged)
+        return staged
+
+
+def emit_asset_events(task: BaseOperator, context: Any, extra: dict[str, Any]) -> None:
+    """Attach ``extra`` to the event of every Asset outlet of ``task``."""
+    from airflow.sdk import Asset
+
+    events = context.get("outlet_events") if hasattr(context, "get") else None
+    if events is None:
+        return
+    for outlet in task.outlets or ():
+        if isinstance(outlet, Asset):
+            events[outlet].extra = dict(extra)

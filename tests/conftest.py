@@ -1,0 +1,112 @@
+"""Shared test setup: an isolated Airflow home on SQLite, the loopback TF Hub, and prebuilt model archives.
+
+Environment variables are set before anything imports Airflow. SavedModels are built by a
+subprocess (TensorFlow never gets imported into the pytest process by fixtures, so tests can
+assert that staging does not import it) and cached under ``.cache/test-models`` between runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+AIRFLOW_HOME = tempfile.mkdtemp(prefix="tfhub-test-airflow-")
+os.environ["AIRFLOW_HOME"] = AIRFLOW_HOME
+os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
+os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(ROOT / "dags")
+os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = f"sqlite:///{AIRFLOW_HOME}/airflow.db"
+os.environ.setdefault("NO_GCE_CHECK", "true")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+for _var in ("TFHUB_CACHE_DIR", "TFHUB_MODEL_LOAD_FORMAT", "TFHUB_OFFLINE", "TFHUB_TOKEN", "STORAGE_EMULATOR_HOST"):
+    os.environ.pop(_var, None)
+
+MODELS_CACHE = Path(os.environ.get("TFHUB_TEST_MODELS", ROOT / ".cache" / "test-models"))
+
+#: name -> build_saved_model kwargs; y = x * scale + offset
+MODEL_SPECS: dict[str, dict[str, Any]] = {
+    "demo_v1": {"scale": 2.0, "offset": 1.0},
+    "demo_v2": {"scale": 2.0, "offset": 5.0},
+    "small_a": {"scale": 3.0, "offset": 0.5},
+    "small_b": {"scale": 0.5, "offset": -1.0},
+    "medium": {"scale": 1.0, "offset": 2.0, "num_params": 2_000_000, "seed": 1},
+}
+
+
+def build_archives(specs: dict[str, dict[str, Any]], root: Path = MODELS_CACHE) -> dict[str, Path]:
+    """Build (once) the archives of ``specs`` in a subprocess; return name -> archive path."""
+    code = (
+        "import json, sys\n"
+        "from airflow_provider_tfhub.testing.models import cached_model_archive\n"
+        "specs = json.loads(sys.argv[2])\n"
+        "print(json.dumps({n: str(cached_model_archive(sys.argv[1], n, **kw)) for n, kw in specs.items()}))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(root), json.dumps(specs)],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    return {name: Path(path) for name, path in json.loads(out.stdout.strip().splitlines()[-1]).items()}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def airflow_db() -> None:
+    """A migrated SQLite metadata DB for ``dag.test()`` (about 3 s, once per session)."""
+    from airflow.utils import db
+
+    db.resetdb()
+
+
+@pytest.fixture(scope="session")
+def model_archives() -> dict[str, Path]:
+    return build_archives(MODEL_SPECS)
+
+
+@pytest.fixture(scope="session")
+def hub_server(model_archives: dict[str, Path]) -> Iterator[Any]:
+    """The loopback hub, serving ``/google/<name>/1`` for every archive in :data:`MODEL_SPECS`."""
+    from airflow_provider_tfhub.testing.hub_server import HubServer
+
+    server = HubServer()
+    server.start()
+    for name, archive in model_archives.items():
+        server.add_model(
+            f"/google/{name}/1", archive, uncompressed_location=f"gs://tfhub-modules/google/{name}/1/uncompressed"
+        )
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def hub(hub_server: Any, model_archives: dict[str, Path]) -> Any:
+    """The session hub with faults cleared, stats reset and the original archives registered."""
+    hub_server.clear_faults()
+    for name, archive in model_archives.items():
+        hub_server.add_model(
+            f"/google/{name}/1", archive, uncompressed_location=f"gs://tfhub-modules/google/{name}/1/uncompressed"
+        )
+    hub_server.reset_stats()
+    return hub_server
+
+
+@pytest.fixture
+def handle_of(hub: Any) -> Any:
+    """``handle_of("demo_v1")`` -> ``http://127.0.0.1:PORT/google/demo_v1/1``."""
+    return lambda name: f"{hub.url}/google/{name}/1"
+
+
+@pytest.fixture
+def cache_dir(tmp_path: Path) -> str:
+    return str(tmp_path / "cache")

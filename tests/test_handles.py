@@ -1,0 +1,103 @@
+"""Handles, cache keys and settings precedence: pure functions, no network."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+import pytest
+
+from airflow_provider_tfhub.core import settings
+from airflow_provider_tfhub.core.errors import ConfigurationError, InvalidHandleError
+from airflow_provider_tfhub.core.handles import cache_key, parse_handle, with_format_query
+from airflow_provider_tfhub.core.layout import descriptor_text, lock_content, parse_lock_content
+
+
+@pytest.mark.parametrize(
+    ("handle", "key"),
+    [  # keys quoted in tensorflow/hub issues (#896, #850): proves we hash exactly like tensorflow_hub
+        ("https://tfhub.dev/google/yamnet/1", "9616fd04ec2360621642ef9455b84f4b668e219e"),
+        ("https://tfhub.dev/google/tf2-preview/mobilenet_v2/feature_vector/4", "145bb06e"),
+    ],
+)
+def test_cache_key_matches_tensorflow_hub(handle: str, key: str) -> None:
+    assert parse_handle(handle).cache_key.startswith(key)
+
+
+def test_classification_and_normalisation() -> None:
+    assert parse_handle("tfhub.dev/google/yamnet/1").handle == "https://tfhub.dev/google/yamnet/1"
+    assert parse_handle("  https://tfhub.dev/google/yamnet/1 ").kind == "http"
+    kaggle = "https://www.kaggle.com/models/google/yamnet/TensorFlow2/yamnet/1"
+    assert parse_handle(kaggle).kind == "http"
+    assert parse_handle("https://example.com/m.tar.gz").kind == "http"
+    assert parse_handle("gs://bucket/models/m.tar.gz").kind == "gcs_archive"
+    assert parse_handle("/data/models/m.tgz").kind == "local_archive"
+    assert parse_handle("/data/models/saved").kind == "local_dir"
+    assert parse_handle("file:///data/models/saved").handle == "/data/models/saved"
+    # Not normalised beyond the scheme: tensorflow_hub keys the raw string too.
+    assert cache_key("https://tfhub.dev/google/yamnet/1/") != cache_key("https://tfhub.dev/google/yamnet/1")
+    assert parse_handle("http://127.0.0.1:8080/x/y/1").host == "127.0.0.1:8080"
+
+
+@pytest.mark.parametrize(
+    ("bad", "fragment"),
+    [
+        ("ftp://host/model", "unsupported scheme 'ftp://'"),
+        ("s3://bucket/model.tar.gz", "unsupported scheme 's3://'"),
+        ("", "empty"),
+        ("https://tfhub.dev/google/yamnet", "ending in a version number"),
+        ("https://www.kaggle.com/models/google/yamnet", "Kaggle model handle"),
+        ("gs://bucket/models/saved_model_dir", "not a .tar.gz"),
+        ("gs://bucket", "names no object"),
+        ("https:///nohost", "no host"),
+    ],
+)
+def test_bad_handles_name_the_input(bad: str, fragment: str) -> None:
+    with pytest.raises(InvalidHandleError) as err:
+        parse_handle(bad)
+    assert fragment in str(err.value)
+
+
+def test_format_query_like_tensorflow_hub() -> None:
+    url = with_format_query("https://h/m?extra=abc&tf-hub-format=test", ("tf-hub-format", "compressed"))
+    assert url == "https://h/m?extra=abc&tf-hub-format=test&tf-hub-format=compressed"
+
+
+def test_lock_content_round_trip() -> None:
+    owner = parse_lock_content(lock_content("abc123"))
+    assert owner is not None and owner.pid == os.getpid() and owner.uid == "abc123"
+    dotted = parse_lock_content("node-1.example.com.4242.ffee")
+    assert dotted is not None and (dotted.host, dotted.pid, dotted.uid) == ("node-1.example.com", 4242, "ffee")
+    assert parse_lock_content("garbage") is None
+
+
+def test_descriptor_has_tensorflow_hub_lines() -> None:
+    lines = descriptor_text("https://tfhub.dev/a/b/1").split("\n")
+    assert lines[0] == "Module: https://tfhub.dev/a/b/1"
+    assert lines[1].startswith("Download Time: ")
+    assert lines[2].startswith("Downloader Hostname: ") and f"(PID:{os.getpid()})" in lines[2]
+
+
+def test_cache_dir_precedence(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TFHUB_CACHE_DIR", raising=False)
+    assert settings.resolve_cache_dir() == os.path.join(tempfile.gettempdir(), "tfhub_modules")
+    assert settings.resolve_cache_dir(None, None, "/cfg") == "/cfg"
+    monkeypatch.setenv("TFHUB_CACHE_DIR", "/env")
+    assert settings.resolve_cache_dir(None, None, "/cfg") == "/env"
+    assert settings.resolve_cache_dir(None, "/conn", "/cfg") == "/conn"
+    assert settings.resolve_cache_dir("/arg", "/conn", "/cfg") == "/arg"
+    assert settings.resolve_cache_dir("gs://b/p/") == "gs://b/p"
+    with pytest.raises(ConfigurationError, match="unsupported scheme"):
+        settings.resolve_cache_dir("s3://b/p")
+
+
+def test_load_format_precedence(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TFHUB_MODEL_LOAD_FORMAT", raising=False)
+    assert settings.resolve_load_format() == "COMPRESSED"
+    assert settings.resolve_load_format(None, None, "uncompressed") == "UNCOMPRESSED"
+    monkeypatch.setenv("TFHUB_MODEL_LOAD_FORMAT", "COMPRESSED")
+    assert settings.resolve_load_format(None, None, "UNCOMPRESSED") == "COMPRESSED"
+    assert settings.resolve_load_format(None, "UNCOMPRESSED") == "UNCOMPRESSED"
+    assert settings.resolve_load_format("AUTO", "UNCOMPRESSED") == "COMPRESSED"
+    with pytest.raises(ConfigurationError, match="'zipped' is not one of"):
+        settings.resolve_load_format("zipped")
