@@ -269,18 +269,24 @@ def smoke_call(obj: Any, signature: str = "serving_default") -> dict[str, Any]:
 
     Inputs must be fully defined, or unknown only in the first (batch) dimension, which becomes 1;
     otherwise the call is skipped with a reason (no input can be invented for, e.g., an image of any
-    size). A model without signatures is skipped too; a missing signature name is an error naming the
-    available ones. Outputs above ``MAX_OUTPUT_ELEMENTS`` elements are listed in ``omitted`` (value None).
+    size). A model without that signature is skipped too, naming the ones it has: many tfhub.dev models
+    offer only the Reusable SavedModel API (``obj(inputs)``), and they load fine. Outputs above
+    ``MAX_OUTPUT_ELEMENTS`` elements are listed in ``omitted`` (value None).
     """
     signatures = _signatures(obj)
-    result: dict[str, Any] = {"signature": signature, "called": False, "reason": None}
+    result: dict[str, Any] = {
+        "signature": signature,
+        "called": False,
+        "reason": None,
+        "inputs": {},
+        "outputs": {},
+        "output_shapes": {},
+        "omitted": [],
+    }
     if not signatures:
         return {**result, "reason": "the model exports no signatures (call the loaded object directly)"}
     if signature not in signatures:
-        raise ConfigurationError(
-            f"Signature {signature!r} is not in the model; it has {sorted(signatures)!r}. Pass one of those as "
-            "signature=, or smoke_test=False."
-        )
+        return {**result, "reason": f"the model has no signature {signature!r}; it has {sorted(signatures)!r}"}
     fn = signatures[signature]
     args, kwargs = fn.structured_input_signature
     if args:

@@ -9,7 +9,7 @@ the demo and the benchmarks exercise urllib, requests and the provider's own HTT
 Layout of the fake, mimicking tfhub.dev after its move to Kaggle::
 
     GET /google/demo/1                            200 text/html (the model's web page)
-    GET /google/demo/1?tf-hub-format=compressed   302 /kaggle-redirect/google/demo/1?tf-hub-format=compressed
+    GET /google/demo/1?tf-hub-format=compressed   302 <url>/kaggle-redirect/google/demo/1?tf-hub-format=compressed
     GET /kaggle-redirect/google/demo/1?...        302 http://127.0.0.1:<storage_port>/storage/google/demo/1.tar.gz
     GET /storage/google/demo/1.tar.gz             200/206/304 the archive (Range, ETag, If-* supported)
     GET /google/demo/1?tf-hub-format=uncompressed 303, body "gs://...", no Location (404 if none set)
@@ -425,6 +425,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if path.startswith("/_control"):
             self._control()
         elif self.command == "POST":
+            self.close_connection = True  # the unread request body would desynchronise keep-alive
             self._send_bytes(405, b"POST is only for /_control endpoints\n")
         elif path.startswith("/kaggle-redirect/"):
             self._kaggle_hop(path.removeprefix("/kaggle-redirect"))
@@ -465,7 +466,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             if plan.fail:
                 self._fail(model.path, plan)
                 return
-            location = "/kaggle-redirect" + quote(model.path) + "?tf-hub-format=compressed"
+            location = self.hub.url + "/kaggle-redirect" + quote(model.path) + "?tf-hub-format=compressed"
             self._redirect(302, location)
         elif fmt == "uncompressed":
             self.hub._count(model.path, "uncompressed")

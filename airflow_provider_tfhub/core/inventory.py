@@ -1,0 +1,637 @@
+"""What is in a cache, whether it is intact, and how to make it small again: ``ls``, ``verify``, ``prune``.
+
+A cache entry is everything named after one key (``sha1(handle)``): the model dir, descriptor,
+lock, metadata and any ``<key>.<uid>.tmp`` dirs (see :mod:`~airflow_provider_tfhub.core.layout`).
+Everything here works on a :class:`~airflow_provider_tfhub.core.storage.base.Storage`, so local and
+``gs://`` caches behave alike, and nothing touches the network.
+
+Pruning is safe next to running stagers because it deletes an entry only while holding that
+entry's lock, taken with the very same create-only primitive stagers use: a stager that starts
+meanwhile waits, then finds no entry and downloads again. Locks of live holders are never broken;
+locks of dead holders (same host and the process is gone, or no lease renewal and no tmp-dir
+progress for ``lock_timeout``) are cleaned up, like their tmp dirs.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import logging
+import re
+import socket
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import google_crc32c
+
+from airflow_provider_tfhub.core.errors import ConfigurationError, InvalidHandleError, LockTimeoutError
+from airflow_provider_tfhub.core.handles import parse_handle
+from airflow_provider_tfhub.core.layout import ENTRY_RE, TMP_RE, EntryNames, decode_meta, new_uid, parse_lock_content
+from airflow_provider_tfhub.core.locks import DEFAULT_LOCK_TIMEOUT, CacheLock, _pid_alive
+from airflow_provider_tfhub.core.storage.base import MODEL_MARKERS, Storage
+
+log = logging.getLogger(__name__)
+
+#: Entry states shown by ``tfhub-cache ls``.
+COMPLETE, PARTIAL, LOCKED = "complete", "partial", "locked"
+
+_CHUNK = 1 << 20
+# Leftovers of an atomic small-file write (``<name>.tmp<hex>``, tensorflow_hub's naming, and ours).
+_WRITE_TMP_RE = re.compile(r"^[0-9a-f]{40}\..+\.tmp[0-9a-f]{32}$")
+
+
+# -- parsing of user input ----------------------------------------------------------------------------
+
+_SIZE_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1024,
+    "kib": 1024,
+    "kb": 1000,
+    "m": 1024**2,
+    "mib": 1024**2,
+    "mb": 1000**2,
+    "g": 1024**3,
+    "gib": 1024**3,
+    "gb": 1000**3,
+    "t": 1024**4,
+    "tib": 1024**4,
+    "tb": 1000**4,
+}
+_AGE_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+_NUMBER_UNIT_RE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([a-zA-Z]*)\s*$")
+
+
+def parse_size(value: object) -> int:
+    """Bytes from ``10G``, ``512M``, ``1.5GB``, ``2048`` (or an int).
+
+    ``K/M/G/T`` and ``KiB/MiB/GiB/TiB`` are powers of 1024 (what ``du -h`` shows); ``KB/MB/GB/TB``
+    are powers of 1000 (what disk vendors and GCS billing use). Case does not matter.
+    """
+    if isinstance(value, bool):
+        raise ConfigurationError(f"Size {value!r} is not a size; use bytes or a suffix like 512M, 10G, 1.5GB.")
+    if isinstance(value, int | float):
+        number, unit = float(value), ""
+    else:
+        match = _NUMBER_UNIT_RE.match(str(value))
+        if not match or match.group(2).lower() not in _SIZE_UNITS:
+            raise ConfigurationError(
+                f"Size {value!r} is not understood; use bytes or a number with K, M, G, T (1024-based) "
+                "or KB, MB, GB, TB (1000-based), e.g. 512M, 10G, 1.5GB."
+            )
+        number, unit = float(match.group(1)), match.group(2).lower()
+    if number < 0:
+        raise ConfigurationError(f"Size {value!r} must not be negative.")
+    return int(number * _SIZE_UNITS[unit])
+
+
+def parse_age(value: object) -> float:
+    """Seconds from ``7d``, ``12h``, ``30m``, ``90s``, ``2w``, ``3600`` (or a number or a timedelta)."""
+    if isinstance(value, datetime.timedelta):
+        seconds = value.total_seconds()
+    elif isinstance(value, bool):
+        raise ConfigurationError(f"Age {value!r} is not an age; use seconds or 90s, 30m, 12h, 7d, 2w.")
+    elif isinstance(value, int | float):
+        seconds = float(value)
+    else:
+        match = _NUMBER_UNIT_RE.match(str(value))
+        if not match or match.group(2).lower() not in _AGE_UNITS:
+            raise ConfigurationError(
+                f"Age {value!r} is not understood; use seconds or a number with s, m, h, d or w, e.g. 90s, "
+                "30m, 12h, 7d."
+            )
+        seconds = float(match.group(1)) * _AGE_UNITS[match.group(2).lower()]
+    if seconds < 0:
+        raise ConfigurationError(f"Age {value!r} must not be negative.")
+    return seconds
+
+
+def format_size(n: int | None) -> str:
+    """``1.5G``-style (1024-based), the inverse of :func:`parse_size` for display."""
+    if n is None:
+        return "-"
+    size = float(n)
+    for unit in ("B", "K", "M", "G", "T"):
+        if size < 1024 or unit == "T":
+            return f"{size:.0f}{unit}" if unit == "B" else f"{size:.1f}{unit}"
+        size /= 1024
+    return f"{n}B"  # pragma: no cover - loop always returns
+
+
+# -- listing ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class LockInfo:
+    """A lock file as found: who holds it and whether that holder is gone."""
+
+    content: str
+    stale: bool
+    reason: str
+    token: str
+
+
+@dataclass
+class _Entry:
+    """Everything the cache root holds for one key (internal; :func:`list_entries` returns dicts)."""
+
+    key: str
+    has_model: bool = False
+    has_descriptor: bool = False
+    has_meta: bool = False
+    tmp_dirs: list[str] = field(default_factory=list)
+    write_leftovers: list[str] = field(default_factory=list)
+    meta: dict[str, Any] | None = None
+    handle: str | None = None
+    lock: LockInfo | None = None
+    marker: str | None = None
+    model_bytes: int = 0
+    model_files: int = 0
+    tmp_bytes: int = 0
+    other_bytes: int = 0
+    last_used: float = 0.0
+    meta_token: str | None = None
+
+    @property
+    def names(self) -> EntryNames:
+        return EntryNames(self.key)
+
+    @property
+    def complete(self) -> bool:
+        """A hit for the stager: metadata plus its marker, or a tensorflow_hub-filled dir (no lock)."""
+        if self.has_meta:
+            return self.marker is not None
+        return self.marker is not None and self.lock is None
+
+    @property
+    def state(self) -> str:
+        if self.lock is not None:
+            return LOCKED
+        return COMPLETE if self.complete else PARTIAL
+
+    @property
+    def size(self) -> int:
+        return self.model_bytes + self.tmp_bytes + self.other_bytes
+
+    def as_dict(self, storage: Storage) -> dict[str, Any]:
+        meta = self.meta or {}
+        return {
+            "handle": self.handle,
+            "key": self.key,
+            "path": storage.location(self.key),
+            "state": self.state,
+            "size": self.size,
+            "files": self.model_files,
+            "staged_at": meta.get("staged_at"),
+            "checked_at": meta.get("checked_at"),
+            "last_used": _iso(self.last_used) if self.last_used else None,
+            "etag": meta.get("etag"),
+            "last_modified": meta.get("last_modified"),
+            "sha256": meta.get("sha256"),
+            "source": "tensorflow_hub" if meta.get("adopted_from") or (self.marker and not self.has_meta) else None,
+            "lock": self.lock.content if self.lock else None,
+            "lock_stale": self.lock.stale if self.lock else None,
+            "tmp": list(self.tmp_dirs),
+        }
+
+
+def list_entries(storage: Storage, *, lock_timeout: float = DEFAULT_LOCK_TIMEOUT) -> list[dict[str, Any]]:
+    """Every entry of the cache as a dict, most recently used first. Reads only; adopts nothing.
+
+    Keys: ``handle`` (None when neither metadata nor descriptor names it), ``key``, ``path``,
+    ``state`` (``complete`` / ``partial`` / ``locked``), ``size`` (bytes the entry occupies,
+    tmp dirs included), ``files`` (files in the model dir), ``staged_at``, ``checked_at``,
+    ``last_used`` (mtime of the metadata, which stagers touch on every hit), ``etag``,
+    ``last_modified``, ``sha256``, ``source``, ``lock``, ``lock_stale``, ``tmp``.
+    """
+    return [e.as_dict(storage) for e in _scan(storage, lock_timeout)]
+
+
+def _scan(storage: Storage, lock_timeout: float) -> list[_Entry]:
+    entries: dict[str, _Entry] = {}
+    now = time.time()
+    for name in storage.list_root():
+        match = ENTRY_RE.match(name)
+        if not match:
+            continue
+        entry = entries.setdefault(match.group("key"), _Entry(match.group("key")))
+        suffix = match.group("suffix") or ""
+        if suffix == "":
+            entry.has_model = True
+        elif suffix == ".descriptor.txt":
+            entry.has_descriptor = True
+        elif suffix == ".meta.json":
+            entry.has_meta = True
+        elif suffix == ".lock":
+            pass  # read below, after the listing
+        elif TMP_RE.match(name):
+            entry.tmp_dirs.append(name)
+        elif _WRITE_TMP_RE.match(name):
+            entry.write_leftovers.append(name)
+    for entry in entries.values():
+        _fill(storage, entry, lock_timeout, now)
+    return sorted(entries.values(), key=lambda e: (-e.last_used, e.key))
+
+
+def _fill(storage: Storage, entry: _Entry, lock_timeout: float, now: float) -> None:
+    names = entry.names
+    mtimes: list[float] = []
+    entry.lock = read_lock(storage, names, lock_timeout, now=now)
+    if entry.has_meta:
+        entry.meta = decode_meta(storage.read_bytes(names.meta))
+        entry.has_meta = entry.meta is not None
+        st = storage.stat(names.meta)
+        if st is not None:
+            entry.meta_token = st.token
+            entry.other_bytes += st.size
+            if entry.has_meta:
+                entry.last_used = st.mtime
+    if entry.has_model:
+        for _rel, size in storage.list_tree(names.model):
+            entry.model_files += 1
+            entry.model_bytes += size
+        wanted = (entry.meta or {}).get("marker")
+        candidates = (wanted,) if wanted else MODEL_MARKERS
+        entry.marker = next((m for m in candidates if storage.has_file(f"{names.model}/{m}")), None)
+        if entry.marker is not None:
+            st = storage.stat(f"{names.model}/{entry.marker}")
+            if st is not None:
+                mtimes.append(st.mtime)
+    for tmp in entry.tmp_dirs:
+        entry.tmp_bytes += sum(size for _, size in storage.list_tree(tmp))
+        st = storage.stat(tmp)
+        if st is not None:
+            mtimes.append(st.mtime)
+    for name in [names.descriptor, names.lock, *entry.write_leftovers]:
+        st = storage.stat(name)
+        if st is not None:
+            entry.other_bytes += st.size
+            mtimes.append(st.mtime)
+    if entry.meta is not None:
+        entry.handle = entry.meta.get("handle")
+    elif entry.has_descriptor:
+        entry.handle = _descriptor_handle(storage.read_bytes(names.descriptor))
+    if not entry.last_used:
+        entry.last_used = max(mtimes, default=0.0)
+
+
+def _descriptor_handle(data: bytes | None) -> str | None:
+    """The handle from tensorflow_hub's descriptor (``Module: <handle>`` on the first line)."""
+    lines = (data or b"").decode("utf8", "replace").splitlines()
+    if lines and lines[0].startswith("Module:"):
+        return lines[0].removeprefix("Module:").strip() or None
+    return None
+
+
+def read_lock(storage: Storage, names: EntryNames, timeout: float, *, now: float | None = None) -> LockInfo | None:
+    """The entry's lock and whether its holder is gone, by :class:`CacheLock`'s own rules, read-only.
+
+    A holder is gone when it ran on this host and its process no longer exists, or when the lock
+    was not renewed for ``timeout`` seconds and the holder's tmp dir did not grow either (which is
+    how a tensorflow_hub holder, that never renews, shows it is alive).
+    """
+    stat = storage.stat(names.lock)
+    data = storage.read_bytes(names.lock)
+    if stat is None or data is None:
+        return None
+    content = data.decode("utf8", "replace").strip()
+    owner = parse_lock_content(content)
+    now = time.time() if now is None else now
+    if owner is not None and owner.host == socket.gethostname() and not _pid_alive(owner.pid):
+        return LockInfo(content, True, f"its process {owner.pid} on this host is gone", stat.token)
+    idle = now - stat.mtime
+    if idle < timeout:
+        return LockInfo(content, False, f"renewed {idle:.0f}s ago", stat.token)
+    if owner is not None:
+        progress = _newest_mtime(storage, names.tmp(owner.uid))
+        if progress is not None and now - progress < timeout:
+            return LockInfo(content, False, "its tmp dir is still growing", stat.token)
+    return LockInfo(content, True, f"not renewed for {idle:.0f}s", stat.token)
+
+
+def _newest_mtime(storage: Storage, tree: str) -> float | None:
+    newest: float | None = None
+    stat = storage.stat(tree)
+    if stat is not None:
+        newest = stat.mtime
+    for rel, _size in storage.list_tree(tree):
+        st = storage.stat(f"{tree}/{rel}")
+        if st is not None and (newest is None or st.mtime > newest):
+            newest = st.mtime
+    return newest
+
+
+# -- verify -------------------------------------------------------------------------------------------
+
+
+def verify(storage: Storage, handle: str | None = None) -> dict[str, Any]:
+    """Re-hash staged files against the manifest recorded at staging (size and CRC32C).
+
+    Returns ``{"ok": bool, "entries": [...]}``; each entry has ``handle``, ``key``, ``path``,
+    ``status`` and the relpaths that are ``missing``, ``changed`` or ``extra``. ``status`` is
+
+    * ``ok``: every file is present and intact, nothing extra;
+    * ``damaged``: something is missing, changed or extra;
+    * ``no manifest``: staged by tensorflow_hub (adopted) or before manifests existed: nothing to compare;
+    * ``partial`` / ``locked``: not a complete entry, or being staged right now (not verified);
+    * ``not staged``: ``handle`` was asked for and is not in the cache.
+
+    ``ok`` is False when anything is ``damaged``, ``partial`` or ``not staged``.
+    """
+    entries = _scan(storage, DEFAULT_LOCK_TIMEOUT)
+    if handle is not None:
+        key = _key_of(handle)
+        entries = [e for e in entries if e.key == key]
+        if not entries:
+            return {
+                "ok": False,
+                "entries": [
+                    {
+                        "handle": handle,
+                        "key": key,
+                        "path": storage.location(key),
+                        "status": "not staged",
+                        "files": 0,
+                        "missing": [],
+                        "changed": [],
+                        "extra": [],
+                    }
+                ],
+            }
+    reports = [_verify_entry(storage, e) for e in entries]
+    bad = {"damaged", "partial", "not staged"}
+    return {"ok": not any(r["status"] in bad for r in reports), "entries": reports}
+
+
+def _verify_entry(storage: Storage, entry: _Entry) -> dict[str, Any]:
+    report: dict[str, Any] = {
+        "handle": entry.handle,
+        "key": entry.key,
+        "path": storage.location(entry.key),
+        "status": entry.state,
+        "files": entry.model_files,
+        "missing": [],
+        "changed": [],
+        "extra": [],
+    }
+    if entry.state != COMPLETE:
+        return report
+    manifest: dict[str, Any] = (entry.meta or {}).get("manifest") or {}
+    if not manifest:
+        report["status"] = "no manifest"
+        return report
+    model = entry.names.model
+    present = dict(storage.list_tree(model))
+    for rel, record in sorted(manifest.items()):
+        if rel not in present:
+            report["missing"].append(rel)
+        elif present[rel] != record.get("size") or _crc32c(storage, f"{model}/{rel}") != record.get("crc32c"):
+            report["changed"].append(rel)
+    report["extra"] = sorted(set(present) - set(manifest))
+    damaged = report["missing"] or report["changed"] or report["extra"]
+    report["status"] = "damaged" if damaged else "ok"
+    return report
+
+
+def _crc32c(storage: Storage, name: str) -> str | None:
+    crc = google_crc32c.Checksum()
+    try:
+        with storage.open_read(name) as f:
+            while chunk := f.read(_CHUNK):
+                crc.update(chunk)
+    except FileNotFoundError:
+        return None
+    return base64.b64encode(crc.digest()).decode("ascii")
+
+
+# -- prune --------------------------------------------------------------------------------------------
+
+
+def prune(
+    storage: Storage,
+    *,
+    max_age: float | str | None = None,
+    max_total_bytes: int | str | None = None,
+    keep: Iterable[str] = (),
+    dry_run: bool = False,
+    lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
+) -> dict[str, Any]:
+    """Make the cache small again; return what was (or, with ``dry_run``, would be) removed.
+
+    In this order: leftovers of dead stagers (stale locks, their ``.tmp`` dirs, half-written
+    entries); then whole entries not used for ``max_age`` seconds; then the least recently used
+    entries until the cache holds at most ``max_total_bytes``. Entries whose handle (or key) is in
+    ``keep`` and entries locked by a live stager are never removed. Every deletion happens under
+    the entry's lock, so a stager that starts meanwhile waits and then stages afresh.
+
+    Returns ``{"removed": [...], "cleaned": [...], "kept": [...], "freed_bytes", "total_bytes"
+    (what remains), "over_budget" (the budget could not be met), "dry_run"}``; ``removed`` and
+    ``kept`` list entries as ``{"handle", "key", "path", "size", "last_used", "reason"}``,
+    ``cleaned`` lists stale locks, tmp dirs and write leftovers of entries that stay.
+    """
+    max_age_s = parse_age(max_age) if max_age is not None else None
+    budget = parse_size(max_total_bytes) if max_total_bytes is not None else None
+    keep_keys = {_key_of(h) for h in keep if str(h).strip()}
+    now = time.time()
+    entries = _scan(storage, lock_timeout)
+    pruner = _Pruner(storage, dry_run=dry_run, lock_timeout=lock_timeout)
+
+    candidates: list[_Entry] = []
+    for entry in entries:
+        live_lock = entry.lock is not None and not entry.lock.stale
+        if entry.key in keep_keys:
+            pruner.clean(entry)
+            pruner.keep(entry, "in keep")
+        elif live_lock:
+            assert entry.lock is not None
+            pruner.keep(entry, f"locked by {entry.lock.content} ({entry.lock.reason})")
+        elif not entry.complete:
+            pruner.remove(entry, "incomplete (left by an interrupted stager)")
+        else:
+            pruner.clean(entry)
+            candidates.append(entry)
+
+    survivors: list[_Entry] = []
+    for entry in candidates:
+        idle = now - entry.last_used
+        if max_age_s is not None and idle > max_age_s:
+            pruner.remove(entry, f"unused for {_duration(idle)} (max age {_duration(max_age_s)})")
+        else:
+            survivors.append(entry)
+
+    if budget is not None:
+        total = sum(e.size for e in entries if e.key not in pruner.removed_keys)
+        for entry in sorted(survivors, key=lambda e: (e.last_used, e.key)):  # least recently used first
+            if total <= budget:
+                break
+            if pruner.remove(entry, f"least recently used while the cache is over {format_size(budget)}"):
+                total -= entry.size
+
+    for entry in survivors:
+        if entry.key not in pruner.removed_keys and entry.key not in pruner.kept_keys:
+            pruner.keep(entry, "within limits")
+
+    remaining = sum(e.size for e in entries if e.key not in pruner.removed_keys)
+    return {
+        "removed": pruner.removed,
+        "cleaned": pruner.cleaned,
+        "kept": pruner.kept,
+        "freed_bytes": pruner.freed,
+        "total_bytes": remaining,
+        "over_budget": budget is not None and remaining > budget,
+        "dry_run": dry_run,
+    }
+
+
+class _Pruner:
+    """Carries out (or, dry, only records) removals, each under the entry's lock."""
+
+    def __init__(self, storage: Storage, *, dry_run: bool, lock_timeout: float) -> None:
+        self.storage = storage
+        self.dry_run = dry_run
+        self.lock_timeout = lock_timeout
+        self.uid = new_uid()
+        self.removed: list[dict[str, Any]] = []
+        self.kept: list[dict[str, Any]] = []
+        self.cleaned: list[dict[str, Any]] = []
+        self.removed_keys: set[str] = set()
+        self.kept_keys: set[str] = set()
+        self.freed = 0
+
+    def _row(self, entry: _Entry, reason: str) -> dict[str, Any]:
+        return {
+            "handle": entry.handle,
+            "key": entry.key,
+            "path": self.storage.location(entry.key),
+            "size": entry.size,
+            "last_used": _iso(entry.last_used) if entry.last_used else None,
+            "reason": reason,
+        }
+
+    def keep(self, entry: _Entry, reason: str) -> None:
+        self.kept.append(self._row(entry, reason))
+        self.kept_keys.add(entry.key)
+
+    def remove(self, entry: _Entry, reason: str) -> bool:
+        """Delete the whole entry; False (and kept) when a stager got to it first."""
+        if self.dry_run:
+            freed = entry.size
+        else:
+            lock = self._lock(entry)
+            if lock is None:
+                self.keep(entry, "locked by a stager that started meanwhile")
+                return False
+            try:
+                if self._changed_since_scan(entry):
+                    self.keep(entry, "used or restaged while pruning")
+                    return False
+                freed = self._delete_entry(entry)
+            finally:
+                lock.release()
+        self.removed.append({**self._row(entry, reason), "size": freed})
+        self.removed_keys.add(entry.key)
+        self.freed += freed
+        log.info("%s %s (%s): %s.", "Would remove" if self.dry_run else "Removed", entry.key, entry.handle, reason)
+        return True
+
+    def clean(self, entry: _Entry) -> None:
+        """Remove a dead stager's lock, tmp dirs and write leftovers from an entry that may stay.
+
+        Only called for entries without a live lock: under the lock taken here nobody else can be
+        writing ``<key>.<uid>.tmp``, so every tmp dir belongs to a stager that is gone.
+        """
+        now = time.time()
+        leftovers = [n for n in entry.write_leftovers if self._older_than_timeout(n, now)]
+        stale_lock = entry.lock is not None and entry.lock.stale
+        if not (entry.tmp_dirs or leftovers or stale_lock):
+            return
+        if self.dry_run:
+            tmp_freed = {tmp: sum(s for _, s in self.storage.list_tree(tmp)) for tmp in entry.tmp_dirs}
+        else:
+            lock = self._lock(entry)
+            if lock is None:
+                return
+            try:
+                tmp_freed = {tmp: self.storage.delete_tree(tmp) for tmp in entry.tmp_dirs}
+                for name in leftovers:
+                    self.storage.delete(name)
+            finally:
+                lock.release()
+        if stale_lock:
+            assert entry.lock is not None
+            reason = f"stale lock of {entry.lock.content}: {entry.lock.reason}"
+            self.cleaned.append({"key": entry.key, "name": entry.names.lock, "size": 0, "reason": reason})
+            entry.lock = None
+        for tmp, size in tmp_freed.items():
+            self.cleaned.append({"key": entry.key, "name": tmp, "size": size, "reason": "tmp dir of a dead stager"})
+            self.freed += size
+        for name in leftovers:
+            self.cleaned.append({"key": entry.key, "name": name, "size": 0, "reason": "unfinished small-file write"})
+        entry.tmp_dirs, entry.tmp_bytes = [], 0
+
+    def _older_than_timeout(self, name: str, now: float) -> bool:
+        st = self.storage.stat(name)
+        return st is not None and now - st.mtime > self.lock_timeout
+
+    def _changed_since_scan(self, entry: _Entry) -> bool:
+        """Hits touch the metadata and stagers write it: either after the scan voids the decision."""
+        st = self.storage.stat(entry.names.meta)
+        return (st.token if st is not None else None) != entry.meta_token
+
+    def _lock(self, entry: _Entry) -> CacheLock | None:
+        """Take the entry's lock now (taking over a dead holder's), or None if a live stager has it."""
+        lock = CacheLock(
+            self.storage,
+            entry.names.lock,
+            self.uid,
+            timeout=self.lock_timeout,
+            wait_timeout=0.0,
+            tmp_name=entry.names.tmp,
+        )
+        try:
+            lock.acquire()
+        except LockTimeoutError:
+            return None
+        return lock
+
+    def _delete_entry(self, entry: _Entry) -> int:
+        """Metadata first (readers stop trusting the entry), then the model, then the rest."""
+        names = entry.names
+        freed = 0
+        for small in (names.meta, names.descriptor):
+            st = self.storage.stat(small)
+            if st is not None and self.storage.delete(small):
+                freed += st.size
+        freed += self.storage.delete_tree(names.model)
+        for name in self.storage.list_root(prefix=f"{entry.key}."):
+            if TMP_RE.match(name):
+                freed += self.storage.delete_tree(name)
+            elif _WRITE_TMP_RE.match(name):
+                st = self.storage.stat(name)
+                if st is not None and self.storage.delete(name):
+                    freed += st.size
+        return freed
+
+
+def _key_of(handle: str) -> str:
+    """The cache key of a handle; a 40-hex key is accepted as itself (what ``ls`` shows)."""
+    text = str(handle).strip()
+    if re.fullmatch(r"[0-9a-f]{40}", text):
+        return text
+    try:
+        return parse_handle(text).cache_key
+    except InvalidHandleError as exc:
+        raise InvalidHandleError(f"{exc} (given in keep/verify; a 40-character cache key works too)") from exc
+
+
+def _iso(ts: float) -> str:
+    return datetime.datetime.fromtimestamp(ts, datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def _duration(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.1f}{unit}"
+    return f"{seconds:.0f}s"
