@@ -23,9 +23,11 @@ import select
 import socket
 import ssl
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 ALLOWED_HOSTS = frozenset({"www.googleapis.com", "storage.googleapis.com"})
 _TE_IDENTITY = b"\r\nTransfer-Encoding: identity\r\n"
@@ -259,3 +261,39 @@ class TLSRelay:
                     if not data:
                         return
                     tls.sendall(data)
+
+
+@dataclass
+class TFGCS:
+    """A running emulator plus relay: ``env`` is what a TensorFlow subprocess needs for ``gs://``."""
+
+    emulator: Any
+    relay: TLSRelay
+    env: dict[str, str]
+
+    def upload_tree(self, local_dir: Path, gs_url: str) -> int:
+        """Upload every file under ``local_dir`` to ``gs://bucket/prefix`` (bucket created); return the count."""
+        bucket_name, _, prefix = gs_url.removeprefix("gs://").partition("/")
+        self.emulator.create_bucket(bucket_name)
+        bucket = self.emulator.client().bucket(bucket_name)
+        count = 0
+        for path in sorted(local_dir.rglob("*")):
+            if path.is_file():
+                name = f"{prefix.strip('/')}/{path.relative_to(local_dir).as_posix()}".lstrip("/")
+                bucket.blob(name).upload_from_filename(str(path))
+                count += 1
+        return count
+
+
+@contextlib.contextmanager
+def tf_gcs(workdir: Path) -> Iterator[TFGCS]:
+    """fake-gcs-server + a throwaway CA + :class:`TLSRelay`, torn down on exit.
+
+    fake-gcs-server keeps its default ``-public-host storage.googleapis.com``, which is what routes
+    TensorFlow's path-style media GETs (``Host: storage.googleapis.com``) correctly.
+    """
+    from airflow_provider_tfhub.testing.gcs_emulator import GCSEmulator
+
+    ca = make_test_ca(workdir / "ca")
+    with GCSEmulator() as emulator, TLSRelay(emulator.port, ca) as relay:
+        yield TFGCS(emulator, relay, relay.env(ca))

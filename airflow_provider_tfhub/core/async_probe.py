@@ -1,0 +1,262 @@
+"""Has a cached model changed upstream? One conditional request answers it, without downloading.
+
+The probe sends the compressed-format request a stager would send, with the cached validators
+(``If-None-Match`` / ``If-Modified-Since``) and ``Range: bytes=0-0``: an unchanged model answers
+304, a changed one answers 206 with a one-byte body (or 200 from servers without ranges, whose
+body is never read). Redirects are followed hop by hop and the token goes only to the handle's own
+host, exactly as :class:`~airflow_provider_tfhub.core.transfer.HttpSource` does when staging.
+
+Two transports share :func:`compare`: :func:`check_for_update` (``requests``, for sensors' ``poke``
+on a worker) and :func:`acheck_for_update` (``httpx.AsyncClient``, for triggers, whose event loop
+must never block). httpx is a dependency of Airflow's Task SDK, so the provider adds none; the core
+itself imports it only inside the async function. Archive handles on a local path or ``gs://`` have
+no HTTP validators: their source's own ``open(validators)`` decides (in a thread when async).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import urllib.parse
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from airflow_provider_tfhub.core.errors import DownloadError, InvalidHandleError
+from airflow_provider_tfhub.core.handles import COMPRESSED_FORMAT_QUERY, Handle, parse_handle, with_format_query
+from airflow_provider_tfhub.core.layout import utc_now
+from airflow_provider_tfhub.core.storage.base import Storage
+from airflow_provider_tfhub.core.transfer import (
+    _MAX_REDIRECTS,
+    _REDIRECTS,
+    USER_AGENT,
+    ArchiveSource,
+    HttpSource,
+    LocalFileSource,
+    RetryPolicy,
+    _safe,
+)
+
+_HINTS = {
+    401: "the hub needs credentials: set the token (password) of the tfhub connection",
+    403: "access was denied: check the token and that the model is public",
+    404: "no model at that handle: check publisher, name and version",
+    410: "the model was removed from the hub",
+}
+_TRANSIENT = {408, 429, 500, 502, 503, 504}
+
+
+@dataclass(frozen=True)
+class UpdateCheck:
+    """The answer of one probe: ``changed`` and why, plus what upstream reported."""
+
+    changed: bool
+    reason: str
+    etag: str | None = None
+    last_modified: str | None = None
+    size: int | None = None
+
+    def as_dict(self, handle: str, cached: Mapping[str, Any] | None) -> dict[str, Any]:
+        """The sensors' XCom / trigger event payload (JSON-friendly, no secrets)."""
+        cached = cached or {}
+        return {
+            "handle": handle,
+            "changed": self.changed,
+            "reason": self.reason,
+            "etag": self.etag,
+            "last_modified": self.last_modified,
+            "size": self.size,
+            "cached_etag": cached.get("etag"),
+            "cached_last_modified": cached.get("last_modified"),
+            "cached_size": cached.get("archive_bytes"),
+            "cache_key": cached.get("cache_key"),
+            "path": cached.get("path"),
+            "checked_at": utc_now(),
+        }
+
+
+NOT_CACHED = UpdateCheck(True, "not cached")
+
+
+def probe_headers(cached: Mapping[str, Any]) -> dict[str, str]:
+    headers = {"Range": "bytes=0-0"}
+    if cached.get("etag"):
+        headers["If-None-Match"] = str(cached["etag"])
+    if cached.get("last_modified"):
+        headers["If-Modified-Since"] = str(cached["last_modified"])
+    return headers
+
+
+def compare(cached: Mapping[str, Any], status: int, headers: Mapping[str, str], description: str) -> UpdateCheck:
+    """Decide from one response whether upstream differs from ``cached`` (a staged-model dict).
+
+    ETag first (what the hub and GCS promise to change with the content), then Last-Modified, then
+    the archive's size. With nothing to compare, the answer is "changed": a refresh with
+    ``if_changed`` then downloads once and records validators for next time.
+    """
+    if status not in (200, 206, 304):
+        _raise_for_status(status, description)
+    etag = headers.get("ETag") or None
+    last_modified = headers.get("Last-Modified") or None
+    if status == 304:
+        return UpdateCheck(
+            False,
+            "not modified (HTTP 304)",
+            etag or cached.get("etag"),
+            last_modified or cached.get("last_modified"),
+            cached.get("archive_bytes"),
+        )
+    ctype = headers.get("Content-Type", "").split(";")[0].strip().lower()
+    if ctype in ("text/html", "application/xhtml+xml"):
+        raise DownloadError(
+            f"{description!r} returned an HTML page instead of a model archive; use the model's handle or a "
+            "direct .tar.gz URL, and set a token in the tfhub connection if the hub needs one.",
+            permanent=True,
+            status=status,
+        )
+    size = _total_size(status, headers)
+    result = {"etag": etag, "last_modified": last_modified, "size": size}
+    old_etag, old_modified, old_size = cached.get("etag"), cached.get("last_modified"), cached.get("archive_bytes")
+    if old_etag and etag:
+        if _weak(etag) != _weak(str(old_etag)):
+            return UpdateCheck(True, f"ETag changed from {old_etag} to {etag}", **result)
+        return UpdateCheck(False, "same ETag", **result)
+    if old_modified and last_modified:
+        if _http_time(last_modified) != _http_time(str(old_modified)):
+            return UpdateCheck(True, f"Last-Modified changed from {old_modified} to {last_modified}", **result)
+        return UpdateCheck(False, "same Last-Modified", **result)
+    if old_size is not None and size is not None:
+        if int(old_size) != size:
+            return UpdateCheck(True, f"archive size changed from {old_size} to {size} bytes", **result)
+        return UpdateCheck(False, "same archive size (the only validator available)", **result)
+    return UpdateCheck(True, "no validator to compare (no ETag, Last-Modified or size recorded)", **result)
+
+
+def check_for_update(
+    handle: str,
+    cached: Mapping[str, Any] | None,
+    *,
+    token: str | None = None,
+    storage: Storage | None = None,
+    retry: RetryPolicy | None = None,
+) -> UpdateCheck:
+    """Blocking probe (``requests``): has ``handle`` changed since ``cached`` was staged?"""
+    parsed = _remote(handle)
+    if cached is None:
+        return NOT_CACHED
+    if parsed.kind != "http":
+        return _check_source(parsed, cached, storage)
+    source = HttpSource(
+        with_format_query(parsed.handle, COMPRESSED_FORMAT_QUERY),
+        token=token,
+        token_host=parsed.host,
+        retry=retry or RetryPolicy(attempts=2),
+        description=parsed.handle,
+    )
+    resp = source.request(source.url, probe_headers(cached), stream=True)
+    try:
+        return compare(cached, resp.status_code, resp.headers, parsed.handle)
+    finally:
+        resp.close()
+
+
+async def acheck_for_update(
+    handle: str,
+    cached: Mapping[str, Any] | None,
+    *,
+    token: str | None = None,
+    storage: Storage | None = None,
+    timeout: float = 30.0,
+) -> UpdateCheck:
+    """Non-blocking probe (``httpx``) for triggers; same request, same answer as :func:`check_for_update`.
+
+    No retries here: a trigger polls again anyway. Transient failures raise a non-permanent
+    :class:`DownloadError`, which the caller may log and ignore until the next poll.
+    """
+    parsed = _remote(handle)
+    if cached is None:
+        return NOT_CACHED
+    if parsed.kind != "http":
+        return await asyncio.to_thread(_check_source, parsed, cached, storage)
+    import httpx
+
+    url = with_format_query(parsed.handle, COMPRESSED_FORMAT_QUERY)
+    headers = probe_headers(cached)
+    try:
+        async with httpx.AsyncClient(timeout=timeout, follow_redirects=False) as client:
+            for _ in range(_MAX_REDIRECTS + 1):
+                hop = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity", **headers}
+                if token and urllib.parse.urlsplit(url).netloc.lower() == parsed.host:
+                    hop["Authorization"] = f"Bearer {token}"
+                async with client.stream("GET", url, headers=hop) as resp:  # the body is never read
+                    location = resp.headers.get("Location")
+                    if resp.status_code in _REDIRECTS and location:
+                        url = urllib.parse.urljoin(url, location)
+                        continue
+                    return compare(cached, resp.status_code, resp.headers, parsed.handle)
+    except httpx.HTTPError as exc:
+        raise DownloadError(
+            f"Could not reach {parsed.handle!r}: {type(exc).__name__}: {_safe(exc)}; check the network or the handle."
+        ) from exc
+    raise DownloadError(f"Too many redirects for {parsed.handle!r}.", permanent=True)
+
+
+def _remote(handle: str) -> Handle:
+    parsed = parse_handle(handle)
+    if parsed.kind == "local_dir":
+        raise InvalidHandleError(
+            f"{parsed.handle!r} is a local directory: it is used in place, never cached, so it has no upstream "
+            "to watch; give a tfhub.dev/Kaggle handle or an http(s)/gs:// archive URL."
+        )
+    return parsed
+
+
+def _check_source(parsed: Handle, cached: Mapping[str, Any], storage: Storage | None) -> UpdateCheck:
+    """Archive files on a path or in GCS: their source's ``open(validators)`` says unchanged (None)."""
+    source: ArchiveSource
+    if parsed.kind == "local_archive":
+        source = LocalFileSource(parsed.handle)
+    else:
+        from airflow_provider_tfhub.core.storage.gcs import GCSArchiveSource
+
+        source = GCSArchiveSource(parsed.handle, storage=storage)
+    validators = {k: str(cached[k]) for k in ("etag", "last_modified") if cached.get(k)}
+    stream = source.open(validators)
+    if stream is None:
+        return UpdateCheck(False, "not modified", cached.get("etag"), cached.get("last_modified"))
+    try:
+        info = stream.info
+        headers = {k: v for k, v in (("ETag", info.etag), ("Last-Modified", info.last_modified)) if v}
+        if info.size is not None:
+            headers["Content-Length"] = str(info.size)
+        return compare(cached, 200, headers, parsed.handle)
+    finally:
+        stream.close()
+
+
+def _raise_for_status(status: int, description: str) -> None:
+    hint = _HINTS.get(status, "the server could not answer the update check")
+    raise DownloadError(
+        f"{description!r} answered HTTP {status}: {hint}.",
+        permanent=status < 500 and status not in _TRANSIENT,
+        status=status,
+    )
+
+
+def _total_size(status: int, headers: Mapping[str, str]) -> int | None:
+    if status == 206:
+        total = headers.get("Content-Range", "").rpartition("/")[2].strip()
+        return int(total) if total.isdigit() else None
+    length = headers.get("Content-Length", "")
+    return int(length) if length.isdigit() else None
+
+
+def _weak(etag: str) -> str:
+    return etag.strip().removeprefix("W/")
+
+
+def _http_time(value: str) -> float | str:
+    try:
+        return email.utils.parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return value.strip()
