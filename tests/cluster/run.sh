@@ -35,9 +35,12 @@ if ((${#missing[@]})); then
 fi
 
 # -- Python packages (the [cluster] extra) --------------------------------------------------------------
-if ! $PY -c "import airflow.providers.celery, psycopg2, asyncpg" 2>/dev/null; then
-    echo "[cluster] installing apache-airflow-providers-celery, psycopg2-binary and asyncpg into .venv"
-    $UV pip install --quiet --python $PY "apache-airflow-providers-celery>=3.10" "psycopg2-binary>=2.9" "asyncpg>=0.30"
+# celery 5.7 removed celery.backends.database.retry, which apache-airflow-providers-celery 3.26 imports.
+CLUSTER_REQS=("apache-airflow-providers-celery>=3.10" "celery[redis]>=5.5,<5.7" "psycopg2-binary>=2.9" "asyncpg>=0.30")
+if ! $PY -c "import asyncpg, psycopg2; from celery.backends.database import retry; import airflow.providers.celery" \
+    2>/dev/null; then
+    echo "[cluster] installing ${CLUSTER_REQS[*]} into .venv"
+    $UV pip install --quiet --python $PY "${CLUSTER_REQS[@]}"
 fi
 
 # -- run ------------------------------------------------------------------------------------------------
