@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import threading
+import urllib.parse
 from collections.abc import Mapping
 from typing import Any, Literal
 
@@ -55,6 +57,9 @@ MAX_OUTPUT_ELEMENTS = 1024
 
 TpuSetting = bool | Literal["auto"]
 
+#: Variables TensorFlow's TPU resolver reads a TPU name from whenever they are present, even if blank.
+_RESOLVER_NAME_VARS = ("TPU_NAME", "KUBE_GOOGLE_CLOUD_TPU_ENDPOINTS")
+
 _SCHEME_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 
 
@@ -81,13 +86,19 @@ def detect_tpu() -> bool:
 def _detect() -> tuple[bool, str]:
     """``(on_tpu, why)``. The environment first (free); the TPU cluster resolver only if it says nothing.
 
-    The resolver needs TensorFlow; without TPU hints it fails in microseconds, but with ``TPU_CONFIG``
-    or GKE endpoints it may query the GCE metadata server, so it runs in a daemon thread with a
-    deadline. Any failure, including TensorFlow not being installed, means "no TPU".
+    A blank ``TPU_NAME`` means "no TPU". The resolver needs TensorFlow; without TPU hints it fails in
+    microseconds, but with ``TPU_CONFIG`` or GKE endpoints it may query the GCE metadata server, so it
+    runs in a daemon thread with a deadline. Any failure, including TensorFlow not being installed,
+    means "no TPU".
     """
     for name in TPU_ENV_VARS:
         if os.environ.get(name, "").strip():
             return True, f"{name} is set"
+    for name in _RESOLVER_NAME_VARS:
+        if name in os.environ:
+            # Set but blank: an explicit "no TPU". The resolver would take "" for a TPU name and ask
+            # the GCE metadata server for a project: off GCP, a DNS lookup that may hang.
+            return False, f"{name} is set but empty"
     checked = ", ".join(TPU_ENV_VARS)
     try:
         import tensorflow as tf
@@ -199,6 +210,15 @@ def load(plan_or_staged: Mapping[str, Any], *, tpu: object = "auto", tags: str |
     options = plan["load_options"]
     if not isinstance(options, Mapping):
         raise ConfigurationError(f"The plan's load_options must be a dict, got {options!r}.")
+    path = plan["path"]
+    if _scheme(path) is None:
+        local = urllib.parse.unquote(urllib.parse.urlsplit(path).path) if path.startswith("file:") else path
+        if not os.path.isdir(local):
+            raise FileNotFoundError(
+                f"The staged model {path!r} does not exist on this machine ({socket.gethostname()}). A local cache "
+                "is per machine: stage and load on the same worker (e.g. one queue), use a shared volume, or a "
+                "gs:// cache."
+            )
     tf = _tensorflow()
     try:
         load_options = tf.saved_model.LoadOptions(**options)
@@ -206,7 +226,7 @@ def load(plan_or_staged: Mapping[str, Any], *, tpu: object = "auto", tags: str |
         raise ConfigurationError(
             f"The plan's load_options {dict(options)!r} are not tf.saved_model.LoadOptions arguments: {exc}"
         ) from exc
-    return tf.saved_model.load(plan["path"], tags=tags, options=load_options)
+    return tf.saved_model.load(path, tags=tags, options=load_options)
 
 
 # -- what the loaded model offers --------------------------------------------------------------------------

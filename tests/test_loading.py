@@ -35,11 +35,17 @@ IO_DEVICE_OPTIONS = {"experimental_io_device": "/job:localhost"}
 GS_LOCATION = "gs://tfhub-modules/google/small_a/1/uncompressed"
 
 
+def env_without_tpu(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """This process's environment minus every TPU signal, plus ``extra``."""
+    base = {k: v for k, v in os.environ.items() if k not in (*loading.TPU_ENV_VARS, "KUBE_GOOGLE_CLOUD_TPU_ENDPOINTS")}
+    return {**base, **(extra or {})}
+
+
 def run_py(code: str, *args: str, env: dict[str, str] | None = None, timeout: float = 300) -> dict[str, Any]:
-    """Run ``code`` in a fresh Python; it must print one JSON line starting with ``RESULT``."""
+    """Run ``code`` in a fresh Python without TPU variables; it must print one ``RESULT <json>`` line."""
     proc = subprocess.run(
         [sys.executable, "-c", textwrap.dedent(code), *args],
-        env={**os.environ, **(env or {})},
+        env=env_without_tpu(env),
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -109,6 +115,18 @@ def test_auto_detects_tpu_from_environment(no_tpu_env: pytest.MonkeyPatch, varia
     assert loading.detect_tpu() is True
 
 
+def test_blank_tpu_name_means_no_tpu_without_asking_the_resolver(no_tpu_env: pytest.MonkeyPatch) -> None:
+    """``TPU_NAME=`` (e.g. from a compose file) is "no TPU"; TensorFlow's resolver would take "" for a TPU
+    name and query the GCE metadata server. Decided from the environment alone: no TensorFlow import."""
+    no_tpu_env.setenv("TPU_NAME", "  ")
+    no_tpu_env.setenv("COLAB_TPU_ADDR", "")
+
+    plan = loading.build_plan(staged_dict("/cache/abc"), tpu="auto")
+
+    assert plan["tpu"] is False and plan["load_options"] == {}
+    assert "TPU_NAME is set but empty" in plan["reason"]
+
+
 @pytest.mark.parametrize("bad", ["yes", "true", "", 1, 0, None, "tpu"])
 def test_tpu_setting_is_validated(bad: Any) -> None:
     with pytest.raises(ConfigurationError, match=r"tpu=.*use tpu=True, tpu=False or tpu='auto'"):
@@ -122,12 +140,12 @@ def test_tpu_setting_is_validated(bad: Any) -> None:
     [{"handle": "https://tfhub.dev/a/b/1"}, {"path": ""}, {"path": None}, {"path": 42}],
 )
 def test_staged_dict_without_path_is_a_clear_error(staged: dict[str, Any]) -> None:
-    with pytest.raises(ConfigurationError, match="no usable 'path'.*stage operator's XCom"):
+    with pytest.raises(ConfigurationError, match=r"no usable 'path'.*stage operator's XCom"):
         loading.build_plan(staged, tpu=False)
 
 
 def test_non_dict_staged_value_is_a_clear_error() -> None:
-    with pytest.raises(ConfigurationError, match="Expected a staged-model dict.*got str"):
+    with pytest.raises(ConfigurationError, match=r"Expected a staged-model dict.*got str"):
         loading.build_plan("/cache/abc", tpu=False)  # type: ignore[arg-type]
 
 
@@ -135,6 +153,15 @@ def test_plan_with_unknown_load_options_is_a_clear_error() -> None:
     plan = {**loading.build_plan(staged_dict("/m"), tpu=False), "load_options": "fast"}
     with pytest.raises(ConfigurationError, match="load_options must be a dict"):
         loading.load(plan)
+
+
+def test_local_path_missing_on_this_worker_is_a_clear_error(tmp_path: Path) -> None:
+    """Stage on one worker, load on another with a local cache: say so before TensorFlow is imported."""
+    missing = str(tmp_path / "staged-elsewhere")
+    with pytest.raises(FileNotFoundError, match=r"does not exist on this machine .*same worker.*gs:// cache"):
+        loading.load(staged_dict(missing), tpu=True)
+    with pytest.raises(FileNotFoundError, match="does not exist on this machine"):
+        loading.load(staged_dict("file://" + missing), tpu=False)
 
 
 # -- the operator at DAG-parse time -----------------------------------------------------------------------------
@@ -159,7 +186,7 @@ def test_operator_validates_arguments_at_parse_time() -> None:
     with pytest.raises(ConfigurationError, match="signature="):
         TFHubLoadModelOperator(task_id="sig", staged={"path": "/m"}, signature="")
     with pytest.raises(TypeError):
-        TFHubLoadModelOperator({"path": "/m"})  # type: ignore[misc]
+        TFHubLoadModelOperator({"path": "/m"})  # type: ignore[call-arg,arg-type]
     op = TFHubLoadModelOperator(task_id="templated", handle="{{ params.handle }}", tpu=False, load_format="auto")
     assert op.template_fields == ("handle", "staged", "cache_dir") and op.tpu is False
 
@@ -248,6 +275,27 @@ out["auto"] = TFHubLoadModelOperator(task_id="auto", staged=staged, smoke_test=F
 out["missing_signature"] = TFHubLoadModelOperator(
     task_id="sig", staged=staged, tpu=False, signature="nope"
 ).execute({})["smoke_test"]
+# 5. Specs the smoke call cannot feed, outputs too big for XCom, a model without signatures.
+import tempfile
+class Odd(tf.Module):
+    @tf.function(input_signature=[tf.TensorSpec([None, 2000], tf.float32, name="wide")])
+    def wide(self, wide):
+        return {"big": wide + 1.0, "total": tf.reduce_sum(wide, axis=1)}
+    @tf.function(input_signature=[tf.TensorSpec([None, None], tf.int32, name="ids"), tf.TensorSpec([], tf.string)])
+    def ragged(self, ids, text):
+        return {"n": tf.size(ids)}
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.float32)])
+    def __call__(self, x):
+        return x
+odd = Odd()
+odd_dir, bare_dir = tempfile.mkdtemp(), tempfile.mkdtemp()
+tf.saved_model.save(odd, odd_dir, signatures={"wide": odd.wide, "ragged": odd.ragged})
+tf.saved_model.save(odd, bare_dir, signatures={})
+odd_model = loading.load({"path": odd_dir}, tpu=False)
+out["odd_signatures"] = loading.describe_signatures(odd_model)
+out["odd_wide"] = loading.smoke_call(odd_model, "wide")
+out["odd_ragged"] = loading.smoke_call(odd_model, "ragged")
+out["bare"] = loading.smoke_call(loading.load({"path": bare_dir}, tpu=False))
 print("RESULT " + json.dumps(out))
 """
 
@@ -258,8 +306,7 @@ def forced_tpu_run(
 ) -> Iterator[tuple[dict[str, Any], str, str]]:
     base = tmp_path_factory.mktemp("forced-tpu")
     handle, cache, staged_cache = f"{hub_server.url}/google/small_a/1", str(base / "c1"), str(base / "c2")
-    env = {name: "" for name in loading.TPU_ENV_VARS}
-    yield run_py(FORCED_TPU_SCRIPT, handle, cache, staged_cache, env=env), handle, cache
+    yield run_py(FORCED_TPU_SCRIPT, handle, cache, staged_cache), handle, cache
 
 
 def test_tpu_forced_plan_uses_the_coordinator_io_device(forced_tpu_run: tuple[dict[str, Any], str, str]) -> None:
@@ -314,6 +361,23 @@ def test_missing_signature_skips_the_smoke_call_naming_the_available_ones(
     assert "no signature 'nope'" in smoke["reason"] and "serving_default" in smoke["reason"]
 
 
+def test_smoke_call_feeds_only_what_it_can_and_keeps_xcom_small(
+    forced_tpu_run: tuple[dict[str, Any], str, str],
+) -> None:
+    result = forced_tpu_run[0]
+
+    wide = result["odd_wide"]
+    assert wide["called"] is True and wide["inputs"] == {"wide": {"dtype": "float32", "shape": [1, 2000]}}
+    assert wide["outputs"] == {"big": None, "total": [0.0]} and wide["omitted"] == ["big"]
+    assert wide["output_shapes"] == {"big": [1, 2000], "total": [1]}
+    ragged = result["odd_ragged"]
+    assert ragged["called"] is False and "shape [None, None]: only the batch dimension" in ragged["reason"]
+    assert result["bare"]["called"] is False and "exports no signatures" in result["bare"]["reason"]
+    described = result["odd_signatures"]
+    assert described["ragged"]["inputs"]["ids"] == {"dtype": "int32", "shape": [None, None]}
+    assert described["wide"]["outputs"]["total"] == {"dtype": "float32", "shape": [None]}
+
+
 # -- without TensorFlow (subprocess where ``import tensorflow`` fails) ---------------------------------------------
 
 NO_TENSORFLOW_SCRIPT = """
@@ -325,11 +389,12 @@ from airflow_provider_tfhub.operators.load import TFHubLoadModelOperator
 runpy.run_path(sys.argv[1])  # the example DAG parses without TensorFlow
 out = {"detect": loading._detect()}
 out["plans"] = [loading.build_plan({"path": p}, tpu=t)["load_options"] for p, t in [("/m", True), ("gs://b/m", True)]]
+model_dir = sys.argv[2]  # exists: only the missing TensorFlow can stop the load
 try:
-    loading.load({"path": "/m"}, tpu=False)
+    loading.load({"path": model_dir}, tpu=False)
 except ImportError as exc:
     out["load_error"] = str(exc)
-op = TFHubLoadModelOperator(task_id="load", staged={"handle": "h", "path": "/m"}, tpu=False, retries=3)
+op = TFHubLoadModelOperator(task_id="load", staged={"handle": "h", "path": model_dir}, tpu=False, retries=3)
 try:
     op.execute({})
 except AirflowFailException as exc:
@@ -339,9 +404,8 @@ print("RESULT " + json.dumps(out))
 """
 
 
-def test_without_tensorflow_errors_name_the_extra_and_parsing_still_works() -> None:
-    env = {name: "" for name in loading.TPU_ENV_VARS}
-    result = run_py(NO_TENSORFLOW_SCRIPT, str(ROOT / "dags" / "tfhub_tpu_training.py"), env=env)
+def test_without_tensorflow_errors_name_the_extra_and_parsing_still_works(tmp_path: Path) -> None:
+    result = run_py(NO_TENSORFLOW_SCRIPT, str(ROOT / "dags" / "tfhub_tpu_training.py"), str(tmp_path))
 
     hint = "pip install 'airflow-provider-tfhub[tensorflow]'"
     assert hint in result["load_error"] and "TensorFlow is required" in result["load_error"]

@@ -115,21 +115,24 @@ def compare(cached: Mapping[str, Any], status: int, headers: Mapping[str, str], 
             status=status,
         )
     size = _total_size(status, headers)
-    result = {"etag": etag, "last_modified": last_modified, "size": size}
+
+    def verdict(changed: bool, reason: str) -> UpdateCheck:
+        return UpdateCheck(changed, reason, etag, last_modified, size)
+
     old_etag, old_modified, old_size = cached.get("etag"), cached.get("last_modified"), cached.get("archive_bytes")
     if old_etag and etag:
         if _weak(etag) != _weak(str(old_etag)):
-            return UpdateCheck(True, f"ETag changed from {old_etag} to {etag}", **result)
-        return UpdateCheck(False, "same ETag", **result)
+            return verdict(True, f"ETag changed from {old_etag} to {etag}")
+        return verdict(False, "same ETag")
     if old_modified and last_modified:
         if _http_time(last_modified) != _http_time(str(old_modified)):
-            return UpdateCheck(True, f"Last-Modified changed from {old_modified} to {last_modified}", **result)
-        return UpdateCheck(False, "same Last-Modified", **result)
+            return verdict(True, f"Last-Modified changed from {old_modified} to {last_modified}")
+        return verdict(False, "same Last-Modified")
     if old_size is not None and size is not None:
         if int(old_size) != size:
-            return UpdateCheck(True, f"archive size changed from {old_size} to {size} bytes", **result)
-        return UpdateCheck(False, "same archive size (the only validator available)", **result)
-    return UpdateCheck(True, "no validator to compare (no ETag, Last-Modified or size recorded)", **result)
+            return verdict(True, f"archive size changed from {old_size} to {size} bytes")
+        return verdict(False, "same archive size (the only validator available)")
+    return verdict(True, "no validator to compare (no ETag, Last-Modified or size recorded)")
 
 
 def check_for_update(

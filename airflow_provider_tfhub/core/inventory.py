@@ -30,7 +30,7 @@ from airflow_provider_tfhub.core.errors import ConfigurationError, InvalidHandle
 from airflow_provider_tfhub.core.handles import parse_handle
 from airflow_provider_tfhub.core.layout import ENTRY_RE, TMP_RE, EntryNames, decode_meta, new_uid, parse_lock_content
 from airflow_provider_tfhub.core.locks import DEFAULT_LOCK_TIMEOUT, CacheLock, _pid_alive
-from airflow_provider_tfhub.core.storage.base import MODEL_MARKERS, Storage
+from airflow_provider_tfhub.core.storage.base import MODEL_MARKERS, ObjectStat, Storage
 
 log = logging.getLogger(__name__)
 
@@ -244,7 +244,7 @@ def _fill(storage: Storage, entry: _Entry, lock_timeout: float, now: float) -> N
         entry.has_meta = entry.meta is not None
         st = storage.stat(names.meta)
         if st is not None:
-            entry.meta_token = st.token
+            entry.meta_token = _change_token(st)
             entry.other_bytes += st.size
             if entry.has_meta:
                 entry.last_used = st.mtime
@@ -333,9 +333,10 @@ def verify(storage: Storage, handle: str | None = None) -> dict[str, Any]:
     ``status`` and the relpaths that are ``missing``, ``changed`` or ``extra``. ``status`` is
 
     * ``ok``: every file is present and intact, nothing extra;
-    * ``damaged``: something is missing, changed or extra;
-    * ``no manifest``: staged by tensorflow_hub (adopted) or before manifests existed: nothing to compare;
-    * ``partial`` / ``locked``: not a complete entry, or being staged right now (not verified);
+    * ``damaged``: something is missing (the model marker included), changed or extra;
+    * ``no manifest``: staged by tensorflow_hub (adopted or not): nothing to compare with;
+    * ``partial``: leftovers without metadata (a stager died; ``prune`` removes them);
+    * ``locked``: being staged right now (not verified);
     * ``not staged``: ``handle`` was asked for and is not in the cache.
 
     ``ok`` is False when anything is ``damaged``, ``partial`` or ``not staged``.
@@ -376,9 +377,9 @@ def _verify_entry(storage: Storage, entry: _Entry) -> dict[str, Any]:
         "changed": [],
         "extra": [],
     }
-    if entry.state != COMPLETE:
-        return report
     manifest: dict[str, Any] = (entry.meta or {}).get("manifest") or {}
+    if entry.state == LOCKED or not (manifest or entry.complete):
+        return report  # being staged, or nothing recorded to compare with
     if not manifest:
         report["status"] = "no manifest"
         return report
@@ -539,9 +540,11 @@ class _Pruner:
     def clean(self, entry: _Entry) -> None:
         """Remove a dead stager's lock, tmp dirs and write leftovers from an entry that may stay.
 
-        Only called for entries without a live lock: under the lock taken here nobody else can be
-        writing ``<key>.<uid>.tmp``, so every tmp dir belongs to a stager that is gone.
+        Under the lock taken here nobody else can be writing ``<key>.<uid>.tmp``, so every tmp dir
+        belongs to a stager that is gone; an entry with a live lock is left alone.
         """
+        if entry.lock is not None and not entry.lock.stale:
+            return
         now = time.time()
         leftovers = [n for n in entry.write_leftovers if self._older_than_timeout(n, now)]
         stale_lock = entry.lock is not None and entry.lock.stale
@@ -578,7 +581,7 @@ class _Pruner:
     def _changed_since_scan(self, entry: _Entry) -> bool:
         """Hits touch the metadata and stagers write it: either after the scan voids the decision."""
         st = self.storage.stat(entry.names.meta)
-        return (st.token if st is not None else None) != entry.meta_token
+        return (_change_token(st) if st is not None else None) != entry.meta_token
 
     def _lock(self, entry: _Entry) -> CacheLock | None:
         """Take the entry's lock now (taking over a dead holder's), or None if a live stager has it."""
@@ -613,6 +616,11 @@ class _Pruner:
                 if st is not None and self.storage.delete(name):
                     freed += st.size
         return freed
+
+
+def _change_token(st: ObjectStat) -> str:
+    """Rewrites change the token; a hit's touch changes the mtime (on GCS only that: custom metadata)."""
+    return f"{st.token}@{st.mtime}"
 
 
 def _key_of(handle: str) -> str:

@@ -18,7 +18,7 @@ import random
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
@@ -73,7 +73,11 @@ class RestartRequired(Exception):
 
 
 class ArchiveStream:
-    """Base class: a readable byte stream that hashes and counts what it delivers."""
+    """Base class: a readable byte stream that hashes and counts what it delivers.
+
+    Consumers that can take whole chunks use :meth:`chunks` (no copies: that is what the
+    extractor does); :meth:`read` serves file-object style callers.
+    """
 
     info: SourceInfo
 
@@ -96,13 +100,18 @@ class ArchiveStream:
     def readable(self) -> bool:
         return True
 
+    def chunks(self) -> Iterator[bytes]:
+        """The rest of the stream as chunks of at most :data:`CHUNK_SIZE` bytes (hashed, counted)."""
+        while data := self.read(CHUNK_SIZE):
+            yield data
+
     @property
     def sha256(self) -> str:
         return self._sha.hexdigest()
 
     def drain(self) -> None:
-        """Read to the end (the tar parser may stop before the archive's padding)."""
-        while self.read(CHUNK_SIZE):
+        """Read to the end (so that :attr:`sha256` covers the whole archive)."""
+        for _ in self.chunks():
             pass
 
     def _read(self, n: int) -> bytes:
@@ -270,7 +279,12 @@ def check_archive_response(resp: requests.Response, description: str) -> None:
 
 
 class _HttpStream(ArchiveStream):
-    """The body of one archive response, read by a network thread into a bounded queue."""
+    """The body of one archive response, read by a network thread into a bounded queue.
+
+    The network thread also hashes (sha256 releases the GIL), so the consumer thread, which
+    inflates, does nothing but take chunks off the queue: network, hashing, inflating and disk
+    writes all overlap. Memory stays bounded by ``_QUEUE_CHUNKS`` x :data:`CHUNK_SIZE`.
+    """
 
     def __init__(self, source: HttpSource, resp: requests.Response) -> None:
         super().__init__()
@@ -288,29 +302,44 @@ class _HttpStream(ArchiveStream):
         self._resp_url = resp.url
         self._queue: queue.Queue[bytes | BaseException | None] = queue.Queue(maxsize=_QUEUE_CHUNKS)
         self._buffer = b""
+        self._pos = 0
         self._eof = False
         self._closed = threading.Event()
         self._thread = threading.Thread(target=self._pump, args=(resp,), name="tfhub-download", daemon=True)
         self._thread.start()
 
+    def _next_chunk(self) -> bytes:
+        """The next queued chunk, b"" at the end; re-raises the network thread's failure."""
+        if self._eof:
+            return b""
+        item = self._queue.get()
+        if item is None:
+            self._eof = True
+            return b""
+        if isinstance(item, BaseException):
+            self._eof = True
+            raise item
+        return item
+
+    def chunks(self) -> Iterator[bytes]:
+        if self._pos < len(self._buffer):
+            rest, self._buffer, self._pos = self._buffer[self._pos :], b"", 0
+            yield rest
+        while chunk := self._next_chunk():
+            yield chunk
+
+    def read(self, n: int = -1) -> bytes:  # already hashed and counted by the network thread
+        return self._read(n)
+
     def _read(self, n: int) -> bytes:
-        while not self._eof and (n < 0 or len(self._buffer) < n):
-            item = self._queue.get()
-            if item is None:
-                self._eof = True
-            elif isinstance(item, BaseException):
-                self._eof = True
-                raise item
-            elif not self._buffer:
-                self._buffer = item
-                if n >= 0:
-                    break
-            else:
-                self._buffer += item
-        if n < 0 or n >= len(self._buffer):
-            data, self._buffer = self._buffer, b""
-        else:
-            data, self._buffer = self._buffer[:n], self._buffer[n:]
+        # Serve one queued chunk from an offset: short reads are fine for a raw stream, and small
+        # reads never copy the rest of the chunk.
+        if n < 0:
+            return b"".join(self.chunks())
+        if self._pos >= len(self._buffer):
+            self._buffer, self._pos = self._next_chunk(), 0
+        data = self._buffer[self._pos : self._pos + n]
+        self._pos += len(data)
         return data
 
     def close(self) -> None:
@@ -339,6 +368,8 @@ class _HttpStream(ArchiveStream):
             while True:
                 try:
                     for chunk in resp.raw.stream(CHUNK_SIZE, decode_content=False):
+                        self._sha.update(chunk)
+                        self.bytes_read += len(chunk)
                         if not self._put(chunk):
                             return
                         received += len(chunk)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -40,7 +41,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -93,6 +94,7 @@ class Component:
     log_path: Path
     stop_signal: int = signal.SIGTERM
     group: bool = True  # signal the whole process group (False: only the leader, e.g. the postmaster)
+    tier: int = 0  # stopped from the highest tier down: 2 workers, 1 other Airflow components, 0 services
     stop_timeout: float = 30.0
 
     @property
@@ -130,11 +132,12 @@ class Cluster:
         user: str | None = None,
         stop_signal: int = signal.SIGTERM,
         group: bool = True,
+        tier: int = 0,
         cwd: Path | None = None,
     ) -> Component:
         """Start ``argv`` in a new session (its pid is its process-group id) and record the pid."""
         log_path = self.log_dir / f"{name}.log"
-        handle: IO[bytes] = open(log_path, "ab")  # noqa: SIM115 - the child keeps it; closed below
+        handle: IO[bytes] = open(log_path, "ab")  # the child keeps its own copy
         try:
             proc = subprocess.Popen(
                 argv,
@@ -145,13 +148,14 @@ class Cluster:
                 cwd=str(cwd or self.work),
                 start_new_session=True,
                 user=user,
+                group=user,
                 close_fds=True,
             )
         finally:
             handle.close()
         with open(self.pidfile, "a") as pids:
             pids.write(f"{proc.pid} {name}\n")
-        component = Component(name, proc, log_path, stop_signal=stop_signal, group=group)
+        component = Component(name, proc, log_path, stop_signal=stop_signal, group=group, tier=tier)
         self.components.append(component)
         return component
 
@@ -161,21 +165,26 @@ class Cluster:
                 raise ClusterError(f"{component.name} (pid {component.pid}) exited with {component.proc.returncode}")
 
     def stop(self) -> None:
-        """Stop in reverse start order: signal, wait, then SIGKILL the group. Never raises."""
-        for component in reversed(self.components):
-            if component.alive():
-                _signal(component, component.stop_signal)
-        deadline = time.monotonic() + max((c.stop_timeout for c in self.components), default=0)
-        for component in reversed(self.components):
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                component.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-            # The leader may be gone while children it forked (task runners, pool processes) remain.
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(component.pid, signal.SIGKILL)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                component.proc.wait(timeout=5)
-            if component.proc.stdout is not None:
-                component.proc.stdout.close()
+        """Stop tier by tier (workers, then the other Airflow components, then the services they use).
+
+        Within a tier: signal everyone, wait, then SIGKILL the process group (the leader may be gone
+        while children it forked, such as task runners or pool processes, remain). Never raises.
+        """
+        for tier in sorted({c.tier for c in self.components}, reverse=True):
+            members = [c for c in reversed(self.components) if c.tier == tier]
+            for component in members:
+                if component.alive():
+                    _signal(component, component.stop_signal)
+            deadline = time.monotonic() + max(c.stop_timeout for c in members)
+            for component in members:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    component.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(component.pid, signal.SIGKILL)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    component.proc.wait(timeout=5)
+                if component.proc.stdout is not None:
+                    component.proc.stdout.close()
 
     def tails(self, lines: int = 40) -> str:
         parts = []
@@ -196,19 +205,24 @@ def _signal(component: Component, sig: int) -> None:
 def wait_for(what: str, probe: Callable[[], Any], timeout: float, cluster: Cluster, interval: float = 0.5) -> Any:
     """Poll ``probe`` until it returns something truthy; fail early if any component died."""
     deadline = time.monotonic() + timeout
+    last: Exception | None = None
     while True:
         cluster.check_alive()
         try:
-            result = probe()
+            result, last = probe(), None
         except Exception as exc:  # a probe failing is "not yet"
             result, last = None, exc
-        else:
-            last = None
         if result:
             return result
         if time.monotonic() > deadline:
-            raise ClusterError(f"timed out after {timeout:g} s waiting for {what}" + (f" (last error: {last})" if last else ""))
+            raise ClusterError(
+                f"timed out after {timeout:g} s waiting for {what}" + (f" (last error: {last})" if last else "")
+            )
         time.sleep(interval)
+
+
+def log_says(path: Path, text: str) -> bool:
+    return text in path.read_text(errors="replace")
 
 
 def read_ready_line(component: Component, timeout: float) -> str:
@@ -251,6 +265,7 @@ def start_postgres(cluster: Cluster) -> str:
     init = subprocess.run(
         [str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync"],
         user=user,
+        group=user,
         env=env,
         cwd=str(base),
         capture_output=True,
@@ -339,20 +354,21 @@ def airflow_env(
         "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
         "AIRFLOW__CORE__DAGS_FOLDER": str(dags),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
+        # Paused stays the default: the scheduled example DAGs must not run (their handles are real tfhub.dev
+        # models); only the DAGs this harness triggers get unpaused.
+        "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
         "AIRFLOW__CORE__FERNET_KEY": Fernet.generate_key().decode(),
         "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{api_port}/execution/",
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{ADMIN_USER}:admin",
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords),
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"postgresql+psycopg2://{pg}",
         "AIRFLOW__CELERY__BROKER_URL": broker,
-        "AIRFLOW__CELERY__RESULT_BACKEND": f"db+postgresql://{pg}",
+        "AIRFLOW__CELERY__RESULT_BACKEND": f"db+postgresql+psycopg2://{pg}",
         "AIRFLOW__CELERY__WORKER_CONCURRENCY": str(WORKER_CONCURRENCY),
         # Every component must sign and check Execution-API and log-server tokens with the same keys.
         "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_urlsafe(32),
         "AIRFLOW__API__SECRET_KEY": secrets.token_urlsafe(32),
         "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{api_port}",
-        "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_port()),
         "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
         "AIRFLOW_CONN_TFHUB_DEFAULT": json.dumps({"conn_type": "tfhub", "extra": {"cache_dir": CACHE_DIR}}),
         "STORAGE_EMULATOR_HOST": gcs_endpoint,
@@ -402,6 +418,7 @@ class Api:
         return self._request("POST", path, body)
 
     def trigger(self, dag_id: str, run_id: str, conf: dict[str, Any]) -> None:
+        self._request("PATCH", f"/api/v2/dags/{dag_id}", {"is_paused": False})
         self.post(f"/api/v2/dags/{dag_id}/dagRuns", {"dag_run_id": run_id, "logical_date": None, "conf": conf})
 
     def run_state(self, dag_id: str, run_id: str) -> str:
@@ -448,6 +465,14 @@ class Report:
     def check(self, ok: bool, message: str) -> None:
         (self.facts if ok else self.failures).append(("ok: " if ok else "FAIL: ") + message)
 
+    @contextlib.contextmanager
+    def guard(self, what: str) -> Iterator[None]:
+        """A check that cannot even be evaluated (API error, missing XCom) fails; the others still run."""
+        try:
+            yield
+        except Exception as exc:
+            self.failures.append(f"FAIL: {what}: {type(exc).__name__}: {exc}")
+
 
 def check_task_instances(report: Report, tis: list[dict[str, Any]], expected: dict[str, int], dag_id: str) -> None:
     counts = Counter(ti["task_id"] for ti in tis)
@@ -466,12 +491,12 @@ def check_staged(report: Report, staged: list[tuple[str, dict[str, Any]]], dag_i
         paths = {r.get("path") for r in results}
         key = hashlib.sha1(handle.encode()).hexdigest()
         want = f"{CACHE_DIR}/{key}"
-        report.check(paths == {want}, f"{dag_id}: {len(results)} task(s) of {handle} returned {sorted(map(str, paths))}")
+        report.check(
+            paths == {want}, f"{dag_id}: {len(results)} task(s) of {handle} returned {sorted(map(str, paths))}"
+        )
         got = sum(1 for r in results if r.get("downloaded"))
         report.check(got == downloads, f"{dag_id}: {got} of {len(results)} task(s) of {handle} downloaded")
-        report.check(
-            all(r.get("handle") == handle for r in results), f"{dag_id}: XCom handle of {handle} matches"
-        )
+        report.check(all(r.get("handle") == handle for r in results), f"{dag_id}: XCom handle of {handle} matches")
 
 
 def list_bucket(endpoint: str, bucket: str) -> list[str]:
@@ -495,7 +520,9 @@ def check_bucket(report: Report, endpoint: str, handles: Iterable[str]) -> None:
     expected = {k for key in keys for k in (key, f"{key}.descriptor.txt", f"{key}.meta.json")}
     leftovers = sorted(set(top) - expected)
     missing = sorted(expected - set(top))
-    report.check(not leftovers, "bucket: no lock, temp or stray object" + (f" (found {leftovers})" if leftovers else ""))
+    report.check(
+        not leftovers, "bucket: no lock, temp or stray object" + (f" (found {leftovers})" if leftovers else "")
+    )
     report.check(not missing, "bucket: every entry published" + (f" (missing {missing})" if missing else ""))
     for key in sorted(keys):
         report.check(f"{PREFIX}/{key}/saved_model.pb" in names, f"bucket: {key}/saved_model.pb present")
@@ -522,11 +549,18 @@ def worker_tasks(cluster: Cluster) -> dict[str, list[str]]:
     return seen
 
 
-def sensor_deferred(home: Path, dag_id: str, run_id: str, task_id: str) -> bool:
-    """Whether the sensor's task log shows a deferral (and thus a trip through the triggerer)."""
+def sensor_deferral(home: Path, dag_id: str, run_id: str, task_id: str) -> tuple[bool, str]:
+    """Whether the sensor went worker -> triggerer -> worker, from Airflow's own log lines.
+
+    The task log says ``Pausing task as DEFERRED`` when the first poke found nothing; the trigger's log
+    (``<attempt>.log.trigger.<id>.log``, written by the triggerer) says ``Trigger fired event``.
+    """
     base = home / "logs" / f"dag_id={dag_id}" / f"run_id={run_id}" / f"task_id={task_id}"
-    text = "".join(p.read_text(errors="replace") for p in sorted(base.rglob("*.log")))
-    return bool(re.search(r"defer", text, re.IGNORECASE)) and bool(re.search(r"trigger", text, re.IGNORECASE))
+    task_log = "".join(p.read_text(errors="replace") for p in sorted(base.glob("attempt=*.log")))
+    trigger_log = "".join(p.read_text(errors="replace") for p in sorted(base.glob("attempt=*.trigger.*.log")))
+    deferred = "Pausing task as DEFERRED" in task_log
+    fired = "Trigger fired event" in trigger_log
+    return deferred and fired, f"task log deferral: {deferred}, trigger fired in the triggerer: {fired}"
 
 
 # -- main -----------------------------------------------------------------------------------------------
@@ -560,10 +594,17 @@ def run(args: argparse.Namespace) -> int:
         log(f"redis ready ({broker})")
 
         base_env = {**os.environ, "NO_GCE_CHECK": "true"}
+        gcs_argv = [
+            "-m",
+            "airflow_provider_tfhub.testing.gcs_emulator",
+            "--data",
+            str(work / "gcs"),
+            "--bucket",
+            BUCKET,
+        ]
         gcs = cluster.spawn(
             "gcs-emulator",
-            [sys.executable, "-m", "airflow_provider_tfhub.testing.gcs_emulator", "--data", str(work / "gcs")]
-            + ["--bucket", BUCKET],
+            [sys.executable, *gcs_argv],
             env=base_env,
             stdout_pipe=True,
         )
@@ -603,17 +644,16 @@ def run(args: argparse.Namespace) -> int:
         if migrate.returncode != 0:
             raise ClusterError(f"airflow db migrate failed:\n{(migrate.stdout + migrate.stderr)[-4000:]}")
 
-        cluster.spawn("api-server", [airflow, "api-server", "-H", "127.0.0.1", "-p", str(api_port), "-w", "1"], env=env)
-        cluster.spawn("scheduler", [airflow, "scheduler"], env=env)
-        cluster.spawn("dag-processor", [airflow, "dag-processor"], env=env)
-        cluster.spawn("triggerer", [airflow, "triggerer"], env=env)
+        api_argv = [airflow, "api-server", "-H", "127.0.0.1", "-p", str(api_port), "-w", "1"]
+        cluster.spawn("api-server", api_argv, env=env, tier=1)
+        cluster.spawn("scheduler", [airflow, "scheduler"], env=env, tier=1)
+        cluster.spawn("dag-processor", [airflow, "dag-processor"], env=env, tier=1)
+        # --skip-serve-logs: Airflow's log servers bind every interface (host ""), and all components share
+        # this AIRFLOW_HOME, so the api-server reads task and trigger logs from disk anyway.
+        cluster.spawn("triggerer", [airflow, "triggerer", "--skip-serve-logs"], env=env, tier=1)
         for name in WORKERS:
-            worker_env = {**env, "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port())}
-            cluster.spawn(
-                name,
-                [airflow, "celery", "worker", "--celery-hostname", f"{name}@%h", "-c", str(WORKER_CONCURRENCY)],
-                env=worker_env,
-            )
+            argv = [airflow, "celery", "worker", "--celery-hostname", f"{name}@%h", "-c", str(WORKER_CONCURRENCY)]
+            cluster.spawn(name, [*argv, "--skip-serve-logs"], env=env, tier=2)
         log("started api-server, scheduler, dag-processor, triggerer and 2 celery workers")
 
         api = Api(f"http://127.0.0.1:{api_port}", password)
@@ -627,8 +667,8 @@ def run(args: argparse.Namespace) -> int:
 
         wait_for("api-server, scheduler, triggerer and dag-processor to report healthy", healthy, 240, cluster, 2)
         for name in WORKERS:
-            component = next(c for c in cluster.components if c.name == name)
-            wait_for(f"{name} to be ready", lambda c=component: " ready." in c.log_path.read_text(), 240, cluster, 1)
+            worker_log = next(c for c in cluster.components if c.name == name).log_path
+            wait_for(f"{name} to be ready", functools.partial(log_says, worker_log, " ready."), 240, cluster, 1)
         log("all components healthy")
 
         wait_for(
@@ -655,25 +695,29 @@ def run(args: argparse.Namespace) -> int:
             {"handles": stage_handles, "sensor_handle": handles[SHARED]}, deadline - time.monotonic(),
         )  # fmt: skip
         report.check(state == "success", f"{CHECK_DAG} run state {state}")
-        tis = api.task_instances(CHECK_DAG, run_id)
-        check_task_instances(report, tis, {"list_handles": 1, "stage": len(order), "wait_cached": 1}, CHECK_DAG)
-        staged = [(stage_handles[i], api.xcom(CHECK_DAG, run_id, "stage", i)) for i in range(len(order))]
-        check_staged(report, staged, CHECK_DAG, downloads=1)
-        sensor_value = api.xcom(CHECK_DAG, run_id, "wait_cached")
-        shared_path = f"{CACHE_DIR}/{hashlib.sha1(handles[SHARED].encode()).hexdigest()}"
-        sensor_path = sensor_value.get("path") if isinstance(sensor_value, dict) else sensor_value
-        report.check(sensor_path == shared_path, f"sensor returned {sensor_path!r}, expected {shared_path!r}")
-        report.check(
-            sensor_deferred(home, CHECK_DAG, run_id, "wait_cached"),
-            "sensor deferred to the triggerer (its task log shows the deferral)",
-        )
+        with report.guard("task instances"):
+            tis = api.task_instances(CHECK_DAG, run_id)
+            check_task_instances(report, tis, {"list_handles": 1, "stage": len(order), "wait_cached": 1}, CHECK_DAG)
+        with report.guard("stage XComs"):
+            staged = [(stage_handles[i], api.xcom(CHECK_DAG, run_id, "stage", i)) for i in range(len(order))]
+            check_staged(report, staged, CHECK_DAG, downloads=1)
+        with report.guard("sensor XCom"):
+            sensor_value = api.xcom(CHECK_DAG, run_id, "wait_cached")
+            shared_path = f"{CACHE_DIR}/{hashlib.sha1(handles[SHARED].encode()).hexdigest()}"
+            sensor_path = sensor_value.get("path") if isinstance(sensor_value, dict) else sensor_value
+            report.check(sensor_path == shared_path, f"sensor returned {sensor_path!r}, expected {shared_path!r}")
+        deferred, how = sensor_deferral(home, CHECK_DAG, run_id, "wait_cached")
+        report.check(deferred, f"sensor deferred to the triggerer and resumed on a worker ({how})")
         ran = worker_tasks(cluster)
         report.check(
             all(ran.get(w) for w in WORKERS),
-            "both celery workers executed tasks: " + "; ".join(f"{w}: {', '.join(ran.get(w, [])) or '-'}" for w in WORKERS),
+            "both celery workers executed tasks: "
+            + "; ".join(f"{w}: {', '.join(ran.get(w, [])) or '-'}" for w in WORKERS),
         )
-        check_hub(report, hub.stats(), {f"/cluster/{n}/1": 1 for n in MODELS})
-        check_bucket(report, gcs_endpoint, handles.values())
+        with report.guard("hub statistics"):
+            check_hub(report, hub.stats(), {f"/cluster/{n}/1": 1 for n in MODELS})
+        with report.guard("bucket listing"):
+            check_bucket(report, gcs_endpoint, handles.values())
 
         # 2. The example DAG on the same cluster and cache: every model is a hit, nothing is downloaded again.
         if not args.skip_example:
@@ -684,17 +728,26 @@ def run(args: argparse.Namespace) -> int:
                 deadline - time.monotonic(),
             )  # fmt: skip
             report.check(state == "success", f"{EXAMPLE_DAG} run state {state}")
-            tis = api.task_instances(EXAMPLE_DAG, run_id)
-            check_task_instances(report, tis, {"stage": len(all_handles)}, EXAMPLE_DAG)
-            staged = [(all_handles[i], api.xcom(EXAMPLE_DAG, run_id, "stage", i)) for i in range(len(all_handles))]
-            check_staged(report, staged, EXAMPLE_DAG, downloads=0)
-            check_hub(report, hub.stats(), {f"/cluster/{n}/1": 1 for n in MODELS})
-            check_bucket(report, gcs_endpoint, handles.values())
+            with report.guard(f"{EXAMPLE_DAG} task instances"):
+                tis = api.task_instances(EXAMPLE_DAG, run_id)
+                check_task_instances(
+                    report, tis, {"list_handles": 1, "stage": len(all_handles), "consume": 1}, EXAMPLE_DAG
+                )
+            with report.guard(f"{EXAMPLE_DAG} stage XComs"):
+                staged = [(all_handles[i], api.xcom(EXAMPLE_DAG, run_id, "stage", i)) for i in range(len(all_handles))]
+                check_staged(report, staged, EXAMPLE_DAG, downloads=0)
+            with report.guard("hub statistics after the example DAG"):
+                check_hub(report, hub.stats(), {f"/cluster/{n}/1": 1 for n in MODELS})
+            with report.guard("bucket listing after the example DAG"):
+                check_bucket(report, gcs_endpoint, handles.values())
     except ClusterError as exc:
         report.failures.append(f"FAIL: {exc}")
     except Exception as exc:  # a harness bug must still stop the cluster and show the logs
         report.failures.append(f"FAIL: harness error {type(exc).__name__}: {exc}")
     finally:
+        # Stopping must not be interrupted half-way (run.sh sends SIGTERM when it is itself interrupted).
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         elapsed = time.monotonic() - started
         if report.failures:
             print("\n========== component logs (last lines) ==========", flush=True)
@@ -706,7 +759,10 @@ def run(args: argparse.Namespace) -> int:
     for line in report.facts + report.failures:
         print("  " + line)
     verdict = "FAIL" if report.failures else "PASS"
-    print(f"{verdict}: {len(report.facts)} checks ok, {len(report.failures)} failed, {elapsed:.0f} s (logs: {cluster.log_dir})")
+    print(
+        f"{verdict}: {len(report.facts)} checks ok, {len(report.failures)} failed, {elapsed:.0f} s"
+        f" (logs: {cluster.log_dir})"
+    )
     return 1 if report.failures else 0
 
 

@@ -30,8 +30,18 @@ if ((${#missing[@]})); then
     fi
     echo "[cluster] installing ${missing[*]} from Debian"
     export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    # Their maintainer scripts would start system-wide daemons (a "main" cluster on 5432, redis on 6379)
+    # where an init system runs; this test starts its own, so deny service starts during the install.
+    own_policy=""
+    if [[ ! -e /usr/sbin/policy-rc.d ]]; then
+        printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+        chmod +x /usr/sbin/policy-rc.d
+        own_policy=1
+    fi
+    apt_rc=0
+    { apt-get update -qq && apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null; } || apt_rc=$?
+    [[ -z $own_policy ]] || rm -f /usr/sbin/policy-rc.d
+    ((apt_rc == 0)) || { echo "tests/cluster/run.sh: apt-get install ${missing[*]} failed ($apt_rc)" >&2; exit 2; }
 fi
 
 # -- Python packages (the [cluster] extra) --------------------------------------------------------------
@@ -54,7 +64,8 @@ cleanup() {
     trap - EXIT INT TERM
     if [[ -n $harness_pid ]] && kill -0 "$harness_pid" 2>/dev/null; then
         kill -TERM "$harness_pid" 2>/dev/null || true
-        for _ in $(seq 1 60); do kill -0 "$harness_pid" 2>/dev/null || break; sleep 1; done
+        # It stops the cluster tier by tier (up to ~30 s each) before it exits.
+        for _ in $(seq 1 100); do kill -0 "$harness_pid" 2>/dev/null || break; sleep 1; done
     fi
     # Anything still recorded and alive: the harness died before stopping it. Each pid leads its own group.
     local pid name left=()
@@ -65,7 +76,7 @@ cleanup() {
             kill -TERM -- "-$pid" 2>/dev/null || true
             left+=("$pid")
         fi
-    done <"$pidfile"
+    done < <(tac "$pidfile")  # last started first: workers before the database they report to
     if ((${#left[@]})); then
         sleep 5
         for pid in "${left[@]}"; do kill -KILL -- "-$pid" 2>/dev/null || true; done

@@ -1,0 +1,977 @@
+"""A ``gs://bucket/prefix`` cache with tensorflow_hub's layout, safe for many workers on many machines.
+
+GCS has no rename, so a tree cannot appear at once. Publishing is ordered instead:
+
+* non-marker files stream straight to ``<prefix>/<key>/...`` while the archive is extracted;
+* the model markers (``saved_model.pb``...) go to the stager's ``<key>.<uid>.tmp/`` and are copied
+  into place last, on :meth:`GCSTreeSink.commit`; a tensorflow_hub reader of a half-written tree
+  therefore gets a load error, never a silently partial model;
+* our readers trust only ``<key>.meta.json``, which the staging flow writes after commit.
+
+A refresh (``replace=True``) writes the whole new tree under the tmp prefix first, so a failed
+refresh leaves the old model untouched; commit then deletes the old marker, copies the new tree
+into place (server side), copies the new marker, and deletes old objects the new tree lacks.
+
+Locks are objects created with ``ifGenerationMatch=0`` (exactly one creator wins), renewed by
+rewriting them with ``ifGenerationMatch=<generation>``; the generation is the lock token.
+
+Uploads never touch local disk: small files are uploaded from memory (one multipart request),
+large ones through a resumable upload fed by a queue, on a thread pool, with the bytes held in
+memory bounded by ``max_inflight_bytes``. google-cloud-storage is imported lazily, so a local
+cache never pays for it.
+
+Emulator caveats (fake-gcs-server 1.54, our test backend; see ``gcs_emulator.md`` section 3): it
+enforces ``ifGenerationMatch`` only on multipart uploads (which lock objects always are), not on
+deletes, rewrites or metadata patches; it does not check a declared CRC32C; and a metadata patch
+(:meth:`GCSStorage.touch`) gives the object a new generation, where real GCS bumps only the
+metageneration. Where that makes a difference the code says so.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import email.utils
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_futures
+from dataclasses import dataclass
+from typing import Any, BinaryIO, NoReturn, cast
+
+import google_crc32c
+
+from airflow_provider_tfhub.core.errors import CacheError, ConfigurationError, DownloadError, TFHubError
+from airflow_provider_tfhub.core.gcs_credentials import emulator_host, make_client, principal
+from airflow_provider_tfhub.core.storage.base import MODEL_MARKERS, FileRecord, ObjectStat, Storage, TreeSink
+from airflow_provider_tfhub.core.transfer import CHUNK_SIZE, ArchiveSource, ArchiveStream, SourceInfo
+
+log = logging.getLogger(__name__)
+
+MiB = 1024 * 1024
+DEFAULT_MAX_WORKERS = 8
+DEFAULT_MAX_INFLIGHT_BYTES = 40 * MiB
+#: Resumable upload chunk (a multiple of 256 KiB); also the size up to which a file is uploaded from memory.
+DEFAULT_CHUNK_SIZE = 8 * MiB
+_CHUNK_MULTIPLE = 256 * 1024
+_MAX_MULTIPART = 8 * MiB  # google-cloud-storage switches to resumable uploads above this
+#: A hit records "last used" at most this often per entry: GCS allows ~1 mutation/s per object.
+DEFAULT_TOUCH_INTERVAL = 600.0
+LAST_USED_KEY = "tfhub-last-used"
+_READ_CHUNK = 8 * MiB
+_QUEUE_CHUNKS = 8
+_TRANSIENT_STATUS = {408, 429, 500, 502, 503, 504}
+
+
+def parse_gs_url(url: str) -> tuple[str, str]:
+    """Split ``gs://bucket/some/prefix`` into ``("bucket", "some/prefix")`` (prefix without slashes at the ends)."""
+    if not url.startswith("gs://"):
+        raise ConfigurationError(f"{url!r} is not a gs:// URL; use gs://<bucket>[/prefix].")
+    bucket, _, prefix = url[len("gs://") :].partition("/")
+    if not bucket:
+        raise ConfigurationError(f"{url!r} names no bucket; use gs://<bucket>[/prefix].")
+    return bucket, prefix.strip("/")
+
+
+def _crc_b64(checksum: Any) -> str:
+    return base64.b64encode(checksum.digest()).decode("ascii")
+
+
+def _status(exc: BaseException) -> int | None:
+    """HTTP status of a google-cloud-storage error (api_core exceptions and raw media-layer responses)."""
+    code = getattr(exc, "code", None)
+    if isinstance(code, int):
+        return code
+    response = getattr(exc, "response", None)
+    status = getattr(response, "status_code", None)
+    return status if isinstance(status, int) else None
+
+
+def _is_gcs_error(exc: BaseException) -> bool:
+    """True for failures of the GCS client or its transport (translated); False for our own or a bug's."""
+    if isinstance(exc, TFHubError):
+        return False
+    module = type(exc).__module__
+    return module.startswith(("google.", "requests", "urllib3")) or isinstance(exc, ConnectionError | TimeoutError)
+
+
+def _is_status(exc: BaseException, *statuses: int) -> bool:
+    return _is_gcs_error(exc) and _status(exc) in statuses
+
+
+class GCSStorage(Storage):
+    """A cache at ``gs://bucket/prefix``; see the module docstring for the publishing protocol.
+
+    :param cache_dir: ``gs://bucket[/prefix]``.
+    :param client: a ready ``google.cloud.storage.Client``; built lazily from ``credentials`` and
+        ``project`` (Application Default Credentials when None) otherwise. With
+        ``STORAGE_EMULATOR_HOST`` set, the emulator is used with anonymous credentials.
+    :param max_workers: parallel uploads (and deletes) per staging.
+    :param max_inflight_bytes: model bytes held in memory while uploading, across all workers.
+    :param chunk_size: resumable upload chunk; files up to this size are uploaded from memory.
+    :param touch_interval: minimum seconds between two "last used" updates of one object.
+    """
+
+    atomic_publish = False
+
+    def __init__(
+        self,
+        cache_dir: str,
+        *,
+        client: Any = None,
+        credentials: Any = None,
+        project: str | None = None,
+        max_workers: int = DEFAULT_MAX_WORKERS,
+        max_inflight_bytes: int = DEFAULT_MAX_INFLIGHT_BYTES,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        touch_interval: float = DEFAULT_TOUCH_INTERVAL,
+    ) -> None:
+        bucket, prefix = parse_gs_url(cache_dir)
+        super().__init__(f"gs://{bucket}/{prefix}" if prefix else f"gs://{bucket}")
+        if int(max_workers) < 1:
+            raise ConfigurationError(f"max_workers={max_workers!r} must be at least 1.")
+        if int(chunk_size) < _CHUNK_MULTIPLE or int(chunk_size) % _CHUNK_MULTIPLE:
+            raise ConfigurationError(f"chunk_size={chunk_size!r} must be a positive multiple of 256 KiB.")
+        if int(max_inflight_bytes) < MiB:
+            raise ConfigurationError(f"max_inflight_bytes={max_inflight_bytes!r} must be at least 1 MiB.")
+        self.bucket_name = bucket
+        self.prefix = prefix
+        self.max_workers = int(max_workers)
+        self.max_inflight_bytes = int(max_inflight_bytes)
+        self.chunk_size = int(chunk_size)
+        self.small_upload_max = min(self.chunk_size, _MAX_MULTIPART)
+        self.touch_interval = float(touch_interval)
+        self._client = client
+        self._credentials = credentials
+        self._project = project
+        self._client_lock = threading.Lock()
+        self._bucket: Any = None
+
+    # -- client ----------------------------------------------------------------------------------
+    @property
+    def client(self) -> Any:
+        """The google-cloud-storage client, built on first use (so constructing a storage never does I/O)."""
+        if self._client is None:
+            with self._client_lock:
+                if self._client is None:
+                    self._client = make_client(self._credentials, self._project, pool_size=self.max_workers + 8)
+        return self._client
+
+    @property
+    def bucket(self) -> Any:
+        if self._bucket is None:
+            self._bucket = self.client.bucket(self.bucket_name)
+        return self._bucket
+
+    @property
+    def emulated(self) -> bool:
+        return emulator_host() is not None
+
+    def key(self, name: str) -> str:
+        """The object name of ``name`` (relative to the cache root)."""
+        name = name.lstrip("/")  # a trailing slash is kept: "dir/" names a directory placeholder object
+        if not self.prefix:
+            return name
+        return f"{self.prefix}/{name}" if name else self.prefix
+
+    def _dir_key(self, name: str) -> str:
+        key = self.key(name.rstrip("/"))
+        return f"{key}/" if key else ""
+
+    def blob(self, name: str, generation: int | None = None) -> Any:
+        return self.bucket.blob(self.key(name), generation=generation)
+
+    # -- errors ----------------------------------------------------------------------------------
+    def error(self, exc: BaseException, what: str) -> BaseException:
+        """Translate a client failure ``exc`` while doing ``what`` into a clear :class:`CacheError`.
+
+        Missing bucket, permission denied and rejected credentials are permanent (retrying cannot
+        help and the client does not retry them); anything else is marked transient.
+        """
+        if not _is_gcs_error(exc):
+            return exc
+        status = _status(exc)
+        where = f"{what} in {self.location()}"
+        if status == 404:
+            return CacheError(
+                f"GCS bucket {self.bucket_name!r} does not exist ({where}); create it "
+                f"(gcloud storage buckets create gs://{self.bucket_name}) or fix cache_dir."
+            )
+        if status == 403:
+            who = principal(getattr(self._client, "_credentials", None) or self._credentials) or "the caller"
+            return CacheError(
+                f"Permission denied {where} for {who}: grant it storage.objects.create/get/list/delete/update "
+                f"on gs://{self.bucket_name} (e.g. roles/storage.objectUser), or use another cache_dir or "
+                "gcp_conn_id."
+            )
+        if status == 401 or type(exc).__name__ in ("RefreshError", "DefaultCredentialsError"):
+            return CacheError(
+                f"GCS rejected the credentials {where} ({exc}); fix the tfhub connection's gcp_conn_id or the "
+                "Application Default Credentials."
+            )
+        err = CacheError(f"GCS request failed {where}: {type(exc).__name__}: {exc}")
+        err.permanent = False  # 5xx, 429, timeouts, connection resets: a later attempt may work
+        return err
+
+    def fail_with(self, exc: BaseException, what: str) -> NoReturn:
+        """Raise :meth:`error` of ``exc`` (``exc`` itself when it is not a GCS failure)."""
+        translated = self.error(exc, what)
+        if translated is exc:
+            raise exc
+        raise translated from exc
+
+    # -- names -----------------------------------------------------------------------------------
+    def location(self, name: str = "") -> str:
+        key = self.key(name)
+        return f"gs://{self.bucket_name}/{key}" if key else f"gs://{self.bucket_name}"
+
+    def ensure_root(self) -> None:
+        """Check that the bucket exists and we may list it (a prefix needs no creation on GCS)."""
+        try:
+            it = self.client.list_blobs(self.bucket_name, prefix=self._dir_key(""), max_results=1)
+            for _ in it:
+                break
+        except Exception as exc:
+            self.fail_with(exc, "checking the cache")
+
+    # -- small objects -----------------------------------------------------------------------------
+    def read_bytes(self, name: str) -> bytes | None:
+        try:
+            return bytes(self.blob(name).download_as_bytes())
+        except Exception as exc:
+            if _is_status(exc, 404):
+                return None
+            self.fail_with(exc, f"reading {name}")
+
+    def _read_with_generation(self, name: str) -> tuple[bytes | None, str | None]:
+        """Content and generation of ``name`` from one request (a consistent pair)."""
+        blob = self.blob(name)
+        try:
+            data = bytes(blob.download_as_bytes())
+        except Exception as exc:
+            if _is_status(exc, 404):
+                return None, None
+            self.fail_with(exc, f"reading {name}")
+        return data, str(blob.generation) if blob.generation is not None else None
+
+    def write_bytes(self, name: str, data: bytes) -> None:
+        from google.cloud.storage.retry import DEFAULT_RETRY
+
+        try:
+            # One upload is atomic on GCS: readers see the old or the new object, never a part.
+            self.blob(name).upload_from_string(data, content_type=_content_type(name), retry=DEFAULT_RETRY)
+        except Exception as exc:
+            self.fail_with(exc, f"writing {name}")
+
+    def create_exclusive(self, name: str, data: bytes) -> str | None:
+        blob = self.blob(name)
+        try:
+            blob.upload_from_string(data, content_type="text/plain", if_generation_match=0)
+        except Exception as exc:
+            if not _is_status(exc, 412):
+                self.fail_with(exc, f"creating {name}")
+            # The client retries conditional uploads; if an earlier attempt of ours went through but its
+            # answer was lost, the object holds our (unique) content: then it is ours.
+            current, generation = self._read_with_generation(name)
+            return generation if current == data else None
+        return str(blob.generation)
+
+    def refresh_lease(self, name: str, token: str, data: bytes) -> str | None:
+        blob = self.blob(name)
+        try:
+            blob.upload_from_string(data, content_type="text/plain", if_generation_match=int(token))
+        except Exception as exc:
+            if not _is_status(exc, 412, 404):
+                self.fail_with(exc, f"renewing {name}")
+            current, generation = self._read_with_generation(name)
+            return generation if current == data else None
+        return str(blob.generation)
+
+    def delete(self, name: str, *, token: str | None = None) -> bool:
+        kwargs: dict[str, Any] = {}
+        if token is not None:
+            kwargs["if_generation_match"] = int(token)
+            if self.emulated:
+                # fake-gcs-server ignores ifGenerationMatch on delete (real GCS enforces it): compare the
+                # generation first so that a stale-lock takeover race is at least narrow on the emulator.
+                current = self.stat(name)
+                if current is None or current.token != token:
+                    return False
+        try:
+            self.blob(name).delete(**kwargs)
+            return True
+        except Exception as exc:
+            if _is_status(exc, 404, 412):
+                return False
+            self.fail_with(exc, f"deleting {name}")
+
+    def _get(self, name: str) -> Any:
+        try:
+            return self.bucket.get_blob(self.key(name))
+        except Exception as exc:
+            self.fail_with(exc, f"reading {name}")
+
+    def stat(self, name: str) -> ObjectStat | None:
+        blob = self._get(name)
+        if blob is None:
+            return None
+        return ObjectStat(size=int(blob.size or 0), mtime=_mtime(blob), token=str(blob.generation))
+
+    def touch(self, name: str) -> None:
+        """Record use in custom metadata ``tfhub-last-used`` (best effort; at most every ``touch_interval``)."""
+        try:
+            blob = self.bucket.get_blob(self.key(name))
+            if blob is None or time.time() - _mtime(blob) < self.touch_interval:
+                return
+            blob.metadata = {LAST_USED_KEY: f"{time.time():.3f}"}
+            blob.patch()
+        except Exception as exc:  # read-only shared caches and mutation rate limits must not fail a hit
+            if not _is_gcs_error(exc):
+                raise
+            log.debug("Could not record use of %s: %s", self.location(name), exc)
+
+    def open_read(self, name: str) -> BinaryIO:
+        from google.cloud.storage.fileio import BlobReader
+
+        blob = self._get(name)
+        if blob is None:
+            raise FileNotFoundError(f"{self.location(name)} does not exist")
+        # The blob carries its generation, so every ranged read sees the same version of the object.
+        return cast(BinaryIO, BlobReader(blob, chunk_size=_READ_CHUNK))
+
+    # -- trees -----------------------------------------------------------------------------------
+    def has_file(self, name: str) -> bool:
+        try:
+            return bool(self.blob(name).exists())
+        except Exception as exc:
+            self.fail_with(exc, f"checking {name}")
+
+    def _list(self, prefix: str, **kwargs: Any) -> Iterator[Any]:
+        """Blobs under the object-name ``prefix``; a missing bucket lists as empty, like a missing local root."""
+        try:
+            yield from self.client.list_blobs(self.bucket_name, prefix=prefix, **kwargs)
+        except Exception as exc:
+            if _is_status(exc, 404):
+                return
+            self.fail_with(exc, f"listing {prefix or '/'}")
+
+    def tree_is_nonempty(self, name: str) -> bool:
+        return any(True for _ in self._list(self._dir_key(name), max_results=1))
+
+    def list_tree(self, name: str) -> Iterator[tuple[str, int]]:
+        prefix = self._dir_key(name)
+        for blob in self._list(prefix):
+            rel = blob.name[len(prefix) :]
+            if rel and not rel.endswith("/"):  # "dir/" objects are directory placeholders, not files
+                yield rel, int(blob.size or 0)
+
+    def delete_tree(self, name: str) -> int:
+        prefix = self._dir_key(name)
+        victims = {blob.name: int(blob.size or 0) for blob in self._list(prefix)}
+        single = self._get(name)
+        if single is not None:
+            victims[single.name] = int(single.size or 0)
+        if not victims:
+            return 0
+        self.delete_keys(list(victims))
+        return sum(size for key, size in victims.items() if not key.endswith("/"))
+
+    def delete_keys(self, keys: Iterable[str]) -> None:
+        """Delete objects by full object name, in parallel; missing ones are fine."""
+        keys = list(keys)
+        if not keys:
+            return
+        if len(keys) == 1:
+            self._delete_key(keys[0])
+            return
+        with ThreadPoolExecutor(min(self.max_workers, len(keys)), thread_name_prefix="tfhub-gcs-delete") as pool:
+            for future in [pool.submit(self._delete_key, key) for key in keys]:
+                future.result()
+
+    def _delete_key(self, key: str) -> None:
+        try:
+            self.bucket.blob(key).delete()
+        except Exception as exc:
+            if not _is_status(exc, 404):
+                self.fail_with(exc, f"deleting {key}")
+
+    def list_root(self, prefix: str = "") -> list[str]:
+        base = self._dir_key("")
+        names: set[str] = set()
+        try:
+            it = self.client.list_blobs(self.bucket_name, prefix=base + prefix, delimiter="/")
+            for page in it.pages:
+                names.update(blob.name[len(base) :] for blob in page)
+                names.update(p[len(base) :].rstrip("/") for p in page.prefixes)
+        except Exception as exc:
+            if not _is_status(exc, 404):
+                self.fail_with(exc, "listing the cache")
+        names.discard("")
+        return sorted(names)
+
+    def open_sink(self, final: str, tmp: str, *, replace: bool = False) -> TreeSink:
+        return GCSTreeSink(self, final, tmp, replace=replace)
+
+
+def _mtime(blob: Any) -> float:
+    """Modification time for LRU and lease ages: ``updated``, or a later ``tfhub-last-used`` from touch."""
+    mtime = blob.updated.timestamp() if blob.updated is not None else 0.0
+    try:
+        used = float((blob.metadata or {}).get(LAST_USED_KEY, 0.0))
+    except (TypeError, ValueError):
+        used = 0.0
+    return max(mtime, used)
+
+
+def _content_type(name: str) -> str:
+    if name.endswith(".json"):
+        return "application/json"
+    if name.endswith((".txt", ".lock")):
+        return "text/plain"
+    return "application/octet-stream"
+
+
+# -- the tree sink ----------------------------------------------------------------------------------------
+
+
+class _ByteBudget:
+    """Bytes of model data in memory across the caller and the upload workers, bounded by ``limit``.
+
+    One request larger than the whole budget is let through when nothing else is in flight, so
+    odd settings can slow an upload down but never deadlock it.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self.peak = 0
+        self._cond = threading.Condition()
+
+    def acquire(self, n: int, check: Callable[[], None]) -> None:
+        with self._cond:
+            while self.used > 0 and self.used + n > self.limit:
+                check()
+                self._cond.wait(0.5)
+            check()
+            self.used += n
+            self.peak = max(self.peak, self.used)
+
+    def release(self, n: int) -> None:
+        if n <= 0:
+            return
+        with self._cond:
+            self.used -= n
+            self._cond.notify_all()
+
+    def wake(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
+
+
+@dataclass(frozen=True)
+class _End:
+    crc32c: str
+    size: int
+
+
+_CANCEL = object()
+
+
+class _Aborted(Exception):
+    """The sink was aborted while a transfer was running; never escapes to users."""
+
+
+class GCSTreeSink(TreeSink):
+    """Streams a model tree into GCS; see the module docstring for the order of publication.
+
+    The caller (the extractor's thread) reads each member and computes its CRC32C; workers upload.
+    ``peak_inflight`` and ``uploaded_bytes`` are exposed for tests and benchmarks.
+    """
+
+    def __init__(self, storage: GCSStorage, final: str, tmp: str, *, replace: bool = False) -> None:
+        self.storage = storage
+        self.final = final
+        self.tmp = tmp
+        self.replace = replace
+        self._final_key = storage._dir_key(final)
+        self._tmp_key = storage._dir_key(tmp)
+        self._budget = _ByteBudget(storage.max_inflight_bytes)
+        self._pool = ThreadPoolExecutor(storage.max_workers, thread_name_prefix="tfhub-gcs-upload")
+        self._futures: list[Future[None]] = []
+        self._lock = threading.Lock()
+        self._written: set[str] = set()  # object names we created (or may have), for abort
+        self._manifest: dict[str, FileRecord] = {}
+        self._error: BaseException | None = None
+        self._aborted = threading.Event()
+        self._current: queue.SimpleQueue[object] | None = None
+        self._finished = False
+        self._committed = False
+        self._lost = False
+        self.uploaded_bytes = 0
+
+    @property
+    def peak_inflight(self) -> int:
+        return self._budget.peak
+
+    # -- producer side ---------------------------------------------------------------------------
+    def add_dir(self, relpath: str) -> None:
+        """Nothing to do: GCS has no directories, a prefix exists while objects are under it.
+
+        An empty directory of the archive (often ``assets/``) is therefore not materialised; loading
+        a SavedModel does not need it. (tf.io.gfile would write a ``dir/`` placeholder object, which
+        fake-gcs-server cannot even store.)
+        """
+        self._check()
+
+    def add_file(self, relpath: str, size: int, chunks: Iterable[bytes]) -> None:
+        self._check()
+        key = self._staging_key(relpath)
+        with self._lock:
+            self._written.add(key)
+        if size <= self.storage.small_upload_max:
+            self._add_small(relpath, key, size, chunks)
+        else:
+            self._add_large(relpath, key, size, chunks)
+
+    def _staging_key(self, relpath: str) -> str:
+        """Where ``relpath`` is uploaded: under tmp for markers (and for everything on replace), else final."""
+        if self.replace or relpath in MODEL_MARKERS:
+            return self._tmp_key + relpath
+        return self._final_key + relpath
+
+    def _add_small(self, relpath: str, key: str, size: int, chunks: Iterable[bytes]) -> None:
+        cost = 2 * size  # the data, plus the multipart body the client builds around it
+        self._budget.acquire(cost, self._check)
+        try:
+            crc = google_crc32c.Checksum()
+            parts = []
+            for chunk in chunks:
+                crc.update(chunk)
+                parts.append(chunk)
+            data = b"".join(parts)
+            del parts
+        except BaseException:
+            self._budget.release(cost)
+            raise
+        self._submit(self._upload_small, relpath, key, data, _crc_b64(crc), cost)
+
+    def _add_large(self, relpath: str, key: str, size: int, chunks: Iterable[bytes]) -> None:
+        reserve = self.storage.chunk_size  # the chunk the client copies out of its buffer per request
+        self._budget.acquire(reserve, self._check)
+        q: queue.SimpleQueue[object] = queue.SimpleQueue()
+        self._current = q
+        self._submit(self._upload_large, relpath, key, size, q, reserve)
+        crc = google_crc32c.Checksum()
+        got = 0
+        try:
+            for chunk in chunks:
+                self._budget.acquire(len(chunk), self._check)
+                crc.update(chunk)
+                got += len(chunk)
+                q.put(chunk)
+        except BaseException:
+            q.put(_CANCEL)
+            raise
+        finally:
+            self._current = None
+        q.put(_End(_crc_b64(crc), got))
+
+    def _submit(self, fn: Callable[..., None], *args: Any) -> None:
+        self._futures.append(self._pool.submit(self._guard, fn, *args))
+
+    def _check(self) -> None:
+        if self._aborted.is_set():
+            raise _Aborted()
+        if self._error is not None:
+            raise self._error
+
+    def _fail(self, exc: BaseException) -> None:
+        with self._lock:
+            if self._error is None:
+                self._error = exc
+        self._budget.wake()
+
+    # -- workers ---------------------------------------------------------------------------------
+    def _guard(self, fn: Callable[..., None], *args: Any) -> None:
+        try:
+            fn(*args)
+        except _Aborted:
+            pass
+        except BaseException as exc:
+            self._fail(self.storage.error(exc, f"uploading {args[0]}"))
+
+    def _record(self, relpath: str, size: int, local_crc: str, remote_crc: str | None, remote_size: Any) -> None:
+        if remote_crc != local_crc or int(remote_size or 0) != size:
+            raise CacheError(
+                f"Upload of {relpath!r} to {self.storage.location(self.final)} was corrupted: GCS reports "
+                f"{remote_size} bytes with CRC32C {remote_crc}, we sent {size} bytes with CRC32C {local_crc}."
+            )
+        with self._lock:
+            self._manifest[relpath] = FileRecord(size=size, crc32c=remote_crc)
+            self.uploaded_bytes += size
+
+    def _upload_small(self, relpath: str, key: str, data: bytes, crc: str, cost: int) -> None:
+        from google.cloud.storage.retry import DEFAULT_RETRY
+
+        try:
+            if self._aborted.is_set():
+                return
+            blob = self.storage.bucket.blob(key)
+            # Declaring our CRC32C makes real GCS reject a corrupted body (fake-gcs-server does not
+            # check it, but reports the CRC32C of what it stored, which _record compares).
+            blob.crc32c = crc
+            blob.upload_from_string(data, content_type="application/octet-stream", checksum=None, retry=DEFAULT_RETRY)
+            self._record(relpath, len(data), crc, blob.crc32c, blob.size)
+        finally:
+            self._budget.release(cost)
+
+    def _upload_large(self, relpath: str, key: str, size: int, q: queue.SimpleQueue[object], reserve: int) -> None:
+        """Feed a resumable upload from ``q``; release budget as whole chunks leave for GCS."""
+        from google.cloud.storage.fileio import BlobWriter
+        from google.cloud.storage.retry import DEFAULT_RETRY
+
+        chunk = self.storage.chunk_size
+        blob = self.storage.bucket.blob(key)
+        writer = BlobWriter(
+            blob, chunk_size=chunk, retry=DEFAULT_RETRY, checksum="crc32c", content_type="application/octet-stream"
+        )
+        sent = released = 0
+        end: _End | None = None
+        stopped = False  # the producer's last item (end or cancel) was received
+        try:
+            while True:
+                item = q.get()
+                if item is _CANCEL:
+                    stopped = True
+                    raise _Aborted()
+                if isinstance(item, _End):
+                    stopped = True
+                    end = item
+                    break
+                data = cast(bytes, item)
+                sent += len(data)
+                if self._aborted.is_set() or self._error is not None:
+                    continue  # drain (releasing budget below) until the producer stops
+                # BlobWriter sends every complete chunk inside write(): what is left is < one chunk.
+                writer.write(data)
+                done = sent - sent % chunk
+                self._budget.release(done - released)
+                released = done
+            self._check()
+            writer.close()  # the last (short) chunk; the client checks GCS's CRC32C against its own
+            blob.reload()
+            self._record(relpath, end.size, end.crc32c, blob.crc32c, blob.size)
+        except BaseException as exc:
+            if not writer.closed:
+                try:
+                    writer.terminate()  # cancel the resumable session on the server
+                except Exception as cancel_exc:
+                    log.debug("Could not cancel the upload of %s: %s", key, cancel_exc)
+            if not stopped:
+                if not isinstance(exc, _Aborted):
+                    self._fail(self.storage.error(exc, f"uploading {relpath}"))  # stops the producer
+                self._drain(q)
+            raise
+        finally:
+            self._budget.release(sent - released + reserve)
+
+    def _drain(self, q: queue.SimpleQueue[object]) -> None:
+        """Release the budget of chunks the producer still queues after a failure, until it stops."""
+        while True:
+            try:
+                item = q.get(timeout=0.5)
+            except queue.Empty:
+                if self._aborted.is_set():
+                    return
+                continue
+            if item is _CANCEL or isinstance(item, _End):
+                return
+            self._budget.release(len(cast(bytes, item)))
+
+    # -- completion ------------------------------------------------------------------------------
+    def finish(self) -> dict[str, FileRecord]:
+        if not self._finished:
+            self._finished = True
+            wait_futures(self._futures)
+            self._pool.shutdown(wait=True)
+        if self._aborted.is_set():
+            raise CacheError(f"Staging into {self.storage.location(self.final)} was aborted.")
+        if self._error is not None:
+            raise self._error
+        return dict(self._manifest)
+
+    def commit(self, *, replace: bool = False) -> bool:
+        manifest = self.finish()
+        storage = self.storage
+        try:
+            top = {b.name[len(self._final_key) :] for b in storage._list(self._final_key, delimiter="/")}
+            present = [m for m in MODEL_MARKERS if m in top]
+            if present and not replace:
+                self._lost = True  # someone published meanwhile; their tree and ours have the same names
+                self._cleanup_tmp()
+                return False
+            old: set[str] = set()
+            if replace:
+                old = {b.name for b in storage._list(self._final_key)}
+                # Readers must never load old markers over new files: markers go first, then the files.
+                self._delete([self._final_key + m for m in present])
+                self._copy_into_place([rel for rel in manifest if rel not in MODEL_MARKERS])
+            if not self._copy_markers([m for m in MODEL_MARKERS if m in manifest], create_only=not replace):
+                self._lost = True
+                self._cleanup_tmp()
+                return False
+            if replace:
+                new = {self._final_key + rel for rel in manifest}
+                self._delete(sorted(old - new))
+        except _Aborted as exc:
+            raise CacheError(f"Staging into {storage.location(self.final)} was aborted.") from exc
+        except Exception as exc:
+            storage.fail_with(exc, f"publishing {self.final}")
+        self._committed = True
+        self._cleanup_tmp()
+        return True
+
+    def _copy(self, src: str, dst: str, *, create_only: bool) -> bool:
+        """Server-side copy (rewrite) ``src`` -> ``dst``; False when ``create_only`` and ``dst`` exists.
+
+        fake-gcs-server ignores ifGenerationMatch on rewrite (real GCS enforces it); the marker check
+        in :meth:`commit` and the lock cover that on the emulator.
+        """
+        from google.cloud.storage.retry import DEFAULT_RETRY
+
+        with self._lock:
+            self._written.add(dst)
+        source = self.storage.bucket.blob(src)
+        target = self.storage.bucket.blob(dst)
+        kwargs: dict[str, Any] = {"if_generation_match": 0} if create_only else {}
+        token = None
+        try:
+            while True:
+                token, _done, _total = target.rewrite(source, token=token, retry=DEFAULT_RETRY, **kwargs)
+                if token is None:
+                    return True
+        except Exception as exc:
+            if create_only and _is_status(exc, 412):
+                with self._lock:
+                    self._written.discard(dst)
+                return False
+            raise
+
+    def _copy_into_place(self, relpaths: list[str]) -> None:
+        self._parallel([(self._tmp_key + rel, self._final_key + rel) for rel in relpaths])
+
+    def _parallel(self, pairs: list[tuple[str, str]]) -> None:
+        if not pairs:
+            return
+        workers = min(self.storage.max_workers, len(pairs))
+        with ThreadPoolExecutor(workers, thread_name_prefix="tfhub-gcs-copy") as pool:
+            futures = [pool.submit(self._copy, src, dst, create_only=False) for src, dst in pairs]
+            for future in futures:
+                future.result()
+
+    def _copy_markers(self, markers: list[str], *, create_only: bool) -> bool:
+        for marker in markers:
+            if not self._copy(self._tmp_key + marker, self._final_key + marker, create_only=create_only):
+                return False
+        return True
+
+    def _delete(self, keys: list[str]) -> None:
+        self.storage.delete_keys(keys)
+
+    def _cleanup_tmp(self) -> None:
+        """Remove our tmp objects; a failure only leaves garbage the next stager removes."""
+        try:
+            self.storage.delete_keys(b.name for b in self.storage._list(self._tmp_key))
+        except Exception as exc:
+            log.warning("Could not remove %s: %s", self.storage.location(self.tmp), exc)
+
+    def abort(self) -> None:
+        self._aborted.set()
+        self._budget.wake()
+        current = self._current
+        if current is not None:
+            current.put(_CANCEL)
+        if not self._finished:
+            self._finished = True
+            wait_futures(self._futures)
+            self._pool.shutdown(wait=True)
+        if self._committed:
+            return
+        with self._lock:
+            written = sorted(self._written)
+        if self._lost:
+            # The final names are shared with the tree that won: remove only our private objects.
+            written = [k for k in written if k.startswith(self._tmp_key)]
+        try:
+            self.storage.delete_keys(written)
+            self._cleanup_tmp()
+        except Exception as exc:
+            log.warning("Could not remove the partial upload %s: %s", self.storage.location(self.final), exc)
+
+
+# -- gs:// archives as a model source --------------------------------------------------------------------
+
+
+class GCSArchiveSource(ArchiveSource):
+    """A ``gs://bucket/path/model.tar.gz`` handle, streamed with bounded memory.
+
+    The object's generation is its ETag, so ``refresh="if_changed"`` costs one metadata request.
+    """
+
+    def __init__(self, handle_url: str, *, storage: Storage | None = None, client: Any = None) -> None:
+        self.url = handle_url
+        self.description = handle_url
+        self.bucket_name, self.name = parse_gs_url(handle_url)
+        if not self.name:
+            raise ConfigurationError(f"{handle_url!r} names no object; expected gs://<bucket>/<path>.tar.gz.")
+        self._client = client if client is not None else (storage.client if isinstance(storage, GCSStorage) else None)
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            self._client = make_client()
+        return self._client
+
+    def open(self, validators: dict[str, str] | None = None) -> ArchiveStream | None:
+        try:
+            blob = self.client.bucket(self.bucket_name).get_blob(self.name)
+        except Exception as exc:
+            raise self._error(exc) from exc
+        if blob is None:
+            raise DownloadError(
+                f"Model archive {self.url!r} does not exist (or its bucket does not); check the handle.",
+                permanent=True,
+                status=404,
+            )
+        etag = str(blob.generation)
+        if validators and validators.get("etag") == etag:
+            return None
+        updated = blob.updated
+        info = SourceInfo(
+            url=self.url,
+            etag=etag,
+            last_modified=email.utils.format_datetime(updated.astimezone(datetime.timezone.utc), usegmt=True)
+            if updated is not None
+            else None,
+            size=int(blob.size) if blob.size is not None else None,
+            content_type=blob.content_type,
+            accept_ranges=True,
+        )
+        pinned = self.client.bucket(self.bucket_name).blob(self.name, generation=blob.generation)
+        return _GCSStream(pinned, info, self._error)
+
+    def _error(self, exc: BaseException) -> BaseException:
+        if not _is_gcs_error(exc):
+            return exc
+        status = _status(exc)
+        if status == 404:
+            return DownloadError(f"Model archive {self.url!r} does not exist; check the handle.", permanent=True)
+        if status in (401, 403):
+            who = principal(getattr(self._client, "_credentials", None)) or "the caller"
+            return DownloadError(
+                f"Permission denied reading {self.url!r} for {who}: grant it storage.objects.get on "
+                f"gs://{self.bucket_name}, or set gcp_conn_id in the tfhub connection.",
+                permanent=True,
+                status=status,
+            )
+        return DownloadError(
+            f"Reading {self.url!r} failed: {type(exc).__name__}: {exc}.",
+            permanent=status is not None and status < 500 and status not in _TRANSIENT_STATUS,
+            status=status,
+        )
+
+
+class _StreamClosed(Exception):
+    """The consumer closed the stream; stops the download thread."""
+
+
+class _GCSStream(ArchiveStream):
+    """An object's bytes, downloaded by a thread into a bounded queue (the client verifies CRC32C at the end)."""
+
+    def __init__(self, blob: Any, info: SourceInfo, translate: Callable[[BaseException], BaseException]) -> None:
+        super().__init__()
+        self.info = info
+        self._blob = blob
+        self._translate = translate
+        self._queue: queue.Queue[bytes | BaseException | None] = queue.Queue(maxsize=_QUEUE_CHUNKS)
+        self._buffer = b""
+        self._pos = 0
+        self._pending = bytearray()
+        self._eof = False
+        self._closed = threading.Event()
+        self._thread = threading.Thread(target=self._pump, name="tfhub-gcs-download", daemon=True)
+        self._thread.start()
+
+    # file-like target of blob.download_to_file
+    def write(self, data: bytes) -> int:
+        self._pending += data
+        if len(self._pending) >= CHUNK_SIZE:
+            self._put(bytes(self._pending))
+            self._pending.clear()
+        return len(data)
+
+    def _put(self, item: bytes | BaseException | None) -> None:
+        while True:
+            if self._closed.is_set():
+                raise _StreamClosed()
+            try:
+                self._queue.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def _pump(self) -> None:
+        from google.cloud.storage.retry import DEFAULT_RETRY
+
+        try:
+            self._blob.download_to_file(self, raw_download=True, checksum="crc32c", retry=DEFAULT_RETRY)
+            if self._pending:
+                self._put(bytes(self._pending))
+                self._pending.clear()
+            self._put(None)
+        except _StreamClosed:
+            return
+        except BaseException as exc:
+            try:
+                self._put(self._translate(exc))
+            except _StreamClosed:
+                return
+
+    def _read(self, n: int) -> bytes:
+        # One queued chunk is served from an offset, so small reads do not copy the rest of it each time.
+        if self._pos >= len(self._buffer):
+            self._buffer, self._pos = b"", 0
+            if self._eof:
+                return b""
+            item = self._queue.get()
+            if item is None:
+                self._eof = True
+                return b""
+            if isinstance(item, BaseException):
+                self._eof = True
+                raise item
+            self._buffer = item
+        if n < 0:
+            parts = [self._buffer[self._pos :]]
+            self._buffer, self._pos = b"", 0
+            while (more := self._read(CHUNK_SIZE)) != b"":
+                parts.append(more)
+            return b"".join(parts)
+        data = self._buffer[self._pos : self._pos + n]
+        self._pos += len(data)
+        return data
+
+    def close(self) -> None:
+        self._closed.set()
+        while self._thread.is_alive():
+            try:
+                self._queue.get(timeout=0.05)
+            except queue.Empty:
+                pass
+        self._thread.join()
+
+
+__all__ = ["GCSArchiveSource", "GCSStorage", "GCSTreeSink", "parse_gs_url"]

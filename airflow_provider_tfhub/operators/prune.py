@@ -1,0 +1,86 @@
+"""``TFHubPruneCacheOperator``: keep a persistent cache from growing forever.
+
+tensorflow_hub never cleans its cache; this removes whole entries unused for ``max_age``, then
+the least recently used ones until the cache fits ``max_total_bytes``, plus what dead stagers left
+behind. Entries in ``keep`` and entries a running stager holds are never touched (see
+:func:`airflow_provider_tfhub.core.inventory.prune`). The XCom value is the prune report.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import timedelta
+from typing import Any
+
+from airflow.sdk import BaseOperator
+
+from airflow_provider_tfhub.core import inventory, settings
+from airflow_provider_tfhub.operators.stage import is_literal, run_core
+
+
+class TFHubPruneCacheOperator(BaseOperator):
+    """Remove cache entries by age of last use, then least recently used ones over a size budget.
+
+    :param cache_dir: local dir or ``gs://bucket/prefix`` (templated); default from the connection,
+        ``TFHUB_CACHE_DIR`` or ``[tfhub] cache_dir``.
+    :param max_age: remove entries not used for this long: seconds, a ``timedelta`` or ``"7d"``,
+        ``"12h"``, ``"30m"``, ``"90s"``.
+    :param max_total_bytes: then remove least recently used entries until the cache is at most this
+        big: bytes or ``"10G"``, ``"512M"`` (1024-based), ``"1.5GB"`` (1000-based).
+    :param keep: handles (or cache keys) never to remove (templated).
+    :param dry_run: report what would be removed, remove nothing.
+    :param tfhub_conn_id: ``tfhub`` connection (optional).
+    :param lock_timeout: seconds without lease renewal after which a stager counts as dead.
+    """
+
+    template_fields: Sequence[str] = ("cache_dir", "keep")
+    ui_color = "#ffe8cc"
+
+    def __init__(
+        self,
+        *,
+        cache_dir: str | None = None,
+        max_age: float | str | timedelta | None = None,
+        max_total_bytes: int | str | None = None,
+        keep: Sequence[str] | str = (),
+        dry_run: bool = False,
+        tfhub_conn_id: str = "tfhub_default",
+        lock_timeout: float | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.cache_dir = cache_dir
+        self.max_age = inventory.parse_age(max_age) if max_age is not None else None
+        self.max_total_bytes = inventory.parse_size(max_total_bytes) if max_total_bytes is not None else None
+        self.keep = keep
+        self.dry_run_only = dry_run  # BaseOperator.dry_run is a method
+        self.tfhub_conn_id = tfhub_conn_id
+        self.lock_timeout = lock_timeout
+        if is_literal(cache_dir):
+            settings.resolve_cache_dir(cache_dir)
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        from airflow_provider_tfhub.hooks.tfhub import TFHubHook
+
+        hook = TFHubHook(tfhub_conn_id=self.tfhub_conn_id)
+        storage = hook.open_storage(self.cache_dir or None)
+        keep = [self.keep] if isinstance(self.keep, str) else list(self.keep or ())
+        report: dict[str, Any] = run_core(
+            inventory.prune,
+            storage,
+            max_age=self.max_age,
+            max_total_bytes=self.max_total_bytes,
+            keep=[h for h in keep if h],
+            dry_run=self.dry_run_only,
+            lock_timeout=settings.resolve_lock_timeout(self.lock_timeout, hook.settings.config_lock_timeout),
+        )
+        self.log.info(
+            "%s %d entries (%s) from %s; %s remain%s.",
+            "Would remove" if self.dry_run_only else "Removed",
+            len(report["removed"]),
+            inventory.format_size(report["freed_bytes"]),
+            storage.location(),
+            inventory.format_size(report["total_bytes"]),
+            " (over budget: the rest is kept or locked)" if report["over_budget"] else "",
+        )
+        return report

@@ -1,0 +1,37 @@
+"""``TFHubModelCachedSensor``: wait until a model is completely staged, then hand its record downstream.
+
+Complete means what the stager promises: ``<key>.meta.json`` exists (it is written last), so a
+model being staged right now is not reported early. The XCom value is the staged-model dict, the
+same the stage operator returns.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from airflow.sdk import PokeReturnValue
+
+from airflow_provider_tfhub.core.staging import read_entry
+from airflow_provider_tfhub.sensors import BaseTFHubCacheSensor, cached_handle
+from airflow_provider_tfhub.triggers.tfhub import TFHubModelCachedTrigger
+
+
+class TFHubModelCachedSensor(BaseTFHubCacheSensor):
+    """Done when ``handle`` is completely staged in ``cache_dir``; returns the staged-model dict.
+
+    Reads only the cache (never the network) and never writes to it. See
+    :class:`~airflow_provider_tfhub.sensors.BaseTFHubCacheSensor` for the arguments.
+    """
+
+    trigger_class = TFHubModelCachedTrigger
+
+    def poke(self, context: Any) -> bool | PokeReturnValue:
+        entry = read_entry(self.storage(), cached_handle(self.handle), adopt=False)
+        if entry is None:
+            self.log.info("%s is not staged yet.", self.handle)
+            return False
+        self.log.info("%s is staged at %s.", self.handle, entry["path"])
+        return PokeReturnValue(is_done=True, xcom_value=entry)
+
+    def event_value(self, event: dict[str, Any]) -> Any:
+        return event["staged"]

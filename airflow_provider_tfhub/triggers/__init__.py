@@ -1,0 +1,1 @@
+"""Triggers of the deferrable TF Hub sensors (registered under ``triggers`` in provider info)."""

@@ -1,0 +1,120 @@
+"""Triggers behind the deferrable TF Hub sensors: wait in the triggerer, not in a worker slot.
+
+Only async I/O runs on the triggerer's event loop: the connection comes from
+``TFHubHook.aget_settings()`` (``aget_connection``), the update probe uses ``httpx``'s async
+client (:func:`~airflow_provider_tfhub.core.async_probe.acheck_for_update`). Reading the cache
+(a few small local files or GCS objects through the blocking storage clients) runs in a thread via
+``asyncio.to_thread``; building a ``gs://`` storage may read the Google connection with the sync
+API, so that runs under asgiref's ``sync_to_async``, as the Google provider's async hooks do.
+
+Events are ``{"status": "success", ...}`` or ``{"status": "error", "message": ...}``; the sensors'
+``execute_complete`` turns them into the XCom value or a task failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+from airflow.triggers.base import BaseTrigger, TriggerEvent
+
+from airflow_provider_tfhub.core import settings
+from airflow_provider_tfhub.core.async_probe import acheck_for_update
+from airflow_provider_tfhub.core.errors import TFHubError
+from airflow_provider_tfhub.core.handles import parse_handle
+from airflow_provider_tfhub.core.staging import read_entry
+from airflow_provider_tfhub.core.storage import Storage, open_storage
+
+
+class _CacheTrigger(BaseTrigger):
+    """Shared arguments (all serialized; the token never is, it is re-read from the connection)."""
+
+    def __init__(
+        self,
+        handle: str,
+        cache_dir: str | None = None,
+        tfhub_conn_id: str = "tfhub_default",
+        poll_interval: float = 60.0,
+    ) -> None:
+        super().__init__()
+        self.handle = handle
+        self.cache_dir = cache_dir
+        self.tfhub_conn_id = tfhub_conn_id
+        self.poll_interval = float(poll_interval)
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return (
+            f"{type(self).__module__}.{type(self).__qualname__}",
+            {
+                "handle": self.handle,
+                "cache_dir": self.cache_dir,
+                "tfhub_conn_id": self.tfhub_conn_id,
+                "poll_interval": self.poll_interval,
+            },
+        )
+
+    async def _settings_and_storage(self) -> tuple[Any, Storage]:
+        from airflow_provider_tfhub.hooks.tfhub import TFHubHook
+
+        hook = TFHubHook(tfhub_conn_id=self.tfhub_conn_id)
+        hub = await hook.aget_settings()
+        cache_dir = settings.resolve_cache_dir(self.cache_dir, hub.cache_dir, hub.config_cache_dir)
+        if not cache_dir.startswith("gs://"):
+            return hub, open_storage(cache_dir)
+        from asgiref.sync import sync_to_async
+
+        storage: Storage = await sync_to_async(hook.open_storage)(cache_dir)
+        return hub, storage
+
+    async def _entry(self, storage: Storage) -> dict[str, Any] | None:
+        handle = parse_handle(self.handle).handle
+        entry: dict[str, Any] | None = await asyncio.to_thread(read_entry, storage, handle, adopt=False)
+        return entry
+
+
+class TFHubModelCachedTrigger(_CacheTrigger):
+    """Fires once ``handle`` is completely staged in the cache (its metadata exists)."""
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        try:
+            _hub, storage = await self._settings_and_storage()
+            while True:
+                entry = await self._entry(storage)
+                if entry is not None:
+                    self.log.info("%s is staged at %s.", self.handle, entry["path"])
+                    yield TriggerEvent({"status": "success", "handle": self.handle, "staged": entry})
+                    return
+                self.log.debug("%s is not staged in %s yet.", self.handle, storage.location())
+                await asyncio.sleep(self.poll_interval)
+        except Exception as exc:
+            yield TriggerEvent({"status": "error", "handle": self.handle, "message": f"{type(exc).__name__}: {exc}"})
+
+
+class TFHubModelUpdatedTrigger(_CacheTrigger):
+    """Fires once upstream differs from the cached copy, or at once when nothing is cached.
+
+    Each poll sends one conditional request. Transient failures (5xx, timeouts) are logged and
+    retried at the next poll; permanent ones (404, a bad handle) end the wait with an error event.
+    """
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        try:
+            hub, storage = await self._settings_and_storage()
+            while True:
+                cached = await self._entry(storage)
+                try:
+                    check = await acheck_for_update(self.handle, cached, token=hub.token, storage=storage)
+                except TFHubError as exc:
+                    if exc.permanent:
+                        raise
+                    self.log.warning("Update check of %s failed (%s); retrying at the next poll.", self.handle, exc)
+                else:
+                    if check.changed:
+                        self.log.info("%s changed upstream: %s.", self.handle, check.reason)
+                        yield TriggerEvent({"status": "success", **check.as_dict(self.handle, cached)})
+                        return
+                    self.log.debug("%s unchanged upstream (%s).", self.handle, check.reason)
+                await asyncio.sleep(self.poll_interval)
+        except Exception as exc:
+            yield TriggerEvent({"status": "error", "handle": self.handle, "message": f"{type(exc).__name__}: {exc}"})

@@ -1,0 +1,204 @@
+"""Helpers and fixtures for the gs:// cache tests: the emulator, synthetic archives, subprocess stagers.
+
+Synthetic archives carry a placeholder ``saved_model.pb`` and incompressible "variables", so a model
+of any size is built in seconds without TensorFlow (staging never parses the SavedModel; the real
+SavedModels of ``tests/conftest.py`` cover loading).
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import os
+import subprocess
+import sys
+import tarfile
+import textwrap
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from airflow_provider_tfhub.core.handles import cache_key
+from airflow_provider_tfhub.core.layout import EntryNames, decode_meta
+from airflow_provider_tfhub.core.storage.gcs import GCSStorage
+from airflow_provider_tfhub.testing.gcs_emulator import GCSEmulator
+from airflow_provider_tfhub.testing.models import PLACEHOLDER_SAVED_MODEL
+
+PY = sys.executable
+BUCKET = "tfhub-gcs-test"
+
+
+# -- fixtures (import them into a test module to use them) -------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def gcs_emulator() -> Iterator[GCSEmulator]:
+    """One fake-gcs-server per module that imports this, on a free loopback port; stopped by its PID."""
+    with GCSEmulator() as emulator:
+        emulator.create_bucket(BUCKET)
+        yield emulator
+
+
+@pytest.fixture
+def gcs_env(gcs_emulator: GCSEmulator, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """``STORAGE_EMULATOR_HOST`` & co. in this process (in-process staging, ``dag.test()``) and for subprocesses."""
+    env = gcs_emulator.env()
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return env
+
+
+@pytest.fixture
+def gcs_cache(gcs_env: dict[str, str]) -> str:
+    """A fresh ``gs://`` cache dir per test (tests share the bucket, never a prefix)."""
+    return f"gs://{BUCKET}/{uuid.uuid4().hex[:12]}/cache"
+
+
+# -- inspecting a gs:// cache ----------------------------------------------------------------------------
+
+
+def all_objects(storage: GCSStorage) -> dict[str, int]:
+    """Every object under the cache root: name relative to the root -> size."""
+    base = storage.key("") + "/"
+    return {b.name[len(base) :]: int(b.size) for b in storage.client.list_blobs(storage.bucket_name, prefix=base)}
+
+
+def leftovers(storage: GCSStorage) -> list[str]:
+    """Lock and temporary objects: none may survive a staging, successful or not."""
+    return sorted(n for n in all_objects(storage) if n.endswith(".lock") or ".tmp/" in n)
+
+
+def assert_complete(storage: GCSStorage, handle: str) -> dict[str, Any]:
+    """The entry is complete for our readers and its model tree is exactly the metadata's manifest."""
+    names = EntryNames(cache_key(handle))
+    meta = decode_meta(storage.read_bytes(names.meta))
+    assert meta is not None, f"no metadata for {handle}"
+    listing = dict(storage.list_tree(names.model))
+    assert listing == {rel: rec["size"] for rel, rec in meta["manifest"].items()}
+    assert storage.has_file(f"{names.model}/{meta['marker']}")
+    return meta
+
+
+def make_synthetic_archive(path: Path, *, big_bytes: int, small_files: int = 0, seed: int = 0) -> Path:
+    """A tfhub-style ``.tar.gz`` with ``variables/variables.data-00000-of-00001`` of ``big_bytes`` random bytes.
+
+    Also: ``saved_model.pb`` (placeholder), ``variables/variables.index``, an empty ``assets/`` dir and
+    ``small_files`` small files under ``assets.extra/``. Deterministic for a given ``seed``; built once.
+    """
+    if path.exists():
+        return path
+    import random
+
+    rng = random.Random(seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
+
+    def add_dir(tar: tarfile.TarFile, name: str) -> None:
+        info = tarfile.TarInfo(name)
+        info.type = tarfile.DIRTYPE
+        info.mode = 0o755
+        tar.addfile(info)
+
+    def add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+        info = tarfile.TarInfo(name)
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+
+    class _Random(io.RawIOBase):
+        def __init__(self, size: int) -> None:
+            self.left = size
+
+        def readable(self) -> bool:
+            return True
+
+        def readinto(self, buf: Any) -> int:
+            n = min(len(buf), self.left, 1 << 20)
+            buf[:n] = rng.randbytes(n)
+            self.left -= n
+            return n
+
+    with open(tmp, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=1, mtime=0) as gz:
+        with tarfile.open(fileobj=gz, mode="w", format=tarfile.GNU_FORMAT) as tar:
+            add_dir(tar, ".")
+            add_bytes(tar, "./saved_model.pb", PLACEHOLDER_SAVED_MODEL)
+            add_dir(tar, "./assets")
+            add_dir(tar, "./variables")
+            add_bytes(tar, "./variables/variables.index", rng.randbytes(4096))
+            info = tarfile.TarInfo("./variables/variables.data-00000-of-00001")
+            info.size = big_bytes
+            tar.addfile(info, io.BufferedReader(_Random(big_bytes), 1 << 20))
+            if small_files:
+                add_dir(tar, "./assets.extra")
+                for i in range(small_files):
+                    add_bytes(tar, f"./assets.extra/f{i:04d}.bin", rng.randbytes(rng.randint(1, 64 * 1024)))
+    os.replace(tmp, path)
+    return path
+
+
+def run_stage_subprocess(
+    handle: str,
+    cache_dir: str,
+    env: dict[str, str],
+    *,
+    lock_timeout: float | None = None,
+    prelude: str = "",
+    wait_for: Path | None = None,
+    storage_options: dict[str, Any] | None = None,
+) -> subprocess.Popen[str]:
+    """Start ``python -c`` that calls ``core.staging.stage`` and prints the result as JSON on its last line.
+
+    ``prelude`` runs first (rlimits...); ``wait_for`` makes the process import everything, print
+    ``READY`` and wait until that file exists, so that several processes start staging together.
+    """
+    code = textwrap.dedent(
+        """
+        import json, os, resource, sys, time
+        {prelude}
+        from airflow_provider_tfhub.core.staging import stage
+        import airflow_provider_tfhub.core.storage.gcs, google.cloud.storage
+        go = {wait_for!r}
+        if go:
+            print("READY", flush=True)
+            while not os.path.exists(go):
+                time.sleep(0.01)
+        result = stage({handle!r}, {cache_dir!r}, lock_timeout={lock_timeout!r}, storage_options={options!r})
+        result["maxrss_kb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        result["tensorflow_imported"] = "tensorflow" in sys.modules
+        print(json.dumps(result), flush=True)
+        """
+    ).format(
+        prelude=textwrap.dedent(prelude),
+        handle=handle,
+        cache_dir=cache_dir,
+        lock_timeout=lock_timeout,
+        options=storage_options or {},
+        wait_for=str(wait_for) if wait_for else None,
+    )
+    return subprocess.Popen(
+        [PY, "-c", code],
+        env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1", **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def wait_ready(proc: subprocess.Popen[str], timeout: float = 120.0) -> None:
+    """Block until a :func:`run_stage_subprocess` process printed READY."""
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if line.strip() != "READY":
+        proc.kill()
+        _out, err = proc.communicate(timeout=timeout)
+        raise AssertionError(f"stager did not start: {line!r}\n{err[-3000:]}")
+
+
+def result_of(proc: subprocess.Popen[str], timeout: float = 300.0) -> dict[str, Any]:
+    """Wait for a stager subprocess and return its result dict (fails with its stderr otherwise)."""
+    out, err = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, f"stager failed ({proc.returncode}):\n{err[-4000:]}"
+    return dict(json.loads(out.strip().splitlines()[-1]))
