@@ -25,6 +25,7 @@ def add_subcommands(subparsers: Any) -> None:
     def common(p: argparse.ArgumentParser) -> None:
         p.add_argument("--cache-dir", help="local dir or gs://bucket/prefix (default: TFHUB_CACHE_DIR)")
         p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+        p.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="only warnings and errors")
 
     p_ls = subparsers.add_parser("ls", help="list cache entries (handle, size, state, last use)")
     common(p_ls)

@@ -604,5 +604,9 @@ def test_gcs_emulator_cli(tmp_path: Path) -> None:
 
 
 def test_threads_not_leaked() -> None:
-    """Servers of earlier tests were stopped: no serve_forever threads linger."""
-    assert not [t for t in threading.enumerate() if t.name.startswith("hub-server-")]
+    """A stopped server leaves no serve_forever threads behind (others' session servers may run)."""
+    before = {t for t in threading.enumerate() if t.name.startswith("hub-server-")}
+    server = HubServer().start()
+    assert {t for t in threading.enumerate() if t.name.startswith("hub-server-")} > before
+    server.stop()
+    assert {t for t in threading.enumerate() if t.name.startswith("hub-server-")} <= before

@@ -159,8 +159,8 @@ def _inflate_zlib(chunks: Iterable[bytes], factory: Callable[[], Any], source: s
         out = d.decompress(b"", BLOCK_SIZE)
         if not out:
             raise ArchiveError(
-                f"{source!r} is truncated (its gzip stream ends early); the download may have been cut off or the "
-                "file is not a complete .tar.gz."
+                f"{source!r} is truncated or corrupt (its gzip stream ends early); the download may have been cut "
+                "off or the file is not a complete .tar.gz."
             )
         yield out
 
@@ -184,7 +184,7 @@ def _inflate_other(chunks: Iterable[bytes], d: Any, source: str) -> Iterator[byt
             break
         yield out
     if not d.eof:
-        raise ArchiveError(f"{source!r} is truncated (the compressed stream ends early).")
+        raise ArchiveError(f"{source!r} is truncated or corrupt (its compressed stream ends early).")
 
 
 def decompressed_blocks(raw: Any, source: str) -> tuple[Iterator[bytes], str]:
@@ -259,7 +259,7 @@ class _TarReader:
         remaining = size
         while remaining > 0:
             if self._pos >= len(self._buf) and not self._next_block():
-                raise ArchiveError(f"{self.source!r} is truncated inside member {name!r}.")
+                raise ArchiveError(f"{self.source!r} is truncated or corrupt (it ends inside member {name!r}).")
             end = min(len(self._buf), self._pos + remaining)
             piece = self._buf[self._pos : end] if (self._pos or end != len(self._buf)) else self._buf
             self._pos = end
@@ -296,7 +296,7 @@ class _TarReader:
                 raise ArchiveError(f"{self.source!r} is an empty tar archive; expected a SavedModel.") from None
             return None
         except tarfile.TruncatedHeaderError as exc:
-            raise ArchiveError(f"{self.source!r} is truncated inside a tar header ({exc}).") from None
+            raise ArchiveError(f"{self.source!r} is truncated or corrupt (it ends inside a tar header: {exc}).") from None
         except tarfile.HeaderError as exc:
             raise ArchiveError(f"{self.source!r} does not appear to be a valid model archive: {exc}.") from None
 
