@@ -151,18 +151,30 @@ def _inflate_zlib(chunks: Iterable[bytes], factory: Callable[[], Any], source: s
                     junk = True
                     break
                 d = factory()
-            out = d.decompress(data, BLOCK_SIZE)
+            out = _decompress(d, data, source)
             data = d.unused_data if d.eof else d.unconsumed_tail
             if out:
                 yield out
     while not d.eof:  # the input has ended: flush what the decompressor still holds, in bounded pieces
-        out = d.decompress(b"", BLOCK_SIZE)
+        out = _decompress(d, b"", source)
         if not out:
             raise ArchiveError(
                 f"{source!r} is truncated or corrupt (its gzip stream ends early); the download may have been cut "
                 "off or the file is not a complete .tar.gz."
             )
         yield out
+
+
+def _decompress(d: Any, data: bytes, source: str) -> bytes:
+    """One bounded decompress call; every decoder's own error type becomes a clear ArchiveError."""
+    try:
+        return bytes(d.decompress(data, BLOCK_SIZE))
+    except (zlib.error, lzma.LZMAError, OSError, EOFError, ValueError) as exc:
+        raise _corrupt(source, exc) from exc
+    except Exception as exc:  # isal's IsalError and zlib-ng's error derive from Exception only
+        if type(exc).__name__ in ("IsalError", "error"):
+            raise _corrupt(source, exc) from exc
+        raise
 
 
 def _inflate_other(chunks: Iterable[bytes], d: Any, source: str) -> Iterator[bytes]:
@@ -172,14 +184,14 @@ def _inflate_other(chunks: Iterable[bytes], d: Any, source: str) -> Iterator[byt
         while True:
             if d.eof:
                 return
-            out = d.decompress(data, BLOCK_SIZE)
+            out = _decompress(d, data, source)
             data = b""
             if out:
                 yield out
             if d.needs_input:
                 break
     while not d.eof:
-        out = d.decompress(b"", BLOCK_SIZE)
+        out = _decompress(d, b"", source)
         if not out:
             break
         yield out

@@ -16,8 +16,8 @@ object); no DAG import errors.
 Run it through ``tests/cluster/run.sh`` (``make test-cluster``), which installs PostgreSQL/Redis and
 the Celery provider first and kills whatever is left in ``--pidfile`` when this exits. Every process
 is started in its own session and stopped by its process-group id; nothing is killed by name.
-Stdlib only (plus ``psycopg2`` for the readiness probe and the ``airflow_provider_tfhub`` helpers),
-so it imports neither Airflow nor TensorFlow itself.
+Stdlib only (plus ``psycopg2`` for the readiness probe, ``cryptography`` for a Fernet key and the
+``airflow_provider_tfhub`` testing helpers), so it imports neither Airflow nor TensorFlow itself.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ import functools
 import hashlib
 import json
 import os
+import pwd
 import re
 import secrets
 import shutil
@@ -257,8 +258,14 @@ def start_postgres(cluster: Cluster) -> str:
     base = cluster.work / "postgres"
     data, sockets = base / "data", base / "sockets"
     sockets.mkdir(parents=True)
-    user = "postgres" if os.geteuid() == 0 else None
+    user = "postgres" if os.geteuid() == 0 else None  # the postmaster refuses to run as root
     if user is not None:
+        try:
+            pwd.getpwnam(user)
+        except KeyError:
+            raise ClusterError(
+                "running as root needs the 'postgres' system user (Debian's postgresql creates it)"
+            ) from None
         shutil.chown(base, user, user)
         shutil.chown(sockets, user, user)
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C.UTF-8", "LANG": "C.UTF-8"}
@@ -461,6 +468,7 @@ def run_dag(api: Api, cluster: Cluster, dag_id: str, run_id: str, conf: dict[str
 class Report:
     failures: list[str] = field(default_factory=list)
     facts: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # informative only, never a pass/fail criterion
 
     def check(self, ok: bool, message: str) -> None:
         (self.facts if ok else self.failures).append(("ok: " if ok else "FAIL: ") + message)
@@ -499,6 +507,24 @@ def check_staged(report: Report, staged: list[tuple[str, dict[str, Any]]], dag_i
         report.check(all(r.get("handle") == handle for r in results), f"{dag_id}: XCom handle of {handle} matches")
 
 
+def overlap_fact(tis: list[dict[str, Any]], staged: list[tuple[str, dict[str, Any]]], handle: str) -> str:
+    """How many stagers of ``handle`` ran while its downloader did: informative, not asserted (timing)."""
+    from datetime import datetime
+
+    spans = {ti["map_index"]: ti for ti in tis if ti["task_id"] == "stage"}
+    mine = [i for i, (h, _) in enumerate(staged) if h == handle]
+    winner = next((i for i in mine if staged[i][1].get("downloaded")), None)
+    if winner is None or any(not spans.get(i, {}).get("start_date") for i in mine):
+        return f"info: overlap of the {len(mine)} stagers of {handle} unknown"
+
+    def span(i: int) -> tuple[datetime, datetime]:
+        return datetime.fromisoformat(spans[i]["start_date"]), datetime.fromisoformat(spans[i]["end_date"])
+
+    w_start, w_end = span(winner)
+    waiting = sum(1 for i in mine if i != winner and span(i)[0] < w_end and span(i)[1] > w_start)
+    return f"info: {waiting} of {len(mine) - 1} other stagers of {handle} ran while map_index {winner} downloaded"
+
+
 def list_bucket(endpoint: str, bucket: str) -> list[str]:
     names: list[str] = []
     token = ""
@@ -526,7 +552,7 @@ def check_bucket(report: Report, endpoint: str, handles: Iterable[str]) -> None:
     report.check(not missing, "bucket: every entry published" + (f" (missing {missing})" if missing else ""))
     for key in sorted(keys):
         report.check(f"{PREFIX}/{key}/saved_model.pb" in names, f"bucket: {key}/saved_model.pb present")
-    report.facts.append(f"bucket {BUCKET}: {len(names)} objects for {len(keys)} entries")
+    report.notes.append(f"info: bucket {BUCKET} holds {len(names)} objects for {len(keys)} entries")
 
 
 def check_hub(report: Report, stats: dict[str, Any], archive_counts: dict[str, int]) -> None:
@@ -701,6 +727,7 @@ def run(args: argparse.Namespace) -> int:
         with report.guard("stage XComs"):
             staged = [(stage_handles[i], api.xcom(CHECK_DAG, run_id, "stage", i)) for i in range(len(order))]
             check_staged(report, staged, CHECK_DAG, downloads=1)
+            report.notes.append(overlap_fact(tis, staged, handles[SHARED]))
         with report.guard("sensor XCom"):
             sensor_value = api.xcom(CHECK_DAG, run_id, "wait_cached")
             shared_path = f"{CACHE_DIR}/{hashlib.sha1(handles[SHARED].encode()).hexdigest()}"
@@ -756,8 +783,10 @@ def run(args: argparse.Namespace) -> int:
         cluster.stop()
 
     print("\n========== tfhub cluster check ==========")
-    for line in report.facts + report.failures:
+    for line in report.facts + report.notes + report.failures:
         print("  " + line)
+    if args.summary is not None:  # run.sh prints it last: the plain "N passed, N failed" line CI reads
+        args.summary.write_text(f"cluster: {len(report.facts)} passed, {len(report.failures)} failed\n")
     verdict = "FAIL" if report.failures else "PASS"
     print(
         f"{verdict}: {len(report.facts)} checks ok, {len(report.failures)} failed, {elapsed:.0f} s"
@@ -774,6 +803,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models-cache", type=Path, default=ROOT / ".cache" / "cluster-models")
     parser.add_argument("--skip-example", action="store_true", help="do not run the tfhub_prestage example DAG")
     parser.add_argument("--tail-lines", type=int, default=40)
+    parser.add_argument("--summary", type=Path, help="write the one-line 'N passed, N failed' summary here")
     args = parser.parse_args(argv)
 
     def on_signal(signum: int, frame: Any) -> None:

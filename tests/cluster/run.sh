@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # `make test-cluster`: a real Airflow cluster (CeleryExecutor, two workers) on 127.0.0.1, one shared gs:// cache.
 #
-# Installs what a fresh machine lacks (PostgreSQL and Redis from Debian, the Celery provider and psycopg2
+# Installs what a fresh machine lacks (PostgreSQL and Redis from Debian; the Celery provider, psycopg2 and asyncpg
 # into .venv), then runs tests/cluster/harness.py, which starts every component, triggers the DAGs and
 # checks the result. Whatever the harness leaves running (it is killed, or crashes) is stopped here by the
 # process-group ids it recorded; nothing is ever killed by name.
@@ -81,19 +81,23 @@ cleanup() {
         sleep 5
         for pid in "${left[@]}"; do kill -KILL -- "-$pid" 2>/dev/null || true; done
     fi
+    local summary="cluster: 0 passed, 1 failed"
+    [[ -s $work/summary ]] && summary=$(<"$work/summary")
     if [[ $rc -eq 0 && ${CLUSTER_KEEP_WORK:-0} != 1 ]]; then
         rm -rf "$work"
     else
         echo "[cluster] work dir kept: $work"
     fi
     echo "[cluster] make test-cluster took $((SECONDS - start_s)) s"
+    echo "$summary"
     exit "$rc"
 }
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-$PY tests/cluster/harness.py --work "$work" --pidfile "$pidfile" --timeout "${CLUSTER_TIMEOUT:-480}" &
+$PY tests/cluster/harness.py --work "$work" --pidfile "$pidfile" --summary "$work/summary" \
+    --timeout "${CLUSTER_TIMEOUT:-480}" &
 harness_pid=$!
 set +e
 wait "$harness_pid"
