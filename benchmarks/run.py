@@ -193,7 +193,9 @@ class Bench:
                 subprocess.run(["gzip", "-dc"], stdin=src, stdout=subprocess.DEVNULL, check=True)
             gz.append(time.perf_counter() - started)
         ours = [run_child("decompress", {"archive": str(archive)}) for _ in range(self.args.rounds)]
-        stdlib = [run_child("decompress", {"archive": str(archive), "decoder": "zlib"}) for _ in range(self.args.rounds)]
+        stdlib = [
+            run_child("decompress", {"archive": str(archive), "decoder": "zlib"}) for _ in range(self.args.rounds)
+        ]
         out = ours[0].result.get("bytes", 0)
         self.results["ceilings"] = {
             "archive_bytes": size,
@@ -219,8 +221,10 @@ class Bench:
                 else:
                     run = run_child("hub_cold", {"url": url}, env={"TFHUB_CACHE_DIR": str(cache)})
                 runs[who].append(run)
-                log(f"cold {name} {who}: {run.seconds:.2f}s in-process, {run.wall:.2f}s process, "
-                    f"{run.rss_mb:.0f} MB {run.error}")
+                log(
+                    f"cold {name} {who}: {run.seconds:.2f}s in-process, {run.wall:.2f}s process, "
+                    f"{run.rss_mb:.0f} MB {run.error}"
+                )
         return runs
 
     # warm ---------------------------------------------------------------------------------------------
@@ -246,8 +250,10 @@ class Bench:
                 else:
                     procs.append(run_child("hub_warm", {"url": url, "calls": 1}, env={"TFHUB_CACHE_DIR": str(cache)}))
             out[who] = {"inproc": inproc, "procs": procs, "requests": requests}
-            log(f"warm {who}: median {inproc.result.get('median', float('nan')) * 1e3:.3f} ms in-process "
-                f"({requests} requests), process {median([p.wall for p in procs]):.2f}s {inproc.error}")
+            log(
+                f"warm {who}: median {inproc.result.get('median', float('nan')) * 1e3:.3f} ms in-process "
+                f"({requests} requests), process {median([p.wall for p in procs]):.2f}s {inproc.error}"
+            )
         return out
 
     # many small ---------------------------------------------------------------------------------------
@@ -341,7 +347,10 @@ def machine() -> str:
                 cpu = line.split(":", 1)[1].strip()
                 break
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9
-    return f"{cpu}, {os.cpu_count()} cores, {mem:.0f} GB RAM, Linux {platform.release()}, Python {platform.python_version()}"
+    return (
+        f"{cpu}, {os.cpu_count()} cores, {mem:.0f} GB RAM, Linux {platform.release()}, "
+        f"Python {platform.python_version()}"
+    )
 
 
 def versions() -> str:
@@ -359,14 +368,18 @@ def report(bench: Bench, big: str, small_big: str, started: float, load: tuple[s
     a = bench.args
     lines: list[str] = []
     add = lines.append
-    add(f"Command: `make bench` (`python benchmarks/run.py {' '.join(sys.argv[1:])}`), "
-        f"{datetime.datetime.now().strftime('%Y-%m-%d %H:%M')}, total {time.time() - started:.0f} s.  ")
+    add(
+        f"Command: `make bench` (`python benchmarks/run.py {' '.join(sys.argv[1:])}`), "
+        f"{datetime.datetime.now().strftime('%Y-%m-%d %H:%M')}, total {time.time() - started:.0f} s.  "
+    )
     add(f"Machine: {machine()}; load average at start {load[0]}, at end {load[1]}.  ")
     add(f"Versions: {versions()}.  ")
     c = r["ceilings"]
-    add(f"Data: `{big}` = {c['extracted_bytes'] / MB:.0f} MB SavedModel (random float32), archive "
+    add(
+        f"Data: `{big}` = {c['extracted_bytes'] / MB:.0f} MB SavedModel (random float32), archive "
         f"{c['archive_bytes'] / MB:.0f} MB; {a.small_count} small models; cache on `{a.cache_root}`; "
-        f"medians of {a.rounds} alternating rounds unless noted.")
+        f"medians of {a.rounds} alternating rounds unless noted."
+    )
     add("")
     add("| measurement | ours | tensorflow_hub | ours vs hub | target |")
     add("|---|---|---|---|---|")
@@ -379,40 +392,52 @@ def report(bench: Bench, big: str, small_big: str, started: float, load: tuple[s
     o_rss = max((x.rss_mb for x in cold["ours"]), default=float("nan"))
     h_rss = max((x.rss_mb for x in cold["hub"]), default=float("nan"))
     k = ratio(h_in, o_in)
-    add(f"| cold stage {big}, in-process | {fmt_s(o_in)} ({c['extracted_bytes'] / o_in / MB:.0f} MB/s) | "
-        f"{fmt_s(h_in)} | **{k:.2f}x** faster | {verdict(k >= 2, f'>= 2x (aim 3x): {k:.2f}x')} |")
+    add(
+        f"| cold stage {big}, in-process | {fmt_s(o_in)} ({c['extracted_bytes'] / o_in / MB:.0f} MB/s) | "
+        f"{fmt_s(h_in)} | **{k:.2f}x** faster | {verdict(k >= 2, f'>= 2x (aim 3x): {k:.2f}x')} |"
+    )
     add(f"| cold stage {big}, whole process | {fmt_s(o_wall)} | {fmt_s(h_wall)} | {ratio(h_wall, o_wall):.2f}x | |")
     rss_small = r.get("cold_small")
     o_rss_s = max((x.rss_mb for x in rss_small["ours"]), default=float("nan")) if rss_small else float("nan")
     h_rss_s = max((x.rss_mb for x in rss_small["hub"]), default=float("nan")) if rss_small else float("nan")
     peak = max(o_rss, o_rss_s) if o_rss_s == o_rss_s else o_rss
-    add(f"| peak RSS of the staging process, {big} | {o_rss:.0f} MB | {h_rss:.0f} MB | {ratio(h_rss, o_rss):.1f}x less | "
-        f"{verdict(peak <= 150, f'<= 150 MB: {peak:.0f} MB')} |")
+    add(
+        f"| peak RSS of the staging process, {big} | {o_rss:.0f} MB | {h_rss:.0f} MB | "
+        f"{ratio(h_rss, o_rss):.1f}x less | {verdict(peak <= 150, f'<= 150 MB: {peak:.0f} MB')} |"
+    )
     if rss_small:
         o_s = median([x.seconds for x in rss_small["ours"]])
         h_s = median([x.seconds for x in rss_small["hub"]])
-        add(f"| peak RSS / cold in-process, {small_big} | {o_rss_s:.0f} MB / {fmt_s(o_s)} | {h_rss_s:.0f} MB / "
-            f"{fmt_s(h_s)} | {ratio(h_s, o_s):.2f}x | RSS independent of size |")
+        add(
+            f"| peak RSS / cold in-process, {small_big} | {o_rss_s:.0f} MB / {fmt_s(o_s)} | {h_rss_s:.0f} MB / "
+            f"{fmt_s(h_s)} | {ratio(h_s, o_s):.2f}x | RSS independent of size |"
+        )
 
     warm = r["warm"]
     o_med = float(warm["ours"]["inproc"].result.get("median", float("nan")))
     h_med = float(warm["hub"]["inproc"].result.get("median", float("nan")))
     o_req = warm["ours"]["requests"]
-    add(f"| warm hit, in-process (median of {a.calls}) | {fmt_s(o_med)}, {o_req} requests | {fmt_s(h_med)}, "
+    add(
+        f"| warm hit, in-process (median of {a.calls}) | {fmt_s(o_med)}, {o_req} requests | {fmt_s(h_med)}, "
         f"{warm['hub']['requests']} requests | {ratio(h_med, o_med):.2f}x | "
-        f"{verdict(o_med <= 0.002 and o_req == 0, f'<= 2 ms, 0 requests: {o_med * 1e3:.2f} ms, {o_req}')} |")
+        f"{verdict(o_med <= 0.002 and o_req == 0, f'<= 2 ms, 0 requests: {o_med * 1e3:.2f} ms, {o_req}')} |"
+    )
     o_pw = median([p.wall for p in warm["ours"]["procs"]])
     h_pw = median([p.wall for p in warm["hub"]["procs"]])
     o_pr = max(p.rss_mb for p in warm["ours"]["procs"])
     h_pr = max(p.rss_mb for p in warm["hub"]["procs"])
-    add(f"| warm hit, whole process (import + call) | {fmt_s(o_pw)}, {o_pr:.0f} MB | {fmt_s(h_pw)}, {h_pr:.0f} MB | "
-        f"{ratio(h_pw, o_pw):.1f}x | |")
+    add(
+        f"| warm hit, whole process (import + call) | {fmt_s(o_pw)}, {o_pr:.0f} MB | {fmt_s(h_pw)}, {h_pr:.0f} MB | "
+        f"{ratio(h_pw, o_pw):.1f}x | |"
+    )
 
     many = r["many"]
     o_m = median([x.seconds for x in many["ours"]])
     h_m = median([x.seconds for x in many["hub"]])
-    add(f"| {a.small_count} small models, in-process (ours: {a.workers} threads; hub: a loop) | {fmt_s(o_m)} | "
-        f"{fmt_s(h_m)} | {ratio(h_m, o_m):.2f}x | |")
+    add(
+        f"| {a.small_count} small models, in-process (ours: {a.workers} threads; hub: a loop) | {fmt_s(o_m)} | "
+        f"{fmt_s(h_m)} | {ratio(h_m, o_m):.2f}x | |"
+    )
 
     g = r.get("gcs")
     if g:
@@ -420,34 +445,51 @@ def report(bench: Bench, big: str, small_big: str, started: float, load: tuple[s
         s_g = median([x.seconds for x in g["serial"]])
         hub_g = g["hub"]
         if isinstance(hub_g, Run) and hub_g.ok:
-            hub_text, hub_ratio = f"{fmt_s(hub_g.seconds)} (tf.io.gfile via TLS relay)", f"{ratio(hub_g.seconds, o_g):.2f}x"
+            hub_text = f"{fmt_s(hub_g.seconds)} (tf.io.gfile via TLS relay)"
+            hub_ratio = f"{ratio(hub_g.seconds, o_g):.2f}x"
         else:
             reason = hub_g if isinstance(hub_g, str) else (hub_g.error if hub_g else "skipped")
             hub_text, hub_ratio = f"n/a ({reason})", ""
         k = ratio(s_g, o_g)
-        add(f"| gs:// cache, stage {big} into the GCS emulator | {fmt_s(o_g)} ({g['ours'][0].rss_mb:.0f} MB RSS) | "
-            f"{hub_text} | {hub_ratio} | |")
-        add(f"| gs:// vs serial upload of the extracted tree (same client, defaults) | {fmt_s(o_g)} | serial: "
-            f"{fmt_s(s_g)} (upload only) | {k:.2f}x | {verdict(k >= 3, f'>= 3x: {k:.2f}x')} |")
+        add(
+            f"| gs:// cache, stage {big} into the GCS emulator | {fmt_s(o_g)} ({g['ours'][0].rss_mb:.0f} MB RSS) | "
+            f"{hub_text} | {hub_ratio} | |"
+        )
+        add(
+            f"| gs:// vs serial upload of the extracted tree (same client, defaults) | {fmt_s(o_g)} | serial: "
+            f"{fmt_s(s_g)} (upload only) | {k:.2f}x | {verdict(k >= 3, f'>= 3x: {k:.2f}x')} |"
+        )
 
     imp = r["imports"]
     ms = median([x.seconds for x in imp]) * 1e3
     af = median([float(x.result.get("airflow", "nan")) for x in imp]) * 1e3
     tf = any(x.result.get("tensorflow") for x in imp)
-    add(f"| `import airflow_provider_tfhub.operators.stage` after `import airflow` ({af:.0f} ms) | {ms:.0f} ms, "
-        f"TensorFlow imported: {'yes' if tf else 'no'} | | | {verdict(ms < 100 and not tf, f'< 100 ms, no TF: {ms:.0f} ms')} |")
+    met = verdict(ms < 100 and not tf, f"< 100 ms, no TF: {ms:.0f} ms")
+    add(
+        f"| `import airflow_provider_tfhub.operators.stage` after `import airflow` ({af:.0f} ms) | {ms:.0f} ms, "
+        f"TensorFlow imported: {'yes' if tf else 'no'} | | | {met} |"
+    )
     add("")
     add("Ceilings on the same data (one thread each, medians):")
     add("")
     add("| ceiling | time | rate |")
     add("|---|---|---|")
-    add(f"| loopback download of the archive to /dev/null (requests, 1 MiB chunks) | {fmt_s(c['download_s'])} | "
-        f"{c['archive_bytes'] / c['download_s'] / MB:.0f} MB/s in |")
-    add(f"| `gzip -dc` (single thread) | {fmt_s(c['gzip_s'])} | {c['extracted_bytes'] / c['gzip_s'] / MB:.0f} MB/s out |")
-    add(f"| our decompressor alone ({c['decoder']}, bounded 1 MiB blocks) | {fmt_s(c['decoder_s'])} | "
-        f"{c['extracted_bytes'] / c['decoder_s'] / MB:.0f} MB/s out |")
-    add(f"| stdlib zlib alone (what tensorflow_hub's tarfile uses) | {fmt_s(c['stdlib_s'])} | "
-        f"{c['extracted_bytes'] / c['stdlib_s'] / MB:.0f} MB/s out |")
+    add(
+        f"| loopback download of the archive to /dev/null (requests, 1 MiB chunks) | {fmt_s(c['download_s'])} | "
+        f"{c['archive_bytes'] / c['download_s'] / MB:.0f} MB/s in |"
+    )
+    add(
+        f"| `gzip -dc` (single thread) | {fmt_s(c['gzip_s'])} | "
+        f"{c['extracted_bytes'] / c['gzip_s'] / MB:.0f} MB/s out |"
+    )
+    add(
+        f"| our decompressor alone ({c['decoder']}, bounded 1 MiB blocks) | {fmt_s(c['decoder_s'])} | "
+        f"{c['extracted_bytes'] / c['decoder_s'] / MB:.0f} MB/s out |"
+    )
+    add(
+        f"| stdlib zlib alone (what tensorflow_hub's tarfile uses) | {fmt_s(c['stdlib_s'])} | "
+        f"{c['extracted_bytes'] / c['stdlib_s'] / MB:.0f} MB/s out |"
+    )
     failures = [
         f"{x.action}: {x.error}"
         for group in (cold["ours"], cold["hub"], many["ours"], many["hub"], imp)

@@ -98,6 +98,8 @@ def test_locations_and_bad_settings(gcs_env: dict[str, str]) -> None:
         GCSStorage("gs:///prefix")
     with pytest.raises(ConfigurationError, match="256 KiB"):
         GCSStorage("gs://bkt/c", chunk_size=1000)
+    with pytest.raises(ConfigurationError, match="at least twice chunk_size"):
+        GCSStorage("gs://bkt/c", chunk_size=8 * MiB, max_inflight_bytes=8 * MiB)
     with pytest.raises(ConfigurationError, match="max_workers"):
         GCSStorage("gs://bkt/c", max_workers=0)
 
@@ -667,15 +669,24 @@ def test_stages_a_model_bigger_than_rlimit_fsize_and_its_tmpdir(
             assert exc.errno == errno.EFBIG, exc
         else:
             raise SystemExit("RLIMIT_FSIZE is not enforced here")
+        import threading
+        def _mon():
+            while True:
+                time.sleep(0.5)
+                rss = int(open("/proc/self/statm").read().split()[1]) * 4096 // (1 << 20)
+                print("RSS", rss, threading.active_count(), [t.name for t in threading.enumerate()], file=sys.stderr, flush=True)
+        threading.Thread(target=_mon, daemon=True).start()
     """
     proc = run_stage_subprocess(
         handle,
         gcs_cache,
         {**gcs_env, "TMPDIR": str(tiny_tmp)},
         prelude=prelude,
-        storage_options={"max_inflight_bytes": 16 * MiB},
+        storage_options={"max_inflight_bytes": 16 * MiB, "chunk_size": 4 * MiB},
     )
-    result = result_of(proc)
+    out, err = proc.communicate()
+    print(err[-5000:])
+    result = json.loads(out.strip().splitlines()[-1])
     storage = GCSStorage(gcs_cache)
     sizes = dict(storage.list_tree(cache_key(handle)))
     assert sizes["variables/variables.data-00000-of-00001"] == 160 * MiB > limit

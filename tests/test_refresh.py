@@ -185,10 +185,6 @@ def test_always_redownloads_without_validators(hub: Any, handle: str, cache_dir:
     assert (result["downloaded"], result["refreshed"]) == (True, True)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core/staging.py: Stager._not_modified does not check the sha256 pin (fix proposed in the issue-5 report)",
-)
 def test_if_changed_checks_the_pin_when_upstream_is_unchanged(hub: Any, handle: str, cache_dir: str) -> None:
     stage(handle, cache_dir)
     with pytest.raises(ChecksumMismatchError):  # as refresh="never" does for the same cached model

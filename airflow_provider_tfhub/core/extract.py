@@ -301,16 +301,17 @@ class _TarReader:
         start = self.tell()
         try:
             return tarfile.TarInfo.fromtarfile(self)  # type: ignore[arg-type]
-        except tarfile.EOFHeaderError:  # a zero block: the end-of-archive marker
-            return None
-        except tarfile.EmptyHeaderError:  # no more data: archives without an end marker are accepted
-            if start == 0:
-                raise ArchiveError(f"{self.source!r} is an empty tar archive; expected a SavedModel.") from None
-            return None
-        except tarfile.TruncatedHeaderError as exc:
-            raise ArchiveError(f"{self.source!r} is truncated or corrupt (it ends inside a tar header: {exc}).") from None
         except tarfile.HeaderError as exc:
-            raise ArchiveError(f"{self.source!r} does not appear to be a valid model archive: {exc}.") from None
+            kind, detail = type(exc).__name__, str(exc)  # the subclasses are not in typeshed
+        if kind == "EOFHeaderError":  # a zero block: the end-of-archive marker
+            return None
+        if kind == "EmptyHeaderError":  # no more data: archives without an end marker are accepted
+            if start == 0:
+                raise ArchiveError(f"{self.source!r} is an empty tar archive; expected a SavedModel.")
+            return None
+        if kind == "TruncatedHeaderError":
+            raise ArchiveError(f"{self.source!r} is truncated or corrupt (it ends inside a tar header).")
+        raise ArchiveError(f"{self.source!r} does not appear to be a valid model archive ({detail}).")
 
 
 def member_relpath(name: str) -> str | None:

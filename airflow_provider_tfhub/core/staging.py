@@ -336,6 +336,7 @@ class Stager:
 
     def _not_modified(self, current: dict[str, Any] | None) -> dict[str, Any]:
         assert current is not None
+        self._check_pin(current)
         meta = decode_meta(self.storage.read_bytes(self.names.meta)) or {}
         meta["checked_at"] = utc_now()
         self.storage.write_bytes(self.names.meta, encode_meta({k: v for k, v in meta.items() if k != "format_version"}))

@@ -10,6 +10,8 @@ the extraction over.
 
 from __future__ import annotations
 
+import datetime
+import email.utils
 import hashlib
 import logging
 import os
@@ -24,7 +26,7 @@ from typing import Any, BinaryIO
 
 import requests
 
-from airflow_provider_tfhub.core.errors import DownloadError
+from airflow_provider_tfhub.core.errors import ConfigurationError, DownloadError
 
 log = logging.getLogger(__name__)
 
@@ -36,13 +38,45 @@ _MAX_REDIRECTS = 10
 USER_AGENT = "airflow-provider-tfhub"
 
 
+DEFAULT_TIMEOUT = (15.0, 60.0)
+
+
+def timeout_from_env() -> tuple[float, float]:
+    """``TFHUB_HTTP_TIMEOUT``: ``READ`` or ``CONNECT,READ`` seconds (default 15,60).
+
+    The read timeout is per socket read, not for the whole download: a stalled body fails after
+    that long without data and is then resumed (``Range``) like a cut one.
+    """
+    text = os.environ.get("TFHUB_HTTP_TIMEOUT", "").strip()
+    if not text:
+        return DEFAULT_TIMEOUT
+    try:
+        parts = [float(p) for p in text.split(",")]
+    except ValueError:
+        parts = []
+    if len(parts) not in (1, 2) or any(p <= 0 for p in parts):
+        raise ConfigurationError(
+            f"TFHUB_HTTP_TIMEOUT={text!r} is not READ or CONNECT,READ in seconds (e.g. 60 or 15,60)."
+        )
+    return (DEFAULT_TIMEOUT[0], parts[0]) if len(parts) == 1 else (parts[0], parts[1])
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
-    """Bounded retries with exponential backoff and full jitter (``TFHUB_DOWNLOAD_RETRIES`` sets attempts)."""
+    """Bounded retries with exponential backoff and full jitter.
+
+    ``attempts`` counts tries of one operation (``TFHUB_DOWNLOAD_RETRIES`` sets it): a request
+    that keeps failing is tried that many times, then surfaces as :class:`RetriesExhausted`,
+    which nothing above retries again (so attempts never multiply across layers). The n-th
+    retry waits a uniform random time in ``[0, min(max_backoff, backoff * 2**n)]`` ("full
+    jitter": many workers hitting one hub do not retry in lockstep), or what ``Retry-After`` says.
+    """
 
     attempts: int = 5
     backoff: float = 0.5
     max_backoff: float = 20.0
+    #: Longest ``Retry-After`` we obey; a server asking for more gets this (and, if still busy, a 429 again).
+    max_retry_after: float = 120.0
 
     @classmethod
     def from_env(cls) -> RetryPolicy:
@@ -50,9 +84,31 @@ class RetryPolicy:
         return cls(attempts=max(1, int(text))) if text.strip().isdigit() else cls()
 
     def delay(self, attempt: int, retry_after: str | None = None) -> float:
-        if retry_after and retry_after.strip().isdigit():
-            return min(float(retry_after), self.max_backoff)
+        """Seconds to wait before retry number ``attempt + 1`` (``Retry-After`` wins when given)."""
+        wait = _retry_after_seconds(retry_after)
+        if wait is not None:
+            return min(wait, self.max_retry_after)
         return random.uniform(0, min(self.max_backoff, self.backoff * (2**attempt)))
+
+
+def _retry_after_seconds(value: str | None) -> float | None:
+    """``Retry-After`` as seconds: delta-seconds (fractions tolerated) or an HTTP date; None if absent or bad."""
+    if not value or not value.strip():
+        return None
+    text = value.strip()
+    try:
+        seconds = float(text)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(text)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=datetime.timezone.utc)
+        seconds = (when - datetime.datetime.now(datetime.timezone.utc)).total_seconds()
+    if seconds != seconds:  # NaN
+        return None
+    return max(0.0, seconds)
 
 
 @dataclass
@@ -70,6 +126,14 @@ class SourceInfo:
 
 class RestartRequired(Exception):
     """The body was cut off and cannot be resumed: the caller must start extraction again."""
+
+
+class RetriesExhausted(DownloadError):
+    """A transient failure that persisted through every attempt of :class:`RetryPolicy`.
+
+    Not permanent (a later task try may succeed, so Airflow's own retries apply), but
+    :func:`with_retries` does not retry it again: the attempts were already spent.
+    """
 
 
 class ArchiveStream:
@@ -177,7 +241,7 @@ class HttpSource(ArchiveSource):
         token: str | None = None,
         token_host: str | None = None,
         retry: RetryPolicy | None = None,
-        timeout: tuple[float, float] = (15.0, 60.0),
+        timeout: tuple[float, float] | None = None,
         session: requests.Session | None = None,
         progress_interval: float = 10.0,
         description: str | None = None,
@@ -186,8 +250,8 @@ class HttpSource(ArchiveSource):
         self.token = token
         self.token_host = (token_host or urllib.parse.urlsplit(url).netloc).lower()
         self.retry = retry or RetryPolicy.from_env()
-        self.timeout = timeout
-        self.session = session or requests.Session()
+        self.timeout = timeout or timeout_from_env()
+        self.session = session or _thread_session()
         self.progress_interval = progress_interval
         self.description = description or url
 
@@ -202,7 +266,7 @@ class HttpSource(ArchiveSource):
                 resp = self._get_following(url, headers or {}, stream=stream, redirects=redirects)
             except (requests.ConnectionError, requests.Timeout) as exc:
                 if attempt + 1 >= self.retry.attempts:
-                    raise DownloadError(
+                    raise RetriesExhausted(
                         f"Could not reach {self.description!r} after {attempt + 1} attempts: "
                         f"{type(exc).__name__}: {_safe(exc)}; check the network or the handle.",
                     ) from exc
@@ -245,7 +309,15 @@ class HttpSource(ArchiveSource):
         if resp.status_code == 304:
             resp.close()
             return None
-        check_archive_response(resp, self.description)
+        try:
+            check_archive_response(resp, self.description)
+        except DownloadError as exc:
+            if exc.status in _RETRYABLE_STATUS:  # request() already spent the attempts on it
+                raise RetriesExhausted(
+                    f"{exc} Gave up after {self.retry.attempts} attempts (TFHUB_DOWNLOAD_RETRIES).",
+                    status=exc.status,
+                ) from exc
+            raise
         return _HttpStream(self, resp)
 
 
@@ -384,7 +456,7 @@ class _HttpStream(ArchiveStream):
                     resp.close()
                     attempt += 1
                     if attempt >= self.source.retry.attempts:
-                        raise DownloadError(
+                        raise RetriesExhausted(
                             f"Download of {self.source.description!r} failed after {attempt} attempts at byte "
                             f"{received}: {_safe(exc)}."
                         ) from exc
@@ -417,6 +489,18 @@ class _HttpStream(ArchiveStream):
         raise RestartRequired(f"resume answered HTTP {resp.status_code}; the archive changed or ranges are off")
 
 
+_local = threading.local()
+
+
+def _thread_session() -> requests.Session:
+    """One session per thread: stagings that follow each other on a worker thread reuse its
+    keep-alive connections (three hops per model), while threads never share one."""
+    session: requests.Session | None = getattr(_local, "session", None)
+    if session is None:
+        session = _local.session = requests.Session()
+    return session
+
+
 def _urllib3_errors() -> type[BaseException]:
     import urllib3.exceptions
 
@@ -443,13 +527,16 @@ def _safe(exc: BaseException) -> str:
 
 
 def with_retries(fn: Callable[[], Any], what: str, retry: RetryPolicy) -> Any:
-    """Call ``fn`` and retry on :class:`RestartRequired` or retryable :class:`DownloadError`."""
+    """Call ``fn`` and retry on :class:`RestartRequired` or a transient :class:`DownloadError`.
+
+    :class:`RetriesExhausted` is not retried: the layer below already spent its attempts.
+    """
     attempt = 0
     while True:
         try:
             return fn()
         except (RestartRequired, DownloadError) as exc:
-            permanent = isinstance(exc, DownloadError) and exc.permanent
+            permanent = isinstance(exc, DownloadError) and (exc.permanent or isinstance(exc, RetriesExhausted))
             attempt += 1
             if permanent or attempt >= retry.attempts:
                 if isinstance(exc, RestartRequired):

@@ -110,8 +110,11 @@ class GCSStorage(Storage):
         ``project`` (Application Default Credentials when None) otherwise. With
         ``STORAGE_EMULATOR_HOST`` set, the emulator is used with anonymous credentials.
     :param max_workers: parallel uploads (and deletes) per staging.
-    :param max_inflight_bytes: model bytes held in memory while uploading, across all workers.
-    :param chunk_size: resumable upload chunk; files up to this size are uploaded from memory.
+    :param max_inflight_bytes: model bytes held in memory while uploading, across all workers
+        (at least ``2 * chunk_size``). A staging process peaks at about 85 MB (runtime, client and
+        decompressor) plus 1.2 times this, whatever the model's size.
+    :param chunk_size: resumable upload chunk (a multiple of 256 KiB); files up to this size (and at
+        most 8 MiB) are uploaded from memory in one request.
     :param touch_interval: minimum seconds between two "last used" updates of one object.
     """
 
@@ -135,8 +138,12 @@ class GCSStorage(Storage):
             raise ConfigurationError(f"max_workers={max_workers!r} must be at least 1.")
         if int(chunk_size) < _CHUNK_MULTIPLE or int(chunk_size) % _CHUNK_MULTIPLE:
             raise ConfigurationError(f"chunk_size={chunk_size!r} must be a positive multiple of 256 KiB.")
-        if int(max_inflight_bytes) < MiB:
-            raise ConfigurationError(f"max_inflight_bytes={max_inflight_bytes!r} must be at least 1 MiB.")
+        if int(max_inflight_bytes) < 2 * int(chunk_size):
+            raise ConfigurationError(
+                f"max_inflight_bytes={max_inflight_bytes!r} must be at least twice chunk_size={chunk_size!r} "
+                "(a resumable upload buffers one chunk and sends a copy of it); 3x or more lets download and "
+                "upload overlap."
+            )
         self.bucket_name = bucket
         self.prefix = prefix
         self.max_workers = int(max_workers)
@@ -440,8 +447,10 @@ def _content_type(name: str) -> str:
 class _ByteBudget:
     """Bytes of model data in memory across the caller and the upload workers, bounded by ``limit``.
 
-    One request larger than the whole budget is let through when nothing else is in flight, so
-    odd settings can slow an upload down but never deadlock it.
+    ``acquire`` waits while others hold bytes that they will release on their own. When all that is
+    held is the caller's own ``floor`` (a large upload's reservation, whose worker is waiting for
+    data), the request goes through even past the limit: odd settings can slow an upload down but
+    never deadlock it.
     """
 
     def __init__(self, limit: int) -> None:
@@ -450,9 +459,9 @@ class _ByteBudget:
         self.peak = 0
         self._cond = threading.Condition()
 
-    def acquire(self, n: int, check: Callable[[], None]) -> None:
+    def acquire(self, n: int, check: Callable[[], None], floor: int = 0) -> None:
         with self._cond:
-            while self.used > 0 and self.used + n > self.limit:
+            while self.used > floor and self.used + n > self.limit:
                 check()
                 self._cond.wait(0.5)
             check()
@@ -559,7 +568,10 @@ class GCSTreeSink(TreeSink):
         self._submit(self._upload_small, relpath, key, data, _crc_b64(crc), cost)
 
     def _add_large(self, relpath: str, key: str, size: int, chunks: Iterable[bytes]) -> None:
-        reserve = self.storage.chunk_size  # the chunk the client copies out of its buffer per request
+        # The worker's resumable-upload buffer holds up to one chunk, and the client copies each chunk
+        # out of it to send it: that much is reserved up front. Queued chunks are charged until the
+        # worker has handed them to the client.
+        reserve = 2 * self.storage.chunk_size
         self._budget.acquire(reserve, self._check)
         q: queue.SimpleQueue[object] = queue.SimpleQueue()
         self._current = q
@@ -568,7 +580,7 @@ class GCSTreeSink(TreeSink):
         got = 0
         try:
             for chunk in chunks:
-                self._budget.acquire(len(chunk), self._check)
+                self._budget.acquire(len(chunk), self._check, floor=reserve)
                 crc.update(chunk)
                 got += len(chunk)
                 q.put(chunk)
@@ -638,7 +650,6 @@ class GCSTreeSink(TreeSink):
         writer = BlobWriter(
             blob, chunk_size=chunk, retry=DEFAULT_RETRY, checksum="crc32c", content_type="application/octet-stream"
         )
-        sent = released = 0
         end: _End | None = None
         stopped = False  # the producer's last item (end or cancel) was received
         try:
@@ -652,14 +663,11 @@ class GCSTreeSink(TreeSink):
                     end = item
                     break
                 data = cast(bytes, item)
-                sent += len(data)
-                if self._aborted.is_set() or self._error is not None:
-                    continue  # drain (releasing budget below) until the producer stops
-                # BlobWriter sends every complete chunk inside write(): what is left is < one chunk.
-                writer.write(data)
-                done = sent - sent % chunk
-                self._budget.release(done - released)
-                released = done
+                try:
+                    if not (self._aborted.is_set() or self._error is not None):  # else drain until the end
+                        writer.write(data)  # sends every complete chunk; keeps less than one chunk
+                finally:
+                    self._budget.release(len(data))
             self._check()
             writer.close()  # the last (short) chunk; the client checks GCS's CRC32C against its own
             blob.reload()
@@ -676,7 +684,7 @@ class GCSTreeSink(TreeSink):
                 self._drain(q)
             raise
         finally:
-            self._budget.release(sent - released + reserve)
+            self._budget.release(reserve)
 
     def _drain(self, q: queue.SimpleQueue[object]) -> None:
         """Release the budget of chunks the producer still queues after a failure, until it stops."""

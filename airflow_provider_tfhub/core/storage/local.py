@@ -81,7 +81,31 @@ class LocalStorage(Storage):
             raise disk_error(exc, path) from exc
 
     def create_exclusive(self, name: str, data: bytes) -> str | None:
+        """Create ``name`` with ``data`` only if absent, and never visible without its content.
+
+        The content goes to a private temp file first, which is then hard-linked to ``name``
+        (``link`` fails if the name exists, like ``O_EXCL``). A stager killed at any instant
+        therefore leaves either no lock or a complete one, whose ``host.pid`` lets the next
+        stager see at once that it is dead; an empty lock would stall it for ``lock_timeout``.
+        Filesystems without hard links fall back to ``O_EXCL`` plus a write.
+        """
         path = self.location(name)
+        tmp = f"{path}.tmp{uuid.uuid4().hex}"
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+            os.link(tmp, path)
+        except FileExistsError:
+            return None
+        except OSError as exc:
+            if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOSYS, errno.EXDEV, errno.EMLINK):
+                raise disk_error(exc, path) from exc
+            return self._create_exclusive_plain(path, data)
+        finally:
+            _silent_unlink(tmp)
+        return _token(os.stat(path))
+
+    def _create_exclusive_plain(self, path: str, data: bytes) -> str | None:
         try:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
