@@ -320,7 +320,6 @@ def test_sigkilled_stagers_never_leave_a_partial_model_and_are_cleaned_up_at_onc
         caplog.clear()
         shutil.rmtree(cache)
     killed_mid_download = sum(1 for tmp, lock, _ in states if tmp or lock)
-    print("STATES", states)
     assert killed_mid_download >= 5, states  # the kills did land while stagers held the lock
 
 

@@ -669,13 +669,6 @@ def test_stages_a_model_bigger_than_rlimit_fsize_and_its_tmpdir(
             assert exc.errno == errno.EFBIG, exc
         else:
             raise SystemExit("RLIMIT_FSIZE is not enforced here")
-        import threading
-        def _mon():
-            while True:
-                time.sleep(0.5)
-                rss = int(open("/proc/self/statm").read().split()[1]) * 4096 // (1 << 20)
-                print("RSS", rss, threading.active_count(), [t.name for t in threading.enumerate()], file=sys.stderr, flush=True)
-        threading.Thread(target=_mon, daemon=True).start()
     """
     proc = run_stage_subprocess(
         handle,
@@ -684,9 +677,7 @@ def test_stages_a_model_bigger_than_rlimit_fsize_and_its_tmpdir(
         prelude=prelude,
         storage_options={"max_inflight_bytes": 16 * MiB, "chunk_size": 4 * MiB},
     )
-    out, err = proc.communicate()
-    print(err[-5000:])
-    result = json.loads(out.strip().splitlines()[-1])
+    result = result_of(proc)
     storage = GCSStorage(gcs_cache)
     sizes = dict(storage.list_tree(cache_key(handle)))
     assert sizes["variables/variables.data-00000-of-00001"] == 160 * MiB > limit
