@@ -166,7 +166,9 @@ def run_stage_subprocess(
             while not os.path.exists(go):
                 time.sleep(0.01)
         result = stage({handle!r}, {cache_dir!r}, lock_timeout={lock_timeout!r}, storage_options={options!r})
-        result["maxrss_kb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        # VmHWM: peak RSS of this program (ru_maxrss would include the forked pytest before exec).
+        status = open("/proc/self/status").read()
+        result["peak_rss"] = int(status.split("VmHWM:")[1].split()[0]) * 1024
         result["tensorflow_imported"] = "tensorflow" in sys.modules
         print(json.dumps(result), flush=True)
         """
