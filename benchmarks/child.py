@@ -79,7 +79,8 @@ def ours_many(args: dict[str, Any]) -> None:
 def ours_gcs(args: dict[str, Any]) -> None:
     from airflow_provider_tfhub.core.staging import stage
 
-    seconds, result = _timed(lambda: stage(args["url"], args["cache"]))
+    options = args.get("storage_options") or None
+    seconds, result = _timed(lambda: stage(args["url"], args["cache"], storage_options=options))
     assert result["downloaded"], result
     _emit(seconds=seconds, bytes=result["bytes"])
 

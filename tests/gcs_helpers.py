@@ -11,10 +11,12 @@ import gzip
 import io
 import json
 import os
+import socket
 import subprocess
 import sys
 import tarfile
 import textwrap
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -204,3 +206,73 @@ def result_of(proc: subprocess.Popen[str], timeout: float = 300.0) -> dict[str, 
     out, err = proc.communicate(timeout=timeout)
     assert proc.returncode == 0, f"stager failed ({proc.returncode}):\n{err[-4000:]}"
     return dict(json.loads(out.strip().splitlines()[-1]))
+
+
+class CutProxy:
+    """A loopback TCP proxy to the emulator that drops a connection once it has carried ``cut_after`` bytes upstream.
+
+    Real dropped connections, for the resume path of streamed uploads (clients reach the emulator
+    through :attr:`url`; fake-gcs-server builds resumable session URLs from the Host it was asked
+    on, so those go through the proxy too). :meth:`arm` sets how many connections, among those opened
+    after it, get cut; use a fresh client after arming so that no pooled connection is reused.
+    """
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.cut_after = 0
+        self.cuts_left = 0
+        self.cuts = 0
+        self._lock = threading.Lock()
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self._server.getsockname()[1]}"
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def arm(self, cut_after: int, times: int = 1) -> None:
+        with self._lock:
+            self.cut_after, self.cuts_left = cut_after, times
+
+    def client(self) -> Any:
+        from google.auth.credentials import AnonymousCredentials
+        from google.cloud import storage
+
+        options = {"api_endpoint": self.url}
+        return storage.Client(project="test", credentials=AnonymousCredentials(), client_options=options)
+
+    def close(self) -> None:
+        self._server.close()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self._server.accept()
+            except OSError:
+                return
+            with self._lock:
+                armed = self.cuts_left > 0  # only connections opened after arm() are cut
+            upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
+            threading.Thread(target=self._pump, args=(conn, upstream, armed), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, conn, False), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket, armed: bool) -> None:
+        carried = 0
+        try:
+            while data := src.recv(1 << 16):
+                carried += len(data)
+                if armed and carried > self.cut_after:
+                    with self._lock:
+                        cut = self.cuts_left > 0
+                        if cut:
+                            self.cuts_left -= 1
+                            self.cuts += 1
+                    if cut:
+                        break
+                dst.sendall(data)
+        except OSError:
+            pass
+        for sock in (src, dst):
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            sock.close()

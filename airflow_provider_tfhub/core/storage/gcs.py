@@ -30,6 +30,7 @@ metageneration. Where that makes a difference the code says so.
 from __future__ import annotations
 
 import base64
+import collections
 import datetime
 import email.utils
 import logging
@@ -54,10 +55,13 @@ log = logging.getLogger(__name__)
 MiB = 1024 * 1024
 DEFAULT_MAX_WORKERS = 8
 DEFAULT_MAX_INFLIGHT_BYTES = 40 * MiB
-#: Resumable upload chunk (a multiple of 256 KiB); also the size up to which a file is uploaded from memory.
-DEFAULT_CHUNK_SIZE = 8 * MiB
-_CHUNK_MULTIPLE = 256 * 1024
+#: Files up to this size are uploaded from memory in one (multipart) request.
+DEFAULT_SMALL_FILE_MAX = 8 * MiB
 _MAX_MULTIPART = 8 * MiB  # google-cloud-storage switches to resumable uploads above this
+#: The most recent bytes of a streamed upload kept to resume it after a dropped connection.
+DEFAULT_RESUME_WINDOW = 16 * MiB
+_UPLOAD_ATTEMPTS = 5
+_UPLOAD_TIMEOUT = (60.0, 600.0)  # connect, and waiting for GCS to answer once the body is sent
 #: A hit records "last used" at most this often per entry: GCS allows ~1 mutation/s per object.
 DEFAULT_TOUCH_INTERVAL = 600.0
 LAST_USED_KEY = "tfhub-last-used"
@@ -110,11 +114,13 @@ class GCSStorage(Storage):
         ``project`` (Application Default Credentials when None) otherwise. With
         ``STORAGE_EMULATOR_HOST`` set, the emulator is used with anonymous credentials.
     :param max_workers: parallel uploads (and deletes) per staging.
-    :param max_inflight_bytes: model bytes held in memory while uploading, across all workers
-        (at least ``2 * chunk_size``). A staging process peaks at about 85 MB (runtime, client and
-        decompressor) plus 1.2 times this, whatever the model's size.
-    :param chunk_size: resumable upload chunk (a multiple of 256 KiB); files up to this size (and at
-        most 8 MiB) are uploaded from memory in one request.
+    :param max_inflight_bytes: model bytes held in memory while uploading, across all workers. A
+        staging process peaks at about 85 MB (runtime, client and decompressor) plus about this
+        much, whatever the model's size.
+    :param small_file_max: files up to this size (at most 8 MiB) are uploaded from memory in one
+        request; larger ones are streamed, each in one request of a resumable upload session.
+    :param resume_window: the most recent bytes of a streamed upload kept to resume it after a
+        dropped connection (part of ``max_inflight_bytes``).
     :param touch_interval: minimum seconds between two "last used" updates of one object.
     """
 
@@ -129,27 +135,27 @@ class GCSStorage(Storage):
         project: str | None = None,
         max_workers: int = DEFAULT_MAX_WORKERS,
         max_inflight_bytes: int = DEFAULT_MAX_INFLIGHT_BYTES,
-        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        small_file_max: int = DEFAULT_SMALL_FILE_MAX,
+        resume_window: int = DEFAULT_RESUME_WINDOW,
         touch_interval: float = DEFAULT_TOUCH_INTERVAL,
     ) -> None:
         bucket, prefix = parse_gs_url(cache_dir)
         super().__init__(f"gs://{bucket}/{prefix}" if prefix else f"gs://{bucket}")
         if int(max_workers) < 1:
             raise ConfigurationError(f"max_workers={max_workers!r} must be at least 1.")
-        if int(chunk_size) < _CHUNK_MULTIPLE or int(chunk_size) % _CHUNK_MULTIPLE:
-            raise ConfigurationError(f"chunk_size={chunk_size!r} must be a positive multiple of 256 KiB.")
-        if int(max_inflight_bytes) < 2 * int(chunk_size):
+        if not 0 < int(small_file_max) <= _MAX_MULTIPART:
+            raise ConfigurationError(f"small_file_max={small_file_max!r} must be between 1 and {_MAX_MULTIPART} bytes.")
+        if int(resume_window) < 0 or int(max_inflight_bytes) < max(int(resume_window), 2 * int(small_file_max)):
             raise ConfigurationError(
-                f"max_inflight_bytes={max_inflight_bytes!r} must be at least twice chunk_size={chunk_size!r} "
-                "(a resumable upload buffers one chunk and sends a copy of it); 3x or more lets download and "
-                "upload overlap."
+                f"max_inflight_bytes={max_inflight_bytes!r} must hold the resume window ({resume_window!r}) and "
+                f"twice small_file_max ({small_file_max!r}): an in-memory upload holds its file and its request."
             )
         self.bucket_name = bucket
         self.prefix = prefix
         self.max_workers = int(max_workers)
         self.max_inflight_bytes = int(max_inflight_bytes)
-        self.chunk_size = int(chunk_size)
-        self.small_upload_max = min(self.chunk_size, _MAX_MULTIPART)
+        self.small_file_max = int(small_file_max)
+        self.resume_window = int(resume_window)
         self.touch_interval = float(touch_interval)
         self._client = client
         self._credentials = credentials
@@ -175,7 +181,11 @@ class GCSStorage(Storage):
 
     @property
     def emulated(self) -> bool:
-        return emulator_host() is not None
+        """True when talking to an emulator (``STORAGE_EMULATOR_HOST``, or a plain-http endpoint)."""
+        if emulator_host() is not None:
+            return True
+        endpoint = str(getattr(self.client, "api_endpoint", "") or "https://")
+        return not endpoint.startswith("https://")
 
     def key(self, name: str) -> str:
         """The object name of ``name`` (relative to the cache root)."""
@@ -192,21 +202,27 @@ class GCSStorage(Storage):
         return self.bucket.blob(self.key(name), generation=generation)
 
     # -- errors ----------------------------------------------------------------------------------
-    def error(self, exc: BaseException, what: str) -> BaseException:
+    def error(self, exc: BaseException, what: str, *, object_level: bool = False) -> BaseException:
         """Translate a client failure ``exc`` while doing ``what`` into a clear :class:`CacheError`.
 
         Missing bucket, permission denied and rejected credentials are permanent (retrying cannot
-        help and the client does not retry them); anything else is marked transient.
+        help and the client does not retry them); anything else is marked transient. A 404 of a
+        bucket-level request (listing, upload) means the bucket is missing; with ``object_level``
+        (copying or finishing an object) the bucket is checked before saying so.
         """
         if not _is_gcs_error(exc):
             return exc
         status = _status(exc)
         where = f"{what} in {self.location()}"
-        if status == 404:
+        if status == 404 and (not object_level or not self._bucket_exists()):
             return CacheError(
                 f"GCS bucket {self.bucket_name!r} does not exist ({where}); create it "
                 f"(gcloud storage buckets create gs://{self.bucket_name}) or fix cache_dir."
             )
+        if status == 404:
+            err = CacheError(f"An object vanished while {where} ({exc}); another stager or a cleanup removed it.")
+            err.permanent = False
+            return err
         if status == 403:
             who = principal(getattr(self._client, "_credentials", None) or self._credentials) or "the caller"
             return CacheError(
@@ -223,9 +239,17 @@ class GCSStorage(Storage):
         err.permanent = False  # 5xx, 429, timeouts, connection resets: a later attempt may work
         return err
 
-    def fail_with(self, exc: BaseException, what: str) -> NoReturn:
+    def _bucket_exists(self) -> bool:
+        try:
+            for _ in self.client.list_blobs(self.bucket_name, max_results=1):
+                break
+            return True
+        except Exception as exc:
+            return not _is_status(exc, 404)
+
+    def fail_with(self, exc: BaseException, what: str, *, object_level: bool = False) -> NoReturn:
         """Raise :meth:`error` of ``exc`` (``exc`` itself when it is not a GCS failure)."""
-        translated = self.error(exc, what)
+        translated = self.error(exc, what, object_level=object_level)
         if translated is exc:
             raise exc
         raise translated from exc
@@ -540,7 +564,7 @@ class GCSTreeSink(TreeSink):
         key = self._staging_key(relpath)
         with self._lock:
             self._written.add(key)
-        if size <= self.storage.small_upload_max:
+        if size <= self.storage.small_file_max:
             self._add_small(relpath, key, size, chunks)
         else:
             self._add_large(relpath, key, size, chunks)
@@ -568,10 +592,8 @@ class GCSTreeSink(TreeSink):
         self._submit(self._upload_small, relpath, key, data, _crc_b64(crc), cost)
 
     def _add_large(self, relpath: str, key: str, size: int, chunks: Iterable[bytes]) -> None:
-        # The worker's resumable-upload buffer holds up to one chunk, and the client copies each chunk
-        # out of it to send it: that much is reserved up front. Queued chunks are charged until the
-        # worker has handed them to the client.
-        reserve = 2 * self.storage.chunk_size
+        # The resume window is reserved up front; queued chunks are charged until they are sent.
+        reserve = self.storage.resume_window
         self._budget.acquire(reserve, self._check)
         q: queue.SimpleQueue[object] = queue.SimpleQueue()
         self._current = q
@@ -613,7 +635,7 @@ class GCSTreeSink(TreeSink):
         except _Aborted:
             pass
         except BaseException as exc:
-            self._fail(self.storage.error(exc, f"uploading {args[0]}"))
+            self._fail(self.storage.error(exc, f"uploading {args[0]}", object_level=True))
 
     def _record(self, relpath: str, size: int, local_crc: str, remote_crc: str | None, remote_size: Any) -> None:
         if remote_crc != local_crc or int(remote_size or 0) != size:
@@ -629,7 +651,7 @@ class GCSTreeSink(TreeSink):
         from google.cloud.storage.retry import DEFAULT_RETRY
 
         try:
-            if self._aborted.is_set():
+            if self._aborted.is_set() or self._error is not None:
                 return
             blob = self.storage.bucket.blob(key)
             # Declaring our CRC32C makes real GCS reject a corrupted body (fake-gcs-server does not
@@ -641,46 +663,15 @@ class GCSTreeSink(TreeSink):
             self._budget.release(cost)
 
     def _upload_large(self, relpath: str, key: str, size: int, q: queue.SimpleQueue[object], reserve: int) -> None:
-        """Feed a resumable upload from ``q``; release budget as whole chunks leave for GCS."""
-        from google.cloud.storage.fileio import BlobWriter
-        from google.cloud.storage.retry import DEFAULT_RETRY
-
-        chunk = self.storage.chunk_size
-        blob = self.storage.bucket.blob(key)
-        writer = BlobWriter(
-            blob, chunk_size=chunk, retry=DEFAULT_RETRY, checksum="crc32c", content_type="application/octet-stream"
-        )
-        end: _End | None = None
-        stopped = False  # the producer's last item (end or cancel) was received
+        upload = _StreamedUpload(self, relpath, key, size, q)
         try:
-            while True:
-                item = q.get()
-                if item is _CANCEL:
-                    stopped = True
-                    raise _Aborted()
-                if isinstance(item, _End):
-                    stopped = True
-                    end = item
-                    break
-                data = cast(bytes, item)
-                try:
-                    if not (self._aborted.is_set() or self._error is not None):  # else drain until the end
-                        writer.write(data)  # sends every complete chunk; keeps less than one chunk
-                finally:
-                    self._budget.release(len(data))
-            self._check()
-            writer.close()  # the last (short) chunk; the client checks GCS's CRC32C against its own
-            blob.reload()
-            self._record(relpath, end.size, end.crc32c, blob.crc32c, blob.size)
+            info = upload.run()
+            assert upload.end is not None
+            self._record(relpath, upload.end.size, upload.end.crc32c, info.get("crc32c"), info.get("size"))
         except BaseException as exc:
-            if not writer.closed:
-                try:
-                    writer.terminate()  # cancel the resumable session on the server
-                except Exception as cancel_exc:
-                    log.debug("Could not cancel the upload of %s: %s", key, cancel_exc)
-            if not stopped:
+            if not upload.stopped:
                 if not isinstance(exc, _Aborted):
-                    self._fail(self.storage.error(exc, f"uploading {relpath}"))  # stops the producer
+                    self._fail(self.storage.error(exc, f"uploading {relpath}", object_level=True))  # stop producer
                 self._drain(q)
             raise
         finally:
@@ -726,7 +717,8 @@ class GCSTreeSink(TreeSink):
                 old = {b.name for b in storage._list(self._final_key)}
                 # Readers must never load old markers over new files: markers go first, then the files.
                 self._delete([self._final_key + m for m in present])
-                self._copy_into_place([rel for rel in manifest if rel not in MODEL_MARKERS])
+                if self.replace:  # the new tree waits under tmp (else its files are in place already)
+                    self._copy_into_place([rel for rel in manifest if rel not in MODEL_MARKERS])
             if not self._copy_markers([m for m in MODEL_MARKERS if m in manifest], create_only=not replace):
                 self._lost = True
                 self._cleanup_tmp()
@@ -737,7 +729,7 @@ class GCSTreeSink(TreeSink):
         except _Aborted as exc:
             raise CacheError(f"Staging into {storage.location(self.final)} was aborted.") from exc
         except Exception as exc:
-            storage.fail_with(exc, f"publishing {self.final}")
+            storage.fail_with(exc, f"publishing {self.final}", object_level=True)
         self._committed = True
         self._cleanup_tmp()
         return True
@@ -818,6 +810,172 @@ class GCSTreeSink(TreeSink):
             self._cleanup_tmp()
         except Exception as exc:
             log.warning("Could not remove the partial upload %s: %s", self.storage.location(self.final), exc)
+
+
+class _CannotResume(CacheError):
+    """GCS kept less of an interrupted upload than we still hold: only a new staging can send it again."""
+
+    permanent = False
+
+
+class _StreamedUpload:
+    """One large file as a single request of a resumable upload session, its body fed by the producer.
+
+    Why not the client's chunked resumable upload: each chunk is a round trip (and fake-gcs-server
+    rewrites the whole partial object per chunk), so one streamed request is several times faster,
+    and memory stays at the resume window. If the connection drops, GCS is asked how much it kept
+    and the upload resumes from there out of the window of recent bytes we still hold; a new
+    session from byte 0 when GCS cannot say (fake-gcs-server finalises the object on a status
+    query, so the emulator always takes that path).
+    """
+
+    def __init__(self, sink: GCSTreeSink, relpath: str, key: str, size: int, q: queue.SimpleQueue[object]) -> None:
+        self.sink = sink
+        self.storage = sink.storage
+        self.relpath = relpath
+        self.key = key
+        self.size = size
+        self.q = q
+        self.window: collections.deque[bytes] = collections.deque()
+        self.window_start = 0  # offset of window[0]
+        self.window_len = 0
+        self.taken = 0  # bytes taken from the queue
+        self.end: _End | None = None
+        self.stopped = False  # the producer's last item (end or cancel) was received
+
+    def run(self) -> dict[str, Any]:
+        """Send the file; return the object resource GCS answered with."""
+        import requests
+        from google.api_core import exceptions as api_exceptions
+
+        session = self.storage.client._http
+        url = self._new_session()
+        start, attempt = 0, 0
+        try:
+            while True:
+                failure: BaseException
+                try:
+                    response = session.put(
+                        url,
+                        data=_Body(self, start),
+                        headers={"Content-Range": f"bytes {start}-{self.size - 1}/{self.size}"},
+                        timeout=_UPLOAD_TIMEOUT,
+                    )
+                    if response.status_code in (200, 201):
+                        return dict(response.json())
+                    failure = api_exceptions.from_http_response(response)
+                    if response.status_code not in _TRANSIENT_STATUS:
+                        raise failure
+                except (requests.ConnectionError, requests.Timeout) as exc:
+                    failure = exc
+                attempt += 1
+                if attempt >= _UPLOAD_ATTEMPTS:
+                    raise failure
+                time.sleep(min(0.5 * 2**attempt, 10.0))
+                log.warning("Upload of %s interrupted (%s); resuming.", self.relpath, failure)
+                start, done = self._persisted(url)
+                if done is not None:
+                    return done
+                self._check_resumable(start)
+                if start == 0:
+                    url = self._new_session()  # nothing kept, or GCS could not say: start over
+        except BaseException:
+            self._cancel(url)
+            raise
+
+    def _new_session(self) -> str:
+        from google.cloud.storage.retry import DEFAULT_RETRY
+
+        blob = self.storage.bucket.blob(self.key)
+        return str(
+            blob.create_resumable_upload_session(
+                content_type="application/octet-stream", size=self.size, checksum=None, retry=DEFAULT_RETRY
+            )
+        )
+
+    def _persisted(self, url: str) -> tuple[int, dict[str, Any] | None]:
+        """How much of the upload GCS kept (and the object if it completed); 0 when it cannot tell."""
+        if self.storage.emulated:
+            return 0, None
+        try:
+            response = self.storage.client._http.put(
+                url, data=b"", headers={"Content-Range": f"bytes */{self.size}"}, timeout=_UPLOAD_TIMEOUT
+            )
+        except Exception as exc:
+            log.debug("Status of the upload of %s unknown: %s", self.relpath, exc)
+            return 0, None
+        if response.status_code in (200, 201):
+            return self.size, dict(response.json())
+        if response.status_code == 308:
+            kept = response.headers.get("Range", "")  # "bytes=0-<last>"
+            return (int(kept.rsplit("-", 1)[1]) + 1 if "-" in kept else 0), None
+        return 0, None
+
+    def _cancel(self, url: str) -> None:
+        try:
+            self.storage.client._http.delete(url, timeout=_UPLOAD_TIMEOUT)
+        except Exception as exc:
+            log.debug("Could not cancel the upload of %s: %s", self.relpath, exc)
+
+    def _check_resumable(self, start: int) -> None:
+        if start < self.window_start:
+            raise _CannotResume(
+                f"The upload of {self.relpath!r} to {self.storage.location()} broke off and cannot resume: GCS kept "
+                f"{start} bytes, we still hold the bytes from {self.window_start} on (resume_window="
+                f"{self.storage.resume_window}). Stage again (a retry of the task does), or raise resume_window."
+            )
+
+    def body(self, start: int) -> Iterator[bytes]:
+        """Bytes from ``start``: first what the window still holds, then the producer's chunks.
+
+        Each call starts over at ``start``, so a transport that re-sends the body (google-auth does
+        after refreshing a token) replays it correctly or fails clearly.
+        """
+        self._check_resumable(start)
+        offset = self.window_start
+        for data in list(self.window):
+            if offset + len(data) > start:
+                yield data[max(0, start - offset) :]
+            offset += len(data)
+        while self.end is None:
+            item = self.q.get()
+            if item is _CANCEL:
+                self.stopped = True
+                raise _Aborted()
+            if isinstance(item, _End):
+                self.stopped = True
+                self.end = item
+                return
+            data = cast(bytes, item)
+            self.taken += len(data)
+            self._retain(data)
+            try:
+                yield data
+            finally:
+                self.sink._budget.release(len(data))  # sent (or abandoned): the window covers it now
+
+    def _retain(self, data: bytes) -> None:
+        self.window.append(data)
+        self.window_len += len(data)
+        limit = self.storage.resume_window
+        while self.window and self.window_len - len(self.window[0]) >= limit:
+            dropped = self.window.popleft()
+            self.window_len -= len(dropped)
+            self.window_start += len(dropped)
+
+
+class _Body:
+    """A request body of known length that requests streams (no chunked encoding, no copy)."""
+
+    def __init__(self, upload: _StreamedUpload, start: int) -> None:
+        self.upload = upload
+        self.start = start
+
+    def __len__(self) -> int:
+        return self.upload.size - self.start
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self.upload.body(self.start)
 
 
 # -- gs:// archives as a model source --------------------------------------------------------------------
