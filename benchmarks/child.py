@@ -54,7 +54,13 @@ def ours_warm(args: dict[str, Any]) -> None:
 
 
 def _import_ours() -> None:
-    """What tensorflow_hub's import does up front, ours does on first use: do it before the clock starts."""
+    """What tensorflow_hub's import does up front, ours does on first use: do it before the clock starts.
+
+    (``requests``, the local storage backend and the decoder are imported lazily, so that importing
+    the operators stays cheap; a worker pays for them once, on its first staging.)
+    """
+    import requests  # noqa: F401
+
     import airflow_provider_tfhub.core.staging
     import airflow_provider_tfhub.core.storage.local  # noqa: F401
     from airflow_provider_tfhub.core import extract

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import textwrap
@@ -247,3 +248,18 @@ def test_broken_tensorflow_hub_leftover_is_replaced(hub: Any, handle_of: Any, ca
     (broken / "variables.index").write_bytes(b"stale")
     result = stage(handle, cache_dir)
     assert result["downloaded"] is True and Path(result["path"], "saved_model.pb").is_file()
+
+
+def test_complete_tree_behind_a_dead_lock_is_adopted_not_redownloaded(hub: Any, handle_of: Any, cache_dir: str) -> None:
+    """A tensorflow_hub stager died after its rename but before removing its lock: the tree is complete."""
+    handle = handle_of("small_b")
+    first = stage(handle, cache_dir)
+    key = first["cache_key"]
+    Path(cache_dir, f"{key}.meta.json").unlink()  # as tensorflow_hub leaves it: no metadata of ours
+    dead = subprocess.run([PY, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout.strip()
+    Path(cache_dir, f"{key}.lock").write_text(f"{socket.gethostname()}.{dead}.0123abcd")
+    hub.reset_stats()
+    again = stage(handle, cache_dir)
+    assert again["downloaded"] is False and again["path"] == first["path"]
+    assert hub.stats()["requests"] == 0
+    assert not Path(cache_dir, f"{key}.lock").exists() and Path(cache_dir, f"{key}.meta.json").exists()

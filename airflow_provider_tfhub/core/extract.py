@@ -344,11 +344,7 @@ def extract_archive(
     try:
         blocks, decoder = decompressed_blocks(raw, source)
         files, total, names = _extract_members(_TarReader(blocks, source), sink, source, limit, max_members)
-    except (EOFError, zlib.error, lzma.LZMAError) as exc:
-        raise _corrupt(source, exc) from exc
-    except OSError as exc:
-        # Sinks report their own failures as CacheError, so an OSError here is the decoder's
-        # (bz2 raises OSError, isal raises its IsalError, a subclass of OSError).
+    except (EOFError, zlib.error, lzma.LZMAError) as exc:  # decoders' errors are translated in _decompress
         raise _corrupt(source, exc) from exc
     _check_model(names, source)
     return ExtractStats(files=files, bytes=total, decoder=decoder)

@@ -137,7 +137,7 @@ def is_cached(handle: str, cache_dir: str | None = None, *, storage_options: dic
     return read_entry(storage, parsed.handle) is not None
 
 
-def read_entry(storage: Storage, handle: str, *, adopt: bool = True) -> dict[str, Any] | None:
+def read_entry(storage: Storage, handle: str, *, adopt: bool = True, lock_is_ours: bool = False) -> dict[str, Any] | None:
     """The staged-model dict of a complete entry, or None. Never touches the network.
 
     A tensorflow_hub-filled entry (model marker present, no metadata, no lock) is adopted: its
@@ -153,8 +153,8 @@ def read_entry(storage: Storage, handle: str, *, adopt: bool = True) -> dict[str
     if not adopt:
         return None
     marker = next((m for m in MODEL_MARKERS if storage.has_file(f"{names.model}/{m}")), None)
-    if marker is None or storage.stat(names.lock) is not None:
-        return None
+    if marker is None or (not lock_is_ours and storage.stat(names.lock) is not None):
+        return None  # a foreign lock: tensorflow_hub may still be writing (gs:// renames are copies)
     listing = list(storage.list_tree(names.model))
     meta = {
         "handle": handle,
@@ -247,7 +247,7 @@ class Stager:
             return result
         try:
             self._remove_dead_tmp()
-            current = self._entry()
+            current = self._entry(lock_is_ours=True)
             if current is not None and hit is None:
                 return current  # published by the holder we waited for
             if current is None:
@@ -256,8 +256,8 @@ class Stager:
         finally:
             lock.release()
 
-    def _entry(self) -> dict[str, Any] | None:
-        return read_entry(self.storage, self.handle.handle)
+    def _entry(self, *, lock_is_ours: bool = False) -> dict[str, Any] | None:
+        return read_entry(self.storage, self.handle.handle, lock_is_ours=lock_is_ours)
 
     def _fetch(self, current: dict[str, Any] | None, refresh: str) -> dict[str, Any]:
         source = self._source()
@@ -313,7 +313,7 @@ class Stager:
             if replace and not self.storage.atomic_publish:
                 self.storage.delete(self.names.meta)  # our readers stop trusting the old tree first
             if not sink.commit(replace=replace):
-                existing = self._entry()
+                existing = self._entry(lock_is_ours=True)
                 if existing is not None:
                     return existing
                 raise DownloadError(f"Another stager published {self.handle.handle!r} incompletely; retrying.")

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from airflow_provider_tfhub.core.storage.base import FileRecord, ObjectStat, Storage, TreeSink
 
 
-def open_storage(cache_dir: str, **options: object) -> Storage:
+def open_storage(cache_dir: str, **options: Any) -> Storage:
     """Return the backend for ``cache_dir``: GCS for ``gs://bucket/prefix``, the local filesystem otherwise.
 
     ``options`` go to the GCS backend (``client``, ``credentials``, ``project``, ``max_workers``...).

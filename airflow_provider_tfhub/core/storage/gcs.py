@@ -16,15 +16,17 @@ Locks are objects created with ``ifGenerationMatch=0`` (exactly one creator wins
 rewriting them with ``ifGenerationMatch=<generation>``; the generation is the lock token.
 
 Uploads never touch local disk: small files are uploaded from memory (one multipart request),
-large ones through a resumable upload fed by a queue, on a thread pool, with the bytes held in
-memory bounded by ``max_inflight_bytes``. google-cloud-storage is imported lazily, so a local
-cache never pays for it.
+large ones streamed as one request of a resumable upload session fed by a queue (resumed from a
+window of recent bytes if the connection drops), on a thread pool, with the bytes held in memory
+bounded by ``max_inflight_bytes``. google-cloud-storage is imported lazily, so a local cache never
+pays for it.
 
 Emulator caveats (fake-gcs-server 1.54, our test backend; see ``gcs_emulator.md`` section 3): it
 enforces ``ifGenerationMatch`` only on multipart uploads (which lock objects always are), not on
 deletes, rewrites or metadata patches; it does not check a declared CRC32C; and a metadata patch
 (:meth:`GCSStorage.touch`) gives the object a new generation, where real GCS bumps only the
-metageneration. Where that makes a difference the code says so.
+metageneration; and it finalises a resumable upload on a status query instead of answering 308.
+Where that makes a difference the code says so.
 """
 
 from __future__ import annotations
