@@ -310,7 +310,7 @@ class Bench:
         """tensorflow_hub with TFHUB_CACHE_DIR=gs://, through the TLS CONNECT relay of tests/tls_relay.py."""
         try:
             sys.path.insert(0, str(REPO / "tests"))
-            from tls_relay import TLSRelay, make_test_ca  # type: ignore[import-not-found]
+            from tls_relay import TLSRelay, make_test_ca
         except ImportError as exc:
             return f"n/a: tests/tls_relay.py unavailable ({exc})"
         with tempfile.TemporaryDirectory() as tmp:

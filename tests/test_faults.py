@@ -15,7 +15,6 @@ import json
 import logging
 import os
 import random
-import resource
 import shutil
 import signal
 import socket
@@ -116,9 +115,7 @@ def test_failures_of_the_first_hop_are_retried_too(hub: Any, handle_of: Any, tmp
     assert first_hop == [503, 503, 302]
 
 
-def test_retry_after_is_honoured(
-    hub: Any, handle_of: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_retry_after_is_honoured(hub: Any, handle_of: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     hub.set_faults(MEDIUM, fail_times=1, fail_status=429, retry_after=0.3)
     with caplog.at_level(logging.WARNING, logger="airflow_provider_tfhub"):
         stage(handle_of("medium"), str(tmp_path), retry=FAST)
@@ -456,3 +453,34 @@ def test_token_goes_only_to_the_hub_host_and_is_never_recorded(
     for path in cache.rglob("*"):
         if path.is_file():
             assert TOKEN.encode() not in path.read_bytes(), path
+
+
+def test_lock_of_a_reused_pid_or_an_empty_lock_is_stale_at_once(
+    hub: Any, handle_of: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The PID in a dead stager's lock may belong to a newer process by now; an empty lock has no holder."""
+    handle = handle_of("small_a")
+    key = cache_key(handle)
+    tmp_path.mkdir(exist_ok=True)
+    lock = tmp_path / f"{key}.lock"
+    sleeper = subprocess.Popen([PY, "-c", "import time; time.sleep(60)"])
+    try:
+        lock.write_text(f"{socket.gethostname()}.{sleeper.pid}.deadbeef")  # alive, but started after the lock
+        an_hour_ago = time.time() - 3600
+        os.utime(lock, (an_hour_ago, an_hour_ago))
+        with caplog.at_level(logging.WARNING, logger="airflow_provider_tfhub"):
+            assert stage(handle, str(tmp_path), lock_timeout=7200)["downloaded"]
+        assert f"its process {sleeper.pid} on this host is gone" in caplog.text
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    other = tmp_path / "other"
+    other.mkdir()
+    empty = other / f"{key}.lock"
+    empty.write_bytes(b"")
+    os.utime(empty, (time.time() - 60, time.time() - 60))
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="airflow_provider_tfhub"):
+        assert stage(handle, str(other), lock_timeout=7200)["downloaded"]
+    assert "it is empty" in caplog.text
+    assert not empty.exists()

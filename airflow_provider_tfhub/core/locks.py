@@ -5,7 +5,11 @@ The lock is tensorflow_hub's ``<key>.lock`` (content ``host.pid.uid``), created 
 tensorflow_hub's check-then-rename cannot promise. The holder renews it as a lease from a
 heartbeat thread. A waiter takes a lock over when
 
-* its holder ran on this host and that process is gone (stale at once: nothing can renew it), or
+* its holder ran on this host and that process is gone (stale at once: nothing can renew it;
+  a process that merely reuses the PID is recognised by having started after the lock was last
+  written), or
+* the lock is empty for more than :data:`EMPTY_LOCK_GRACE` seconds (a writer killed between
+  creating and filling it; ours create it complete, by a hard link), or
 * the lease made no progress (lock token and the holder's tmp tree unchanged) for ``timeout``
   seconds, by the waiter's own clock or by the lock's age; that covers dead remote holders and
   tensorflow_hub holders, which never renew but whose tmp dir grows while they work.
@@ -31,6 +35,8 @@ from airflow_provider_tfhub.core.storage.base import Storage
 log = logging.getLogger(__name__)
 
 DEFAULT_LOCK_TIMEOUT = 600.0
+#: An empty lock older than this was left by a writer killed mid-create: no live writer takes that long.
+EMPTY_LOCK_GRACE = 5.0
 
 
 class CacheLock:
@@ -107,8 +113,11 @@ class CacheLock:
             self._beat.join()
             self._beat = None
         if self._token is not None:
-            if self.storage.read_bytes(self.name) == self.content:
-                self.storage.delete(self.name)
+            # Delete only our own generation: a lock taken over meanwhile belongs to its new holder.
+            if not self.storage.delete(self.name, token=self._token):
+                current = self.storage.stat(self.name)
+                if current is not None and self.storage.read_bytes(self.name) == self.content:
+                    self.storage.delete(self.name, token=current.token)  # our lease write whose answer was lost
             self._token = None
 
     def __enter__(self) -> CacheLock:
@@ -153,8 +162,10 @@ class CacheLock:
             return False  # released meanwhile: try to create again
         owner = parse_lock_content(data.decode("utf8", "replace"))
         reason = ""
-        if owner is not None and owner.host == socket.gethostname() and not _pid_alive(owner.pid):
+        if owner is not None and owner.host == socket.gethostname() and not _pid_alive(owner.pid, since=stat.mtime):
             reason = f"its process {owner.pid} on this host is gone"
+        elif not data.strip() and time.time() - stat.mtime >= EMPTY_LOCK_GRACE:
+            reason = "it is empty (its writer died while creating it)"
         else:
             now = time.monotonic()
             sample: tuple[object, ...] = (stat.token, data)
@@ -192,7 +203,12 @@ class CacheLock:
         return newest
 
 
-def _pid_alive(pid: int) -> bool:
+def _pid_alive(pid: int, since: float | None = None) -> bool:
+    """True while process ``pid`` of this host can still be a lock's holder.
+
+    ``since`` is the lock's last write (epoch seconds): a process that started after it cannot
+    have written it, so it is a later process that reuses the PID, not the holder.
+    """
     if pid <= 0:
         return False
     try:
@@ -200,9 +216,24 @@ def _pid_alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True  # exists, owned by another user
+        pass  # exists, owned by another user
     try:  # a killed child that nobody reaped yet is a zombie: it exists but will never renew
         with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[-1].split()[0] != b"Z"
-    except (OSError, IndexError):
+            fields = f.read().rsplit(b")", 1)[-1].split()
+    except OSError:
         return True
+    if fields and fields[0] == b"Z":
+        return False
+    started = _start_time(fields)
+    return not (since is not None and started is not None and started > since + 1.0)
+
+
+def _start_time(stat_fields: list[bytes]) -> float | None:
+    """Epoch start time of a process from the fields of ``/proc/<pid>/stat`` after the command name."""
+    try:
+        ticks = int(stat_fields[19])  # field 22 of the whole line: starttime, in clock ticks since boot
+        with open("/proc/stat", "rb") as f:
+            btime = next(int(line.split()[1]) for line in f if line.startswith(b"btime "))
+        return btime + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None

@@ -137,7 +137,9 @@ def is_cached(handle: str, cache_dir: str | None = None, *, storage_options: dic
     return read_entry(storage, parsed.handle) is not None
 
 
-def read_entry(storage: Storage, handle: str, *, adopt: bool = True, lock_is_ours: bool = False) -> dict[str, Any] | None:
+def read_entry(
+    storage: Storage, handle: str, *, adopt: bool = True, lock_is_ours: bool = False
+) -> dict[str, Any] | None:
     """The staged-model dict of a complete entry, or None. Never touches the network.
 
     A tensorflow_hub-filled entry (model marker present, no metadata, no lock) is adopted: its

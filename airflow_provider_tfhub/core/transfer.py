@@ -232,7 +232,8 @@ class HttpSource(ArchiveSource):
     """A model served over HTTP(S): TF Hub protocol handles, Kaggle handles or direct archive URLs.
 
     ``token`` (a bearer token from the connection) is sent only to ``token_host`` (the handle's own
-    ``host[:port]``); redirects are followed here, hop by hop, so it never reaches a storage host.
+    ``host[:port]``), and never over plain http when the handle is https; redirects are followed
+    here, hop by hop, so it never reaches a storage host.
     """
 
     def __init__(
@@ -250,6 +251,7 @@ class HttpSource(ArchiveSource):
         self.url = url
         self.token = token
         self.token_host = (token_host or urllib.parse.urlsplit(url).netloc).lower()
+        self._token_schemes = {"https", urllib.parse.urlsplit(url).scheme.lower()}
         self.retry = retry or RetryPolicy.from_env()
         self.timeout = timeout or timeout_from_env()
         self.session = session or _thread_session()
@@ -290,7 +292,8 @@ class HttpSource(ArchiveSource):
     def _get_following(self, url: str, headers: dict[str, str], *, stream: bool, redirects: bool) -> requests.Response:
         for _ in range(_MAX_REDIRECTS + 1):
             hop_headers = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity", **headers}
-            if self.token and urllib.parse.urlsplit(url).netloc.lower() == self.token_host:
+            hop = urllib.parse.urlsplit(url)
+            if self.token and hop.netloc.lower() == self.token_host and hop.scheme.lower() in self._token_schemes:
                 hop_headers["Authorization"] = f"Bearer {self.token}"
             resp = self.session.get(
                 url, headers=hop_headers, stream=stream, allow_redirects=False, timeout=self.timeout
