@@ -263,3 +263,18 @@ def test_complete_tree_behind_a_dead_lock_is_adopted_not_redownloaded(hub: Any, 
     assert again["downloaded"] is False and again["path"] == first["path"]
     assert hub.stats()["requests"] == 0
     assert not Path(cache_dir, f"{key}.lock").exists() and Path(cache_dir, f"{key}.meta.json").exists()
+
+
+def test_leftover_small_write_temps_are_swept(hub: Any, handle_of: Any, cache_dir: str) -> None:
+    """A stager killed inside an atomic small write leaves ``<key>.lock.tmp<hex>``; the next stager removes it."""
+    handle = handle_of("small_a")
+    key = cache_key(handle)
+    Path(cache_dir).mkdir(parents=True)
+    old = Path(cache_dir, f"{key}.lock.tmp{'a' * 32}")
+    fresh = Path(cache_dir, f"{key}.meta.json.tmp{'b' * 32}")
+    old.write_text("x")
+    fresh.write_text("x")
+    os.utime(old, (1, 1))
+    stage(handle, cache_dir)
+    assert not old.exists()
+    assert fresh.exists()  # could be a live writer's: left for prune

@@ -28,7 +28,15 @@ import google_crc32c
 
 from airflow_provider_tfhub.core.errors import ConfigurationError, InvalidHandleError, LockTimeoutError
 from airflow_provider_tfhub.core.handles import parse_handle
-from airflow_provider_tfhub.core.layout import ENTRY_RE, TMP_RE, EntryNames, decode_meta, new_uid, parse_lock_content
+from airflow_provider_tfhub.core.layout import (
+    ENTRY_RE,
+    TMP_RE,
+    WRITE_TMP_RE,
+    EntryNames,
+    decode_meta,
+    new_uid,
+    parse_lock_content,
+)
 from airflow_provider_tfhub.core.locks import DEFAULT_LOCK_TIMEOUT, CacheLock, _pid_alive
 from airflow_provider_tfhub.core.storage.base import MODEL_MARKERS, ObjectStat, Storage
 
@@ -39,7 +47,6 @@ COMPLETE, PARTIAL, LOCKED = "complete", "partial", "locked"
 
 _CHUNK = 1 << 20
 # Leftovers of an atomic small-file write (``<name>.tmp<hex>``, tensorflow_hub's naming, and ours).
-_WRITE_TMP_RE = re.compile(r"^[0-9a-f]{40}\..+\.tmp[0-9a-f]{32}$")
 
 
 # -- parsing of user input ----------------------------------------------------------------------------
@@ -228,7 +235,7 @@ def _scan(storage: Storage, lock_timeout: float) -> list[_Entry]:
             pass  # read below, after the listing
         elif TMP_RE.match(name):
             entry.tmp_dirs.append(name)
-        elif _WRITE_TMP_RE.match(name):
+        elif WRITE_TMP_RE.match(name):
             entry.write_leftovers.append(name)
     for entry in entries.values():
         _fill(storage, entry, lock_timeout, now)
@@ -611,7 +618,7 @@ class _Pruner:
         for name in self.storage.list_root(prefix=f"{entry.key}."):
             if TMP_RE.match(name):
                 freed += self.storage.delete_tree(name)
-            elif _WRITE_TMP_RE.match(name):
+            elif WRITE_TMP_RE.match(name):
                 st = self.storage.stat(name)
                 if st is not None and self.storage.delete(name):
                     freed += st.size

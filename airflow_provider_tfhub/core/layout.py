@@ -23,6 +23,8 @@ from typing import Any
 META_VERSION = 1
 ENTRY_RE = re.compile(r"^(?P<key>[0-9a-f]{40})(?P<suffix>\..+)?$")
 TMP_RE = re.compile(r"^(?P<key>[0-9a-f]{40})\.(?P<uid>[0-9a-f]+)\.tmp$")
+#: ``<name>.tmp<uuid hex>``: an atomic small-file write (lock, meta, descriptor) cut short by a kill.
+WRITE_TMP_RE = re.compile(r"^[0-9a-f]{40}\..+\.tmp[0-9a-f]{32}$")
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,7 @@ from airflow_provider_tfhub.core.handles import (
 )
 from airflow_provider_tfhub.core.layout import (
     TMP_RE,
+    WRITE_TMP_RE,
     EntryNames,
     decode_meta,
     descriptor_text,
@@ -373,12 +374,17 @@ class Stager:
 
     # -- housekeeping under the lock -----------------------------------------------------------------
     def _remove_dead_tmp(self) -> None:
-        """Any other ``<key>.<uid>.tmp`` is a dead stager's leftover: we hold the lock now."""
+        """Any other ``<key>.<uid>.tmp`` (or cut-short small write) is a dead stager's: we hold the lock now."""
         for name in self.storage.list_root(prefix=f"{self.names.key}."):
             match = TMP_RE.match(name)
-            if match and match.group("uid") != self.uid:
+            if (match and match.group("uid") != self.uid) or (WRITE_TMP_RE.match(name) and self._is_old(name)):
                 freed = self.storage.delete_tree(name)
                 log.info("Removed leftover %s of a stager that died (%d bytes).", name, freed)
+
+    def _is_old(self, name: str, age: float = 60.0) -> bool:
+        """Small-write temp files of live waiters exist for microseconds; only old ones are leftovers."""
+        stat = self.storage.stat(name)
+        return stat is not None and time.time() - stat.mtime > age
 
     def _remove_unfinished_model(self) -> None:
         """A model dir without metadata and without a model marker is a half model: remove it."""

@@ -95,8 +95,8 @@ class LocalStorage(Storage):
             with open(tmp, "wb") as f:
                 f.write(data)
             os.link(tmp, path)
-        except FileExistsError:
-            return None
+        except (FileExistsError, FileNotFoundError):
+            return None  # taken, or our temp file was swept as a leftover: the caller tries again
         except OSError as exc:
             if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOSYS, errno.EXDEV, errno.EMLINK):
                 raise disk_error(exc, path) from exc
