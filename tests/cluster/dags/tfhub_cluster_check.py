@@ -19,9 +19,9 @@ from datetime import datetime
 from typing import Any
 
 from airflow.sdk import DAG, Param, task
-from airflow_provider_tfhub.sensors.cached import TFHubModelCachedSensor
 
 from airflow_provider_tfhub.operators.stage import TFHubStageModelOperator
+from airflow_provider_tfhub.sensors.cached import TFHubModelCachedSensor
 
 with DAG(
     dag_id="tfhub_cluster_check",
