@@ -18,7 +18,6 @@ import base64
 import datetime
 import logging
 import re
-import socket
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -35,9 +34,8 @@ from airflow_provider_tfhub.core.layout import (
     EntryNames,
     decode_meta,
     new_uid,
-    parse_lock_content,
 )
-from airflow_provider_tfhub.core.locks import DEFAULT_LOCK_TIMEOUT, CacheLock, _pid_alive
+from airflow_provider_tfhub.core.locks import DEFAULT_LOCK_TIMEOUT, CacheLock, judge_lock
 from airflow_provider_tfhub.core.storage.base import MODEL_MARKERS, ObjectStat, Storage
 
 log = logging.getLogger(__name__)
@@ -293,41 +291,11 @@ def _descriptor_handle(data: bytes | None) -> str | None:
 
 
 def read_lock(storage: Storage, names: EntryNames, timeout: float, *, now: float | None = None) -> LockInfo | None:
-    """The entry's lock and whether its holder is gone, by :class:`CacheLock`'s own rules, read-only.
-
-    A holder is gone when it ran on this host and its process no longer exists, or when the lock
-    was not renewed for ``timeout`` seconds and the holder's tmp dir did not grow either (which is
-    how a tensorflow_hub holder, that never renews, shows it is alive).
-    """
-    stat = storage.stat(names.lock)
-    data = storage.read_bytes(names.lock)
-    if stat is None or data is None:
+    """The entry's lock and whether its holder is gone, by :class:`CacheLock`'s own rules, read-only."""
+    state = judge_lock(storage, names.lock, timeout, tmp_name=names.tmp, now=now)
+    if state is None:
         return None
-    content = data.decode("utf8", "replace").strip()
-    owner = parse_lock_content(content)
-    now = time.time() if now is None else now
-    if owner is not None and owner.host == socket.gethostname() and not _pid_alive(owner.pid):
-        return LockInfo(content, True, f"its process {owner.pid} on this host is gone", stat.token)
-    idle = now - stat.mtime
-    if idle < timeout:
-        return LockInfo(content, False, f"renewed {idle:.0f}s ago", stat.token)
-    if owner is not None:
-        progress = _newest_mtime(storage, names.tmp(owner.uid))
-        if progress is not None and now - progress < timeout:
-            return LockInfo(content, False, "its tmp dir is still growing", stat.token)
-    return LockInfo(content, True, f"not renewed for {idle:.0f}s", stat.token)
-
-
-def _newest_mtime(storage: Storage, tree: str) -> float | None:
-    newest: float | None = None
-    stat = storage.stat(tree)
-    if stat is not None:
-        newest = stat.mtime
-    for rel, _size in storage.list_tree(tree):
-        st = storage.stat(f"{tree}/{rel}")
-        if st is not None and (newest is None or st.mtime > newest):
-            newest = st.mtime
-    return newest
+    return LockInfo(state.content, state.stale, state.reason, state.token)
 
 
 # -- verify -------------------------------------------------------------------------------------------

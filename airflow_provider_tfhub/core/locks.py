@@ -27,6 +27,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from airflow_provider_tfhub.core.errors import LockTimeoutError
 from airflow_provider_tfhub.core.layout import LockOwner, lock_content, parse_lock_content
@@ -156,51 +157,92 @@ class CacheLock:
 
     def _holder_is_stale(self) -> bool:
         """Decide whether the current holder is gone; if so delete its lock and return True."""
-        stat = self.storage.stat(self.name)
-        data = self.storage.read_bytes(self.name)
-        if stat is None or data is None:
+        state = judge_lock(self.storage, self.name, self.timeout, tmp_name=self.tmp_name, idle_of=self._idle)
+        if state is None:
             return False  # released meanwhile: try to create again
-        owner = parse_lock_content(data.decode("utf8", "replace"))
-        reason = ""
-        if owner is not None and owner.host == socket.gethostname() and not _pid_alive(owner.pid, since=stat.mtime):
-            reason = f"its process {owner.pid} on this host is gone"
-        elif not data.strip() and time.time() - stat.mtime >= EMPTY_LOCK_GRACE:
-            reason = "it is empty (its writer died while creating it)"
-        else:
-            now = time.monotonic()
-            sample: tuple[object, ...] = (stat.token, data)
-            if self._observed != sample:
-                self._observed, self._observed_at = sample, now
-            idle = now - self._observed_at
-            age = time.time() - stat.mtime
-            if idle >= self.timeout or age >= self.timeout:
-                progress = self._tmp_progress(owner)
-                if progress is not None and time.time() - progress < self.timeout:
-                    return False  # a non-renewing holder (tensorflow_hub) still writes its tmp dir
-                reason = f"its lease made no progress for {max(idle, min(age, 1e9)):.0f}s"
-        if not reason:
+        if not state.stale:
             return False
-        if self.storage.delete(self.name, token=stat.token):
-            log.warning("Took over stale lock %s held by %r: %s.", self.storage.location(self.name), data, reason)
-            if owner is not None:
-                self.taken_over.append(owner)
+        if self.storage.delete(self.name, token=state.token):
+            log.warning(
+                "Took over stale lock %s held by %r: %s.", self.storage.location(self.name), state.content, state.reason
+            )
+            if state.owner is not None:
+                self.taken_over.append(state.owner)
         self._observed = None
         return True
 
-    def _tmp_progress(self, owner: LockOwner | None) -> float | None:
-        """Newest mtime in the holder's ``<key>.<uid>.tmp`` tree (tensorflow_hub names it so)."""
-        if owner is None or self.tmp_name is None:
-            return None
-        tmp = self.tmp_name(owner.uid)
-        newest: float | None = None
-        stat = self.storage.stat(tmp)
-        if stat is not None:
-            newest = stat.mtime
-        for rel, _size in self.storage.list_tree(tmp):
-            st = self.storage.stat(f"{tmp}/{rel}")
-            if st is not None and (newest is None or st.mtime > newest):
-                newest = st.mtime
-        return newest
+    def _idle(self, token: str, content: str) -> float:
+        """Seconds this waiter has seen the lock unchanged (its own clock: immune to clock skew)."""
+        now = time.monotonic()
+        if self._observed != (token, content):
+            self._observed, self._observed_at = (token, content), now
+        return now - self._observed_at
+
+
+@dataclass(frozen=True)
+class LockState:
+    """A lock as found and the verdict on its holder; ``reason`` says why it is stale or alive."""
+
+    content: str
+    owner: LockOwner | None
+    token: str
+    stale: bool
+    reason: str
+
+
+def judge_lock(
+    storage: Storage,
+    name: str,
+    timeout: float,
+    *,
+    tmp_name: Callable[[str], str] | None = None,
+    idle_of: Callable[[str, str], float] | None = None,
+    now: float | None = None,
+) -> LockState | None:
+    """Read lock ``name`` and judge its holder by the rules in this module's docstring (read-only).
+
+    ``idle_of(token, content)`` gives how long a waiter has observed the lock unchanged; without
+    it only the lock's age counts (``tfhub-cache ls``/``prune``). None when there is no lock.
+    """
+    stat = storage.stat(name)
+    data = storage.read_bytes(name)
+    if stat is None or data is None:
+        return None
+    content = data.decode("utf8", "replace").strip()
+    owner = parse_lock_content(content)
+    now = time.time() if now is None else now
+
+    def state(stale: bool, reason: str) -> LockState:
+        return LockState(content, owner, stat.token, stale, reason)
+
+    if owner is not None and owner.host == socket.gethostname() and not _pid_alive(owner.pid, since=stat.mtime):
+        return state(True, f"its process {owner.pid} on this host is gone")
+    if not content:
+        if now - stat.mtime >= EMPTY_LOCK_GRACE:
+            return state(True, "it is empty (its writer died while creating it)")
+        return state(False, "it is being created")
+    age = now - stat.mtime
+    idle = idle_of(stat.token, content) if idle_of is not None else 0.0
+    if max(idle, age) < timeout:
+        return state(False, f"renewed {age:.0f}s ago")
+    if owner is not None and tmp_name is not None:
+        progress = newest_mtime(storage, tmp_name(owner.uid))
+        if progress is not None and now - progress < timeout:
+            return state(False, "its tmp dir is still growing")  # a non-renewing tensorflow_hub holder
+    return state(True, f"its lease made no progress for {max(idle, min(age, 1e9)):.0f}s")
+
+
+def newest_mtime(storage: Storage, tree: str) -> float | None:
+    """Newest mtime of ``tree`` and everything below it (how a holder's tmp dir shows progress)."""
+    newest: float | None = None
+    stat = storage.stat(tree)
+    if stat is not None:
+        newest = stat.mtime
+    for rel, _size in storage.list_tree(tree):
+        st = storage.stat(f"{tree}/{rel}")
+        if st is not None and (newest is None or st.mtime > newest):
+            newest = st.mtime
+    return newest
 
 
 def _pid_alive(pid: int, since: float | None = None) -> bool:
