@@ -27,22 +27,17 @@ from airflow_provider_tfhub.core.handles import COMPRESSED_FORMAT_QUERY, Handle,
 from airflow_provider_tfhub.core.layout import utc_now
 from airflow_provider_tfhub.core.storage.base import Storage
 from airflow_provider_tfhub.core.transfer import (
-    _MAX_REDIRECTS,
-    _REDIRECTS,
+    MAX_REDIRECTS,
+    REDIRECT_STATUSES,
+    STATUS_HINTS,
     USER_AGENT,
     ArchiveSource,
     HttpSource,
     LocalFileSource,
     RetryPolicy,
-    _safe,
+    redact_error,
 )
 
-_HINTS = {
-    401: "the hub needs credentials: set the token (password) of the tfhub connection",
-    403: "access was denied: check the token and that the model is public",
-    404: "no model at that handle: check publisher, name and version",
-    410: "the model was removed from the hub",
-}
 _TRANSIENT = {408, 429, 500, 502, 503, 504}
 
 
@@ -187,19 +182,20 @@ async def acheck_for_update(
     headers = probe_headers(cached)
     try:
         async with httpx.AsyncClient(timeout=timeout, follow_redirects=False) as client:
-            for _ in range(_MAX_REDIRECTS + 1):
+            for _ in range(MAX_REDIRECTS + 1):
                 hop = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity", **headers}
                 if token and urllib.parse.urlsplit(url).netloc.lower() == parsed.host:
                     hop["Authorization"] = f"Bearer {token}"
                 async with client.stream("GET", url, headers=hop) as resp:  # the body is never read
                     location = resp.headers.get("Location")
-                    if resp.status_code in _REDIRECTS and location:
+                    if resp.status_code in REDIRECT_STATUSES and location:
                         url = urllib.parse.urljoin(url, location)
                         continue
                     return compare(cached, resp.status_code, resp.headers, parsed.handle)
     except httpx.HTTPError as exc:
         raise DownloadError(
-            f"Could not reach {parsed.handle!r}: {type(exc).__name__}: {_safe(exc)}; check the network or the handle."
+            f"Could not reach {parsed.handle!r}: {type(exc).__name__}: {redact_error(exc)}; "
+            "check the network or the handle."
         ) from exc
     raise DownloadError(f"Too many redirects for {parsed.handle!r}.", permanent=True)
 
@@ -238,7 +234,7 @@ def _check_source(parsed: Handle, cached: Mapping[str, Any], storage: Storage | 
 
 
 def _raise_for_status(status: int, description: str) -> None:
-    hint = _HINTS.get(status, "the server could not answer the update check")
+    hint = STATUS_HINTS.get(status, "the server could not answer the update check")
     raise DownloadError(
         f"{description!r} answered HTTP {status}: {hint}.",
         permanent=status < 500 and status not in _TRANSIENT,

@@ -33,9 +33,16 @@ log = logging.getLogger(__name__)
 
 CHUNK_SIZE = 1 << 20
 _QUEUE_CHUNKS = 8
-_REDIRECTS = (301, 302, 303, 307, 308)
+REDIRECT_STATUSES = (301, 302, 303, 307, 308)
 _RETRYABLE_STATUS = {408, 429, 500, 502, 503, 504}
-_MAX_REDIRECTS = 10
+MAX_REDIRECTS = 10
+#: What to do about a hub's error status, for error messages of downloads and update checks alike.
+STATUS_HINTS = {
+    401: "the hub needs credentials: set the token (password) of the tfhub connection",
+    403: "access was denied: check the token and that the model is public",
+    404: "no model at that handle: check publisher, name and version",
+    410: "the model was removed from the hub",
+}
 USER_AGENT = "airflow-provider-tfhub"
 
 
@@ -273,10 +280,12 @@ class HttpSource(ArchiveSource):
                 if attempt + 1 >= self.retry.attempts:
                     raise RetriesExhausted(
                         f"Could not reach {self.description!r} after {attempt + 1} attempts: "
-                        f"{type(exc).__name__}: {_safe(exc)}; check the network or the handle.",
+                        f"{type(exc).__name__}: {redact_error(exc)}; check the network or the handle.",
                     ) from exc
                 delay = self.retry.delay(attempt)
-                log.warning("Request for %s failed (%s); retrying in %.1fs.", self.description, _safe(exc), delay)
+                log.warning(
+                    "Request for %s failed (%s); retrying in %.1fs.", self.description, redact_error(exc), delay
+                )
                 time.sleep(delay)
                 attempt += 1
                 continue
@@ -290,7 +299,7 @@ class HttpSource(ArchiveSource):
             return resp
 
     def _get_following(self, url: str, headers: dict[str, str], *, stream: bool, redirects: bool) -> requests.Response:
-        for _ in range(_MAX_REDIRECTS + 1):
+        for _ in range(MAX_REDIRECTS + 1):
             hop_headers = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity", **headers}
             hop = urllib.parse.urlsplit(url)
             if self.token and hop.netloc.lower() == self.token_host and hop.scheme.lower() in self._token_schemes:
@@ -298,7 +307,7 @@ class HttpSource(ArchiveSource):
             resp = self.session.get(
                 url, headers=hop_headers, stream=stream, allow_redirects=False, timeout=self.timeout
             )
-            if not redirects or resp.status_code not in _REDIRECTS or "Location" not in resp.headers:
+            if not redirects or resp.status_code not in REDIRECT_STATUSES or "Location" not in resp.headers:
                 return resp
             url = urllib.parse.urljoin(url, resp.headers["Location"])
             resp.close()
@@ -343,12 +352,7 @@ def check_archive_response(resp: requests.Response, description: str) -> None:
             )
         return
     resp.close()
-    hint = {
-        401: "the hub needs credentials: set the token (password) of the tfhub connection",
-        403: "access was denied: check the token and that the model is public",
-        404: "no model at that handle: check publisher, name and version",
-        410: "the model was removed from the hub",
-    }.get(status, "the server could not serve the archive")
+    hint = STATUS_HINTS.get(status, "the server could not serve the archive")
     raise DownloadError(
         f"{description!r} answered HTTP {status} ({resp.reason}): {hint}.",
         permanent=status < 500 and status not in _RETRYABLE_STATUS,
@@ -466,7 +470,7 @@ class _HttpStream(ArchiveStream):
                     if attempt >= self.source.retry.attempts:
                         raise RetriesExhausted(
                             f"Download of {self.source.description!r} failed after {attempt} attempts at byte "
-                            f"{received}: {_safe(exc)}."
+                            f"{received}: {redact_error(exc)}."
                         ) from exc
                     resp = self._resume(received, attempt, exc)
             _log_progress(self.source.description, received, self.info.size, time.monotonic() - started, final=True)
@@ -479,13 +483,13 @@ class _HttpStream(ArchiveStream):
     def _resume(self, received: int, attempt: int, cause: BaseException) -> requests.Response:
         validator = self.info.etag or self.info.last_modified
         if not (self.info.accept_ranges and validator):
-            raise RestartRequired(f"server cannot resume ({_safe(cause)})")
+            raise RestartRequired(f"server cannot resume ({redact_error(cause)})")
         delay = self.source.retry.delay(attempt - 1)
         log.warning(
             "Download of %s cut off at byte %d (%s); resuming in %.1fs.",
             self.source.description,
             received,
-            _safe(cause),
+            redact_error(cause),
             delay,
         )
         time.sleep(delay)
@@ -530,7 +534,7 @@ def _strip_query_secrets(url: str) -> str:
     return urllib.parse.urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
 
 
-def _safe(exc: BaseException) -> str:
+def redact_error(exc: BaseException) -> str:
     """An exception message without URL queries (signed URLs carry credentials)."""
     text = str(exc)
     return text.split("?", 1)[0] + ("?…" if "?" in text else "")
