@@ -103,6 +103,11 @@ def test_locations_and_bad_settings(gcs_env: dict[str, str]) -> None:
         GCSStorage("gs://bkt/c", resume_window=32 * MiB, max_inflight_bytes=16 * MiB)
     with pytest.raises(ConfigurationError, match="max_workers"):
         GCSStorage("gs://bkt/c", max_workers=0)
+    with pytest.raises(ConfigurationError, match=r"composite_part_bytes=25165824 must be 0 \(off\) or at most half"):
+        GCSStorage("gs://bkt/c", composite_part_bytes=24 * MiB, max_inflight_bytes=40 * MiB)
+    # Parallel composite uploads are on by default, and off when the budget cannot hold two parts.
+    assert GCSStorage("gs://bkt/c").composite_part_bytes == 16 * MiB
+    assert GCSStorage("gs://bkt/c", max_inflight_bytes=24 * MiB).composite_part_bytes == 0
 
 
 def test_importing_the_backend_loads_neither_tensorflow_nor_the_client_eagerly() -> None:
@@ -477,6 +482,92 @@ def test_streamed_upload_resumes_after_a_dropped_connection(gcs_emulator: Any, g
         assert info.value.permanent is False
         sink.abort()
         assert proxy.cuts == 2 and list(small.list_tree("j")) == []
+    finally:
+        proxy.close()
+
+
+def composite_storage(root: str, **kwargs: Any) -> GCSStorage:
+    """Parts of 1 MiB, at most 4 MiB of them in memory: a few MiB exercise every composite code path."""
+    options: dict[str, Any] = {
+        "small_file_max": 256 * 1024,
+        "resume_window": MiB,
+        "max_inflight_bytes": 4 * MiB,
+        "composite_part_bytes": MiB,
+        "max_workers": 4,
+    }
+    return GCSStorage(root, **{**options, **kwargs})
+
+
+def test_composite_upload_is_byte_identical_in_two_compose_stages_and_leaves_no_parts(
+    storage: GCSStorage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    s = composite_storage(storage.root)
+    calls = count_requests(s, monkeypatch)
+    key, tmp = "c" * 40, "c" * 40 + ".3c3c.tmp"
+    huge = os.urandom(40 * MiB + 12345)  # 41 parts: two intermediate composes of <= 32, then the final one
+    three = os.urandom(2 * MiB + 1)  # just over two parts: three parts, one compose
+    two = os.urandom(2 * MiB)  # two parts exactly: streamed in one request instead
+    sink = s.open_sink(key, tmp)
+    assert isinstance(sink, GCSTreeSink)
+    sink.add_file("variables/variables.data-00000-of-00001", len(huge), chunks_of(huge, 300_000))
+    sink.add_file("variables/three.bin", len(three), chunks_of(three))
+    sink.add_file("variables/two.bin", len(two), chunks_of(two))
+    sink.add_file("saved_model.pb", 2, [b"pb"])
+    manifest = sink.finish()
+
+    expected = {"variables/variables.data-00000-of-00001": huge, "variables/three.bin": three, "variables/two.bin": two}
+    assert {rel: (manifest[rel].size, manifest[rel].crc32c) for rel in expected} == {
+        rel: (len(d), crc_b64(d)) for rel, d in expected.items()
+    }
+    composes = [c for c in calls if c.startswith("POST") and "/compose" in c]
+    assert len(composes) == 3 + 1  # huge: 2 intermediates + final; three: one
+    assert len([c for c in calls if "uploadType=media" in c]) == 41 + 3
+    assert 0 < sink.peak_inflight <= 4 * MiB  # parts in flight share the one budget
+    # Parts and intermediates are deleted as soon as the file is composed, before commit.
+    assert [n for n in all_objects(s) if ".composite-parts/" in n] == []
+    assert sink.commit() is True
+    for rel, data in expected.items():
+        assert read_all(s, f"{key}/{rel}") == data
+        assert s.bucket.get_blob(s.key(f"{key}/{rel}")).crc32c == crc_b64(data)
+    assert sorted(all_objects(s)) == sorted(f"{key}/{rel}" for rel in [*expected, "saved_model.pb"])
+
+
+def test_abort_mid_composite_upload_leaves_no_part_objects(storage: GCSStorage) -> None:
+    s = composite_storage(storage.root)
+    key = "a" * 40
+    sink = s.open_sink(key, f"{key}.4d4d.tmp")
+    sink.add_file("saved_model.pb", 4, [b"mark"])
+    parts_prefix = f"{key}.4d4d.tmp/.composite-parts/"
+
+    def broken() -> Iterator[bytes]:
+        yield from chunks_of(os.urandom(3 * MiB))
+        deadline = time.monotonic() + 60
+        while not any(n.startswith(parts_prefix) for n in all_objects(s)):  # some parts are really stored
+            assert time.monotonic() < deadline, "no part was uploaded"
+            time.sleep(0.05)
+        raise OSError("archive cut off")
+
+    with pytest.raises(OSError, match="cut off"):
+        sink.add_file("variables/v.data", 8 * MiB, broken())
+    sink.abort()
+    assert all_objects(s) == {}
+
+
+def test_a_composite_part_cut_off_is_sent_again(gcs_emulator: Any, gcs_cache: str) -> None:
+    proxy = CutProxy(gcs_emulator.port)
+    try:
+        s = composite_storage(gcs_cache.replace("/cache", "/parts"), client=proxy.client())
+        data = os.urandom(5 * MiB + 7)
+        proxy.arm(cut_after=512 * 1024)  # one part's request breaks off halfway
+        sink = s.open_sink("k", "k.1.tmp")
+        sink.add_file("variables/v.data", len(data), chunks_of(data))
+        sink.add_file("saved_model.pb", 2, [b"pb"])
+        manifest = sink.finish()
+        assert sink.commit() is True
+        assert proxy.cuts == 1
+        assert manifest["variables/v.data"].crc32c == crc_b64(data)
+        assert read_all(s, "k/variables/v.data") == data
+        assert sorted(all_objects(s)) == ["k/saved_model.pb", "k/variables/v.data"]
     finally:
         proxy.close()
 

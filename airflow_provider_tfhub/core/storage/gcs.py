@@ -18,8 +18,10 @@ rewriting them with ``ifGenerationMatch=<generation>``; the generation is the lo
 Uploads never touch local disk: small files are uploaded from memory (one multipart request),
 large ones streamed as one request of a resumable upload session fed by a queue (resumed from a
 window of recent bytes if the connection drops), on a thread pool, with the bytes held in memory
-bounded by ``max_inflight_bytes``. google-cloud-storage is imported lazily, so a local cache never
-pays for it.
+bounded by ``max_inflight_bytes``. With ``composite_part_bytes`` set, a file of more than two parts
+is instead cut into parts uploaded in parallel (one stream is limited by the server, not by us),
+then composed into the final object server side (parallel composite upload).
+google-cloud-storage is imported lazily, so a local cache never pays for it.
 
 Emulator caveats (fake-gcs-server 1.54, our test backend; see ``gcs_emulator.md`` section 3): it
 enforces ``ifGenerationMatch`` only on multipart uploads (which lock objects always are), not on
@@ -39,6 +41,7 @@ import logging
 import queue
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
@@ -62,6 +65,11 @@ DEFAULT_SMALL_FILE_MAX = 8 * MiB
 _MAX_MULTIPART = 8 * MiB  # google-cloud-storage switches to resumable uploads above this
 #: The most recent bytes of a streamed upload kept to resume it after a dropped connection.
 DEFAULT_RESUME_WINDOW = 16 * MiB
+#: Part size of parallel composite uploads when ``max_inflight_bytes`` holds two such parts.
+DEFAULT_COMPOSITE_PART_BYTES = 16 * MiB
+_MAX_COMPOSE_SOURCES = 32  # GCS limit per compose request
+_MAX_COMPONENTS = 1024  # GCS limit of components of one composite object
+_COMPOSITE_DIR = ".composite-parts/"  # under the sink's tmp prefix, so every cleanup of tmp removes parts
 _UPLOAD_ATTEMPTS = 5
 _UPLOAD_TIMEOUT = (60.0, 600.0)  # connect, and waiting for GCS to answer once the body is sent
 #: A hit records "last used" at most this often per entry: GCS allows ~1 mutation/s per object.
@@ -123,6 +131,14 @@ class GCSStorage(Storage):
         request; larger ones are streamed, each in one request of a resumable upload session.
     :param resume_window: the most recent bytes of a streamed upload kept to resume it after a
         dropped connection (part of ``max_inflight_bytes``).
+    :param composite_part_bytes: files larger than two such parts (and of at most 1024 parts) are
+        uploaded as parts in parallel (each held in memory until stored, so a failed part is re-sent
+        whole) and composed server side; 0 disables it. At most half of ``max_inflight_bytes``:
+        parallelism is about ``max_inflight_bytes / composite_part_bytes``. Default: 16 MiB when
+        ``max_inflight_bytes`` holds two such parts, else off. The composed objects have a CRC32C but
+        no MD5 (GCS computes none for composite objects); turn it off for buckets whose storage class
+        charges early deletion of the parts (Nearline, Coldline, Archive) or whose retention policy
+        forbids deleting them.
     :param touch_interval: minimum seconds between two "last used" updates of one object.
     """
 
@@ -139,6 +155,7 @@ class GCSStorage(Storage):
         max_inflight_bytes: int = DEFAULT_MAX_INFLIGHT_BYTES,
         small_file_max: int = DEFAULT_SMALL_FILE_MAX,
         resume_window: int = DEFAULT_RESUME_WINDOW,
+        composite_part_bytes: int | None = None,
         touch_interval: float = DEFAULT_TOUCH_INTERVAL,
     ) -> None:
         bucket, prefix = parse_gs_url(cache_dir)
@@ -152,12 +169,21 @@ class GCSStorage(Storage):
                 f"max_inflight_bytes={max_inflight_bytes!r} must hold the resume window ({resume_window!r}) and "
                 f"twice small_file_max ({small_file_max!r}): an in-memory upload holds its file and its request."
             )
+        if composite_part_bytes is None:
+            fits = 2 * DEFAULT_COMPOSITE_PART_BYTES <= int(max_inflight_bytes)
+            composite_part_bytes = DEFAULT_COMPOSITE_PART_BYTES if fits else 0
+        if int(composite_part_bytes) < 0 or 2 * int(composite_part_bytes) > int(max_inflight_bytes):
+            raise ConfigurationError(
+                f"composite_part_bytes={composite_part_bytes!r} must be 0 (off) or at most half of "
+                f"max_inflight_bytes ({max_inflight_bytes!r}): parts are uploaded from memory, several at once."
+            )
         self.bucket_name = bucket
         self.prefix = prefix
         self.max_workers = int(max_workers)
         self.max_inflight_bytes = int(max_inflight_bytes)
         self.small_file_max = int(small_file_max)
         self.resume_window = int(resume_window)
+        self.composite_part_bytes = int(composite_part_bytes)
         self.touch_interval = float(touch_interval)
         self._client = client
         self._credentials = credentials
@@ -545,6 +571,7 @@ class GCSTreeSink(TreeSink):
         self._finished = False
         self._committed = False
         self._lost = False
+        self._composites = 0  # composite uploads started, names their part directories
         self.uploaded_bytes = 0
 
     @property
@@ -566,8 +593,11 @@ class GCSTreeSink(TreeSink):
         key = self._staging_key(relpath)
         with self._lock:
             self._written.add(key)
+        part = self.storage.composite_part_bytes
         if size <= self.storage.small_file_max:
             self._add_small(relpath, key, size, chunks)
+        elif part and 2 * part < size <= _MAX_COMPONENTS * part:
+            self._add_composite(relpath, key, part, chunks)
         else:
             self._add_large(relpath, key, size, chunks)
 
@@ -614,6 +644,53 @@ class GCSTreeSink(TreeSink):
         finally:
             self._current = None
         q.put(_End(_crc_b64(crc), got))
+
+    def _add_composite(self, relpath: str, key: str, part_bytes: int, chunks: Iterable[bytes]) -> None:
+        """Cut the member into parts of ``part_bytes``, each uploaded by a worker as soon as it is complete.
+
+        A part's bytes stay charged to the budget until GCS has stored it, so a failed part is sent
+        again from memory, and the producer can run ahead only by what the budget allows.
+        """
+        with self._lock:
+            prefix = f"{self._tmp_key}{_COMPOSITE_DIR}{self._composites}/"
+            self._composites += 1
+        parts: list[Future[None]] = []
+        names: list[str] = []
+        crc = google_crc32c.Checksum()
+        got = 0
+        held: list[bytes] = []
+        held_len = 0
+
+        def submit() -> None:
+            nonlocal held, held_len
+            name = f"{prefix}{len(names):05d}"
+            names.append(name)
+            with self._lock:
+                self._written.add(name)
+            future = self._pool.submit(self._guard, self._upload_part, relpath, name, held, held_len)
+            self._futures.append(future)
+            parts.append(future)
+            held, held_len = [], 0
+
+        try:
+            for chunk in chunks:
+                while chunk:
+                    take = min(len(chunk), part_bytes - held_len)
+                    piece = chunk if take == len(chunk) else chunk[:take]
+                    chunk = chunk[take:] if take < len(chunk) else b""
+                    self._budget.acquire(len(piece), self._check, floor=held_len)
+                    crc.update(piece)
+                    held.append(piece)
+                    held_len += len(piece)
+                    got += len(piece)
+                    if held_len == part_bytes:
+                        submit()
+            if held_len:
+                submit()
+        except BaseException:
+            self._budget.release(held_len)
+            raise
+        self._submit(self._compose_parts, relpath, key, names, parts, _End(_crc_b64(crc), got))
 
     def _submit(self, fn: Callable[..., None], *args: Any) -> None:
         self._futures.append(self._pool.submit(self._guard, fn, *args))
@@ -678,6 +755,88 @@ class GCSTreeSink(TreeSink):
             raise
         finally:
             self._budget.release(reserve)
+
+    def _upload_part(self, relpath: str, name: str, chunks: list[bytes], size: int) -> None:
+        """Upload one part in a single media request (the fastest kind), re-sent whole on transient failures."""
+        import requests
+        from google.api_core import exceptions as api_exceptions
+        from google.cloud.storage.blob import _get_host_name
+
+        storage = self.storage
+        bucket = storage.bucket
+        query = urllib.parse.urlencode({"uploadType": "media", "name": name})
+        url = f"{_get_host_name(storage.client._connection)}/upload/storage/v1{bucket.path}/o?{query}"
+        try:
+            attempt = 0
+            while True:
+                self._check()
+                failure: BaseException
+                try:
+                    response = storage.client._http.post(
+                        url,
+                        data=_ChunksBody(self, chunks, size),
+                        headers={"Content-Type": "application/octet-stream"},
+                        timeout=_UPLOAD_TIMEOUT,
+                    )
+                    if response.status_code in (200, 201):
+                        stored = int(response.json().get("size", -1))
+                        if stored != size:
+                            raise CacheError(
+                                f"GCS stored {stored} bytes of a {size}-byte part of {relpath!r} ({name}); stage again."
+                            )
+                        return
+                    failure = api_exceptions.from_http_response(response)
+                    if response.status_code not in _TRANSIENT_STATUS:
+                        raise failure
+                except (requests.ConnectionError, requests.Timeout) as exc:
+                    failure = exc
+                attempt += 1
+                if attempt >= _UPLOAD_ATTEMPTS:
+                    raise failure
+                log.warning("Upload of a part of %s failed (%s); sending it again.", relpath, failure)
+                time.sleep(min(0.5 * 2**attempt, 10.0))
+        finally:
+            chunks.clear()  # the pool keeps a task's arguments until it returns
+            self._budget.release(size)
+
+    def _compose_parts(self, relpath: str, key: str, names: list[str], parts: list[Future[None]], end: _End) -> None:
+        """Compose the parts into ``key`` (in stages of 32), check the whole file's CRC32C, delete the parts.
+
+        Runs on the pool after all the file's parts were submitted, so waiting for them cannot
+        deadlock: they were dequeued before this task.
+        """
+        from google.cloud.storage.retry import DEFAULT_RETRY
+
+        wait_futures(parts)
+        self._check()
+        bucket = self.storage.bucket
+        temporary = list(names)
+        sources = names
+        level = 0
+        while len(sources) > _MAX_COMPOSE_SOURCES:
+            groups = [sources[i : i + _MAX_COMPOSE_SOURCES] for i in range(0, len(sources), _MAX_COMPOSE_SOURCES)]
+            sources = [f"{names[0].rsplit('/', 1)[0]}/c{level}-{i:05d}" for i in range(len(groups))]
+            with self._lock:
+                self._written.update(sources)
+            temporary += sources
+            for dst, group in zip(sources, groups, strict=True):
+                self._check()
+                # Re-running a compose of immutable parts gives the same object: retrying is safe.
+                bucket.blob(dst).compose([bucket.blob(n) for n in group], retry=DEFAULT_RETRY)
+            level += 1
+        self._check()
+        target = bucket.blob(key)
+        target.content_type = "application/octet-stream"
+        target.compose([bucket.blob(n) for n in sources], retry=DEFAULT_RETRY)
+        # GCS keeps no MD5 for composite objects but computes their CRC32C from the parts'.
+        self._record(relpath, end.size, end.crc32c, target.crc32c, target.size)
+        try:
+            self.storage.delete_keys(temporary)
+        except Exception as exc:  # the tmp cleanup after commit or abort removes them too
+            log.debug("Could not remove the parts of %s yet: %s", relpath, exc)
+            return
+        with self._lock:
+            self._written.difference_update(temporary)
 
     def _drain(self, q: queue.SimpleQueue[object]) -> None:
         """Release the budget of chunks the producer still queues after a failure, until it stops."""
@@ -978,6 +1137,24 @@ class _Body:
 
     def __iter__(self) -> Iterator[bytes]:
         return self.upload.body(self.start)
+
+
+class _ChunksBody:
+    """A part's chunks as a request body of known length, sent without joining them; stops on abort."""
+
+    def __init__(self, sink: GCSTreeSink, chunks: list[bytes], size: int) -> None:
+        self.sink = sink
+        self.chunks = chunks
+        self.size = size
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self) -> Iterator[bytes]:
+        for chunk in list(self.chunks):
+            if self.sink._aborted.is_set():
+                raise _Aborted()
+            yield chunk
 
 
 # -- gs:// archives as a model source --------------------------------------------------------------------
