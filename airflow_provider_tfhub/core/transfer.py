@@ -360,12 +360,85 @@ def check_archive_response(resp: requests.Response, description: str) -> None:
     )
 
 
-class _HttpStream(ArchiveStream):
-    """The body of one archive response, read by a network thread into a bounded queue.
+class QueuedArchiveStream(ArchiveStream):
+    """An archive stream filled by a producer thread through a bounded queue.
+
+    The producer (a network or GCS download) runs while the consumer inflates, so both overlap,
+    and memory stays bounded by ``_QUEUE_CHUNKS`` x :data:`CHUNK_SIZE`. The producer puts bytes,
+    then None at the end, or the exception that stopped it (re-raised to the consumer).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._queue: queue.Queue[bytes | BaseException | None] = queue.Queue(maxsize=_QUEUE_CHUNKS)
+        self._buffer = b""
+        self._pos = 0
+        self._eof = False
+        self._closed = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _start(self, target: Callable[..., None], name: str, *args: Any) -> None:
+        self._thread = threading.Thread(target=target, args=args, name=name, daemon=True)
+        self._thread.start()
+
+    def _put(self, item: bytes | BaseException | None) -> bool:
+        """Queue ``item`` for the consumer; False once the stream was closed (the producer stops)."""
+        while not self._closed.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _next_chunk(self) -> bytes:
+        """The next queued chunk, b"" at the end; re-raises the producer's failure."""
+        if self._eof:
+            return b""
+        item = self._queue.get()
+        if item is None:
+            self._eof = True
+            return b""
+        if isinstance(item, BaseException):
+            self._eof = True
+            raise item
+        return item
+
+    def _raw_chunks(self) -> Iterator[bytes]:
+        if self._pos < len(self._buffer):
+            rest, self._buffer, self._pos = self._buffer[self._pos :], b"", 0
+            yield rest
+        while chunk := self._next_chunk():
+            yield chunk
+
+    def _read(self, n: int) -> bytes:
+        # Serve one queued chunk from an offset: short reads are fine for a raw stream, and small
+        # reads never copy the rest of the chunk.
+        if n < 0:
+            return b"".join(self._raw_chunks())
+        if self._pos >= len(self._buffer):
+            self._buffer, self._pos = self._next_chunk(), 0
+        data = self._buffer[self._pos : self._pos + n]
+        self._pos += len(data)
+        return data
+
+    def close(self) -> None:
+        self._closed.set()
+        while self._thread is not None and self._thread.is_alive():  # unblock a producer on a full queue
+            try:
+                self._queue.get(timeout=0.05)
+            except queue.Empty:
+                pass
+        if self._thread is not None:
+            self._thread.join()
+
+
+class _HttpStream(QueuedArchiveStream):
+    """The body of one archive response, read by a network thread.
 
     The network thread also hashes (sha256 releases the GIL), so the consumer thread, which
     inflates, does nothing but take chunks off the queue: network, hashing, inflating and disk
-    writes all overlap. Memory stays bounded by ``_QUEUE_CHUNKS`` x :data:`CHUNK_SIZE`.
+    writes all overlap.
     """
 
     def __init__(self, source: HttpSource, resp: requests.Response) -> None:
@@ -382,65 +455,13 @@ class _HttpStream(ArchiveStream):
             accept_ranges="bytes" in h.get("Accept-Ranges", "").lower(),
         )
         self._resp_url = resp.url
-        self._queue: queue.Queue[bytes | BaseException | None] = queue.Queue(maxsize=_QUEUE_CHUNKS)
-        self._buffer = b""
-        self._pos = 0
-        self._eof = False
-        self._closed = threading.Event()
-        self._thread = threading.Thread(target=self._pump, args=(resp,), name="tfhub-download", daemon=True)
-        self._thread.start()
+        self._start(self._pump, "tfhub-download", resp)
 
-    def _next_chunk(self) -> bytes:
-        """The next queued chunk, b"" at the end; re-raises the network thread's failure."""
-        if self._eof:
-            return b""
-        item = self._queue.get()
-        if item is None:
-            self._eof = True
-            return b""
-        if isinstance(item, BaseException):
-            self._eof = True
-            raise item
-        return item
-
-    def chunks(self) -> Iterator[bytes]:
-        if self._pos < len(self._buffer):
-            rest, self._buffer, self._pos = self._buffer[self._pos :], b"", 0
-            yield rest
-        while chunk := self._next_chunk():
-            yield chunk
+    def chunks(self) -> Iterator[bytes]:  # already hashed and counted by the network thread
+        return self._raw_chunks()
 
     def read(self, n: int = -1) -> bytes:  # already hashed and counted by the network thread
         return self._read(n)
-
-    def _read(self, n: int) -> bytes:
-        # Serve one queued chunk from an offset: short reads are fine for a raw stream, and small
-        # reads never copy the rest of the chunk.
-        if n < 0:
-            return b"".join(self.chunks())
-        if self._pos >= len(self._buffer):
-            self._buffer, self._pos = self._next_chunk(), 0
-        data = self._buffer[self._pos : self._pos + n]
-        self._pos += len(data)
-        return data
-
-    def close(self) -> None:
-        self._closed.set()
-        while self._thread.is_alive():  # unblock a pump waiting on a full queue
-            try:
-                self._queue.get(timeout=0.05)
-            except queue.Empty:
-                pass
-        self._thread.join()
-
-    def _put(self, item: bytes | BaseException | None) -> bool:
-        while not self._closed.is_set():
-            try:
-                self._queue.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
 
     def _pump(self, resp: requests.Response) -> None:
         import requests

@@ -53,7 +53,13 @@ import google_crc32c
 from airflow_provider_tfhub.core.errors import CacheError, ConfigurationError, DownloadError, TFHubError
 from airflow_provider_tfhub.core.gcs_credentials import emulator_host, make_client, principal
 from airflow_provider_tfhub.core.storage.base import MODEL_MARKERS, FileRecord, ObjectStat, Storage, TreeSink
-from airflow_provider_tfhub.core.transfer import CHUNK_SIZE, ArchiveSource, ArchiveStream, SourceInfo
+from airflow_provider_tfhub.core.transfer import (
+    CHUNK_SIZE,
+    ArchiveSource,
+    ArchiveStream,
+    QueuedArchiveStream,
+    SourceInfo,
+)
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +82,6 @@ _UPLOAD_TIMEOUT = (60.0, 600.0)  # connect, and waiting for GCS to answer once t
 DEFAULT_TOUCH_INTERVAL = 600.0
 LAST_USED_KEY = "tfhub-last-used"
 _READ_CHUNK = 8 * MiB
-_QUEUE_CHUNKS = 8
 _TRANSIENT_STATUS = {408, 429, 500, 502, 503, 504}
 
 
@@ -1233,40 +1238,25 @@ class _StreamClosed(Exception):
     """The consumer closed the stream; stops the download thread."""
 
 
-class _GCSStream(ArchiveStream):
-    """An object's bytes, downloaded by a thread into a bounded queue (the client verifies CRC32C at the end)."""
+class _GCSStream(QueuedArchiveStream):
+    """An object's bytes, downloaded by a thread (the client verifies CRC32C at the end)."""
 
     def __init__(self, blob: Any, info: SourceInfo, translate: Callable[[BaseException], BaseException]) -> None:
         super().__init__()
         self.info = info
         self._blob = blob
         self._translate = translate
-        self._queue: queue.Queue[bytes | BaseException | None] = queue.Queue(maxsize=_QUEUE_CHUNKS)
-        self._buffer = b""
-        self._pos = 0
         self._pending = bytearray()
-        self._eof = False
-        self._closed = threading.Event()
-        self._thread = threading.Thread(target=self._pump, name="tfhub-gcs-download", daemon=True)
-        self._thread.start()
+        self._start(self._pump, "tfhub-gcs-download")
 
     # file-like target of blob.download_to_file
     def write(self, data: bytes) -> int:
         self._pending += data
         if len(self._pending) >= CHUNK_SIZE:
-            self._put(bytes(self._pending))
+            if not self._put(bytes(self._pending)):
+                raise _StreamClosed()
             self._pending.clear()
         return len(data)
-
-    def _put(self, item: bytes | BaseException | None) -> None:
-        while True:
-            if self._closed.is_set():
-                raise _StreamClosed()
-            try:
-                self._queue.put(item, timeout=0.1)
-                return
-            except queue.Full:
-                continue
 
     def _pump(self) -> None:
         from google.cloud.storage.retry import DEFAULT_RETRY
@@ -1280,43 +1270,7 @@ class _GCSStream(ArchiveStream):
         except _StreamClosed:
             return
         except BaseException as exc:
-            try:
-                self._put(self._translate(exc))
-            except _StreamClosed:
-                return
-
-    def _read(self, n: int) -> bytes:
-        # One queued chunk is served from an offset, so small reads do not copy the rest of it each time.
-        if self._pos >= len(self._buffer):
-            self._buffer, self._pos = b"", 0
-            if self._eof:
-                return b""
-            item = self._queue.get()
-            if item is None:
-                self._eof = True
-                return b""
-            if isinstance(item, BaseException):
-                self._eof = True
-                raise item
-            self._buffer = item
-        if n < 0:
-            parts = [self._buffer[self._pos :]]
-            self._buffer, self._pos = b"", 0
-            while (more := self._read(CHUNK_SIZE)) != b"":
-                parts.append(more)
-            return b"".join(parts)
-        data = self._buffer[self._pos : self._pos + n]
-        self._pos += len(data)
-        return data
-
-    def close(self) -> None:
-        self._closed.set()
-        while self._thread.is_alive():
-            try:
-                self._queue.get(timeout=0.05)
-            except queue.Empty:
-                pass
-        self._thread.join()
+            self._put(self._translate(exc))
 
 
 __all__ = ["GCSArchiveSource", "GCSStorage", "GCSTreeSink", "parse_gs_url"]
