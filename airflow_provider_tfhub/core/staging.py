@@ -87,7 +87,7 @@ def stage(
     retry: RetryPolicy | None = None,
     storage_options: dict[str, Any] | None = None,
     max_extracted_bytes: int | None = None,
-    progress_interval: float = 10.0,
+    progress_interval: float = 5.0,
 ) -> dict[str, Any]:
     """Stage ``handle`` into ``cache_dir`` and return the staged-model dict (see :data:`RESULT_KEYS`).
 

@@ -252,7 +252,7 @@ class HttpSource(ArchiveSource):
         retry: RetryPolicy | None = None,
         timeout: tuple[float, float] | None = None,
         session: requests.Session | None = None,
-        progress_interval: float = 10.0,
+        progress_interval: float = 5.0,
         description: str | None = None,
     ) -> None:
         self.url = url
