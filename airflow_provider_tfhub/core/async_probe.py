@@ -26,6 +26,7 @@ from airflow_provider_tfhub.core.errors import DownloadError, InvalidHandleError
 from airflow_provider_tfhub.core.handles import COMPRESSED_FORMAT_QUERY, Handle, parse_handle, with_format_query
 from airflow_provider_tfhub.core.layout import utc_now
 from airflow_provider_tfhub.core.storage.base import Storage
+from airflow_provider_tfhub.core.token_scope import TokenScope, auth_headers
 from airflow_provider_tfhub.core.transfer import (
     MAX_REDIRECTS,
     REDIRECT_STATUSES,
@@ -179,13 +180,13 @@ async def acheck_for_update(
     import httpx
 
     url = with_format_query(parsed.handle, COMPRESSED_FORMAT_QUERY)
+    scope = TokenScope.for_url(url)
     headers = probe_headers(cached)
     try:
         async with httpx.AsyncClient(timeout=timeout, follow_redirects=False) as client:
             for _ in range(MAX_REDIRECTS + 1):
                 hop = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity", **headers}
-                if token and urllib.parse.urlsplit(url).netloc.lower() == parsed.host:
-                    hop["Authorization"] = f"Bearer {token}"
+                hop.update(auth_headers(scope, url, token))
                 async with client.stream("GET", url, headers=hop) as resp:  # the body is never read
                     location = resp.headers.get("Location")
                     if resp.status_code in REDIRECT_STATUSES and location:

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from airflow_provider_tfhub.core.errors import ConfigurationError, DownloadError
+from airflow_provider_tfhub.core.token_scope import TokenScope, auth_headers
 
 if TYPE_CHECKING:  # requests costs ~95 ms to import: only stagings that use HTTP pay for it
     import requests
@@ -257,8 +258,8 @@ class HttpSource(ArchiveSource):
     ) -> None:
         self.url = url
         self.token = token
-        self.token_host = (token_host or urllib.parse.urlsplit(url).netloc).lower()
-        self._token_schemes = {"https", urllib.parse.urlsplit(url).scheme.lower()}
+        scope_url = url if token_host is None else urllib.parse.urlsplit(url)._replace(netloc=token_host).geturl()
+        self.token_scope = TokenScope.for_url(scope_url)
         self.retry = retry or RetryPolicy.from_env()
         self.timeout = timeout or timeout_from_env()
         self.session = session or _thread_session()
@@ -301,9 +302,7 @@ class HttpSource(ArchiveSource):
     def _get_following(self, url: str, headers: dict[str, str], *, stream: bool, redirects: bool) -> requests.Response:
         for _ in range(MAX_REDIRECTS + 1):
             hop_headers = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity", **headers}
-            hop = urllib.parse.urlsplit(url)
-            if self.token and hop.netloc.lower() == self.token_host and hop.scheme.lower() in self._token_schemes:
-                hop_headers["Authorization"] = f"Bearer {self.token}"
+            hop_headers.update(auth_headers(self.token_scope, url, self.token))
             resp = self.session.get(
                 url, headers=hop_headers, stream=stream, allow_redirects=False, timeout=self.timeout
             )
