@@ -1,7 +1,7 @@
 """``tfhub-cache``: the core on the command line, for shells, init containers and debugging.
 
 Imports neither Airflow nor TensorFlow. Settings come from flags, then the environment
-(``TFHUB_CACHE_DIR``, ``TFHUB_MODEL_LOAD_FORMAT``, ``TFHUB_OFFLINE``, ``TFHUB_TOKEN``, and the
+(``TFHUB_CACHE_DIR``, ``TFHUB_MODEL_LOAD_FORMAT``, ``TFHUB_OFFLINE``, ``TFHUB_TOKEN``, ``TFHUB_MIRRORS``, and the
 ``AIRFLOW__TFHUB__*`` variables Airflow's own config would read). Failures print one line on
 stderr and exit 1.
 """
@@ -17,7 +17,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from airflow_provider_tfhub.core import settings
+from airflow_provider_tfhub.core import mirrors, settings
 from airflow_provider_tfhub.core.errors import TFHubError
 from airflow_provider_tfhub.core.staging import stage
 
@@ -27,6 +27,11 @@ PROG = "tfhub-cache"
 def cli_cache_dir(value: str | None) -> str:
     """--cache-dir > TFHUB_CACHE_DIR > AIRFLOW__TFHUB__CACHE_DIR > <tempdir>/tfhub_modules."""
     return settings.resolve_cache_dir(value, None, os.environ.get("AIRFLOW__TFHUB__CACHE_DIR"))
+
+
+def cli_mirrors() -> dict[str, str]:
+    """TFHUB_MIRRORS > AIRFLOW__TFHUB__MIRRORS (a JSON object of URL prefix -> mirror prefix)."""
+    return mirrors.resolve_mirrors(None, None, os.environ.get("AIRFLOW__TFHUB__MIRRORS"))
 
 
 def _stage_from_args(args: argparse.Namespace, *, load_format: str | None = None) -> dict[str, Any]:
@@ -43,6 +48,7 @@ def _stage_from_args(args: argparse.Namespace, *, load_format: str | None = None
         refresh=getattr(args, "refresh", "never"),
         offline=True if getattr(args, "offline", False) else None,
         lock_timeout=settings.resolve_lock_timeout(None, os.environ.get("AIRFLOW__TFHUB__LOCK_TIMEOUT")),
+        mirrors=cli_mirrors(),
     )
 
 

@@ -105,6 +105,15 @@ def get_provider_info() -> dict[str, Any]:
                         "example": "600",
                         "default": "600",
                     },
+                    "mirrors": {
+                        "description": "JSON object of URL prefix -> mirror prefix: models are fetched from the "
+                        "mirror (longest prefix wins) but cached under the handle as written. Empty means "
+                        "TFHUB_MIRRORS, else none.",
+                        "version_added": "0.1.0",
+                        "type": "string",
+                        "example": '{"https://tfhub.dev": "https://mirror.corp/tfhub"}',
+                        "default": "",
+                    },
                 },
             }
         },

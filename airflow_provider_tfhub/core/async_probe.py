@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from airflow_provider_tfhub.core import mirrors as mirrors_mod
 from airflow_provider_tfhub.core.errors import DownloadError, InvalidHandleError
 from airflow_provider_tfhub.core.handles import COMPRESSED_FORMAT_QUERY, Handle, parse_handle, with_format_query
 from airflow_provider_tfhub.core.layout import utc_now
@@ -138,17 +139,22 @@ def check_for_update(
     token: str | None = None,
     storage: Storage | None = None,
     retry: RetryPolicy | None = None,
+    mirrors: Mapping[str, str] | None = None,
 ) -> UpdateCheck:
-    """Blocking probe (``requests``): has ``handle`` changed since ``cached`` was staged?"""
+    """Blocking probe (``requests``): has ``handle`` changed since ``cached`` was staged?
+
+    With ``mirrors``, the mirror is asked (and gets the token), as when staging.
+    """
     parsed = _remote(handle)
     if cached is None:
         return NOT_CACHED
     if parsed.kind != "http":
         return _check_source(parsed, cached, storage)
+    fetch_url = mirrors_mod.rewrite(parsed.handle, mirrors)
     source = HttpSource(
-        with_format_query(parsed.handle, COMPRESSED_FORMAT_QUERY),
+        with_format_query(fetch_url, COMPRESSED_FORMAT_QUERY),
         token=token,
-        token_host=parsed.host,
+        token_host=urllib.parse.urlsplit(fetch_url).netloc,
         retry=retry or RetryPolicy(attempts=2),
         description=parsed.handle,
     )
@@ -166,6 +172,7 @@ async def acheck_for_update(
     token: str | None = None,
     storage: Storage | None = None,
     timeout: float = 30.0,
+    mirrors: Mapping[str, str] | None = None,
 ) -> UpdateCheck:
     """Non-blocking probe (``httpx``) for triggers; same request, same answer as :func:`check_for_update`.
 
@@ -179,8 +186,8 @@ async def acheck_for_update(
         return await asyncio.to_thread(_check_source, parsed, cached, storage)
     import httpx
 
-    url = with_format_query(parsed.handle, COMPRESSED_FORMAT_QUERY)
-    scope = TokenScope.for_url(url)
+    url = with_format_query(mirrors_mod.rewrite(parsed.handle, mirrors), COMPRESSED_FORMAT_QUERY)
+    scope = TokenScope.for_url(url)  # the handle's URL, or its mirror's
     headers = probe_headers(cached)
     try:
         async with httpx.AsyncClient(timeout=timeout, follow_redirects=False) as client:

@@ -12,8 +12,11 @@ from __future__ import annotations
 import logging
 import os
 import time
+import urllib.parse
+from collections.abc import Mapping
 from typing import Any
 
+from airflow_provider_tfhub.core import mirrors as mirrors_mod
 from airflow_provider_tfhub.core import settings
 from airflow_provider_tfhub.core.errors import (
     ChecksumMismatchError,
@@ -88,15 +91,18 @@ def stage(
     storage_options: dict[str, Any] | None = None,
     max_extracted_bytes: int | None = None,
     progress_interval: float = 5.0,
+    mirrors: Mapping[str, str] | str | None = None,
 ) -> dict[str, Any]:
     """Stage ``handle`` into ``cache_dir`` and return the staged-model dict (see :data:`RESULT_KEYS`).
 
     ``cache_dir=None`` means ``TFHUB_CACHE_DIR`` or tensorflow_hub's default. ``sha256`` pins the
     archive; a mismatch fails permanently and leaves nothing behind. ``refresh`` is ``never``
     (a cached model costs no request), ``if_changed`` (one conditional request) or ``always``.
-    ``offline`` (or ``TFHUB_OFFLINE=1``) forbids any network access.
+    ``offline`` (or ``TFHUB_OFFLINE=1``) forbids any network access. ``mirrors`` (URL prefix ->
+    mirror prefix; default ``TFHUB_MIRRORS``) rewrites only the URL that is fetched.
     """
     parsed = parse_handle(handle)
+    mirror_map = mirrors_mod.resolve_mirrors(mirrors)
     fmt = settings.resolve_load_format(load_format)
     mode = settings.resolve_refresh(refresh)
     pin = check_sha256(sha256)
@@ -113,7 +119,7 @@ def stage(
             raise OfflineError(f"Offline mode: cannot resolve {parsed.handle!r} in UNCOMPRESSED mode.")
         from airflow_provider_tfhub.core.uncompressed import resolve_uncompressed
 
-        location = resolve_uncompressed(parsed.handle, token=token, retry=retry)
+        location = resolve_uncompressed(parsed.handle, token=token, retry=retry, mirrors=mirror_map)
         return uncompressed_result(parsed, location)
 
     storage = open_storage(settings.resolve_cache_dir(cache_dir), **(storage_options or {}))
@@ -126,6 +132,7 @@ def stage(
         retry=retry or RetryPolicy.from_env(),
         max_extracted_bytes=max_extracted_bytes,
         progress_interval=progress_interval,
+        mirrors=mirror_map,
     ).run(refresh=mode, offline=offline)
 
 
@@ -217,6 +224,7 @@ class Stager:
         retry: RetryPolicy,
         max_extracted_bytes: int | None,
         progress_interval: float,
+        mirrors: Mapping[str, str] | None = None,
     ) -> None:
         self.storage = storage
         self.handle = handle
@@ -227,6 +235,7 @@ class Stager:
         self.retry = retry
         self.max_extracted_bytes = max_extracted_bytes
         self.progress_interval = progress_interval
+        self.mirrors = dict(mirrors or {})
         self.uid = new_uid()
 
     # -- the flow ---------------------------------------------------------------------------------
@@ -310,6 +319,7 @@ class Stager:
                 "marker": marker,
                 "staged_at": staged_at,
                 "checked_at": staged_at,
+                "mirror": self._mirror_url(),
                 "manifest": {rel: {"size": r.size, "crc32c": r.crc32c} for rel, r in sorted(manifest.items())},
             }
             self.storage.write_bytes(self.names.descriptor, descriptor_text(self.handle.handle).encode("utf8"))
@@ -349,10 +359,11 @@ class Stager:
     def _source(self) -> ArchiveSource:
         kind = self.handle.kind
         if kind == "http":
+            fetch_url = mirrors_mod.rewrite(self.handle.handle, self.mirrors)
             return HttpSource(
-                with_format_query(self.handle.handle, COMPRESSED_FORMAT_QUERY),
+                with_format_query(fetch_url, COMPRESSED_FORMAT_QUERY),
                 token=self.token,
-                token_host=self.handle.host,
+                token_host=urllib.parse.urlsplit(fetch_url).netloc,  # with a mirror, the mirror's host
                 retry=self.retry,
                 progress_interval=self.progress_interval,
                 description=self.handle.handle,
@@ -364,6 +375,12 @@ class Stager:
 
             return GCSArchiveSource(self.handle.handle, storage=self.storage)
         raise InvalidHandleError(f"Cannot stage {self.handle.handle!r} ({kind}).")
+
+    def _mirror_url(self) -> str | None:
+        """The mirror URL the archive was requested from (None without a mirror); metadata only."""
+        if self.handle.kind != "http":
+            return None
+        return mirrors_mod.mirror_url(self.handle.handle, self.mirrors)
 
     def _check_pin(self, hit: dict[str, Any]) -> None:
         if self.sha256 and hit.get("sha256") and hit["sha256"] != self.sha256:

@@ -5,16 +5,28 @@ downloading it, exactly as tensorflow_hub 0.16 does: ``?tf-hub-format=uncompress
 
 from __future__ import annotations
 
+import urllib.parse
+from collections.abc import Mapping
+
+from airflow_provider_tfhub.core import mirrors as mirrors_mod
 from airflow_provider_tfhub.core.errors import DownloadError
 from airflow_provider_tfhub.core.handles import UNCOMPRESSED_FORMAT_QUERY, parse_handle, with_format_query
 from airflow_provider_tfhub.core.transfer import HttpSource, RetryPolicy
 
 
-def resolve_uncompressed(handle: str, *, token: str | None = None, retry: RetryPolicy | None = None) -> str:
-    """Return the ``gs://`` location the hub names for ``handle``; a clear error for anything else."""
+def resolve_uncompressed(
+    handle: str,
+    *,
+    token: str | None = None,
+    retry: RetryPolicy | None = None,
+    mirrors: Mapping[str, str] | None = None,
+) -> str:
+    """Return the ``gs://`` location the hub (or its mirror) names for ``handle``; a clear error otherwise."""
     parsed = parse_handle(handle)
-    url = with_format_query(parsed.handle, UNCOMPRESSED_FORMAT_QUERY)
-    source = HttpSource(url, token=token, token_host=parsed.host, retry=retry, description=parsed.handle)
+    fetch_url = mirrors_mod.rewrite(parsed.handle, mirrors)
+    url = with_format_query(fetch_url, UNCOMPRESSED_FORMAT_QUERY)
+    token_host = urllib.parse.urlsplit(fetch_url).netloc  # with a mirror, the token goes to the mirror
+    source = HttpSource(url, token=token, token_host=token_host, retry=retry, description=parsed.handle)
     resp = source.request(url, redirects=False, stream=False)
     try:
         if resp.status_code != 303:

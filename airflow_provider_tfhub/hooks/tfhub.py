@@ -7,12 +7,15 @@ precedence (argument > connection extra > environment > ``[tfhub]`` config > def
 
 from __future__ import annotations
 
+import json
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from airflow.sdk import BaseHook
 
+from airflow_provider_tfhub.core import mirrors as mirrors_mod
 from airflow_provider_tfhub.core import settings
 from airflow_provider_tfhub.core.staging import is_cached as core_is_cached
 from airflow_provider_tfhub.core.staging import stage as core_stage
@@ -32,10 +35,18 @@ class HubSettings:
     config_cache_dir: str | None = None
     config_load_format: str | None = None
     config_lock_timeout: str | None = None
+    mirrors: str | None = None
+    config_mirrors: str | None = None
+
+    def mirror_map(self, explicit: Mapping[str, str] | str | None = None) -> dict[str, str]:
+        """argument > connection extra ``mirrors`` > ``TFHUB_MIRRORS`` > ``[tfhub] mirrors``."""
+        return mirrors_mod.resolve_mirrors(explicit, self.mirrors, self.config_mirrors)
 
 
 def _extra(extra: dict[str, Any], key: str) -> str | None:
     value = extra.get(key) or extra.get(f"extra__tfhub__{key}")
+    if isinstance(value, Mapping):  # a JSON object in the extra (``mirrors``)
+        return json.dumps(dict(value))
     return str(value) if value not in (None, "") else None
 
 
@@ -52,6 +63,8 @@ def _settings_from(conn: Any | None) -> HubSettings:
         config_cache_dir=conf.get("tfhub", "cache_dir", fallback=None) or None,
         config_load_format=conf.get("tfhub", "load_format", fallback=None) or None,
         config_lock_timeout=conf.get("tfhub", "lock_timeout", fallback=None) or None,
+        mirrors=_extra(extra, "mirrors"),
+        config_mirrors=conf.get("tfhub", "mirrors", fallback=None) or None,
     )
 
 
@@ -107,6 +120,10 @@ class TFHubHook(BaseHook):
         s = self.settings
         return settings.resolve_load_format(explicit, s.load_format, s.config_load_format)
 
+    def resolve_mirrors(self, explicit: Mapping[str, str] | str | None = None) -> dict[str, str]:
+        """The mirror mapping: argument > connection extra ``mirrors`` > ``TFHUB_MIRRORS`` > ``[tfhub] mirrors``."""
+        return self.settings.mirror_map(explicit)
+
     def get_token(self) -> str | None:
         return self.settings.token
 
@@ -145,6 +162,7 @@ class TFHubHook(BaseHook):
         refresh: str | None = "never",
         offline: bool | None = None,
         lock_timeout: float | None = None,
+        mirrors: Mapping[str, str] | str | None = None,
     ) -> dict[str, Any]:
         """Stage ``handle`` and return the staged-model dict (see ``core.staging.RESULT_KEYS``)."""
         resolved = self.resolve_cache_dir(cache_dir)
@@ -158,6 +176,7 @@ class TFHubHook(BaseHook):
             offline=offline,
             lock_timeout=settings.resolve_lock_timeout(lock_timeout, self.settings.config_lock_timeout),
             storage_options=self.storage_options(resolved),
+            mirrors=self.resolve_mirrors(mirrors),
         )
 
     def is_cached(self, handle: str, cache_dir: str | None = None) -> bool:

@@ -39,7 +39,9 @@ class TFHubModelUpdatedSensor(BaseTFHubCacheSensor):
         storage = self.storage()
         cached = read_entry(storage, handle, adopt=False)
         try:
-            check = check_for_update(handle, cached, token=self.hook.get_token(), storage=storage)
+            check = check_for_update(
+                handle, cached, token=self.hook.get_token(), storage=storage, mirrors=self.hook.resolve_mirrors()
+            )
         except TFHubError as exc:
             if exc.permanent:
                 raise AirflowFailException(str(exc)) from exc

@@ -104,7 +104,9 @@ class TFHubModelUpdatedTrigger(_CacheTrigger):
             while True:
                 cached = await self._entry(storage)
                 try:
-                    check = await acheck_for_update(self.handle, cached, token=hub.token, storage=storage)
+                    check = await acheck_for_update(
+                        self.handle, cached, token=hub.token, storage=storage, mirrors=hub.mirror_map()
+                    )
                 except TFHubError as exc:
                     if exc.permanent:
                         raise
