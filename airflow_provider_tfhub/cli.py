@@ -98,12 +98,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p_resolve.set_defaults(func=_cmd_resolve)
 
-    try:  # ls / verify / prune live in their own module
-        lifecycle = importlib.import_module("airflow_provider_tfhub.cli_lifecycle")
-    except ModuleNotFoundError:
-        lifecycle = None
-    if lifecycle is not None:
-        lifecycle.add_subcommands(sub)
+    # ls / verify / prune and export live in their own modules
+    for module in ("airflow_provider_tfhub.cli_lifecycle", "airflow_provider_tfhub.cli_export"):
+        try:
+            extra = importlib.import_module(module)
+        except ModuleNotFoundError:
+            continue
+        extra.add_subcommands(sub)
     return parser
 
 

@@ -1,0 +1,113 @@
+"""``TFHubExportForServingOperator``: the last step to serving, ``<base_path>/<model_name>/<version>/``.
+
+Takes the staged-model dict of a stage task (XCom) or a handle to stage first, and exports the
+staged model where TF Serving's poller picks it up; see :mod:`airflow_provider_tfhub.core.export`
+for how versions are chosen and why a version directory never appears half written. The XCom is
+``export_path``, ``version``, ``model_name``, ``base_path``, ``sha256``, ``exported`` (false when
+nothing was written) and ``removed_versions``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from airflow.sdk import BaseOperator
+
+from airflow_provider_tfhub.core import export as core_export
+from airflow_provider_tfhub.core import settings
+from airflow_provider_tfhub.core.errors import ConfigurationError
+from airflow_provider_tfhub.core.handles import parse_handle
+from airflow_provider_tfhub.operators.stage import emit_asset_events, is_literal, run_core
+
+
+class TFHubExportForServingOperator(BaseOperator):
+    """Export a staged TF Hub model for TensorFlow Serving.
+
+    :param staged: a staged-model dict (the stage operator's XCom, e.g. ``stage.output``); or
+    :param handle: a model handle to stage first (a cache hit when it is staged already).
+    :param base_path: TF Serving's base path, a local directory or ``gs://bucket/prefix`` (templated).
+    :param model_name: the model's directory under ``base_path`` (templated).
+    :param version: the version to write; default the next integer (nothing is added when the
+        highest version already holds the same sha256).
+    :param keep_versions: afterwards remove the oldest versions beyond this many.
+    :param overwrite: replace an explicit ``version`` that holds another model (else an error).
+    :param tfhub_conn_id: ``tfhub`` connection (cache dir, token, mirrors, GCS credentials).
+    :param cache_dir: cache to stage ``handle`` into (default from the connection/environment).
+    """
+
+    template_fields: Sequence[str] = ("staged", "handle", "base_path", "model_name", "version", "keep_versions")
+    ui_color = "#e0f0ff"
+
+    def __init__(
+        self,
+        *,
+        base_path: str,
+        model_name: str,
+        staged: Mapping[str, Any] | None = None,
+        handle: str | None = None,
+        version: int | str | None = None,
+        keep_versions: int | str | None = None,
+        overwrite: bool = False,
+        tfhub_conn_id: str = "tfhub_default",
+        cache_dir: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if staged is None and not handle:
+            raise ConfigurationError(
+                "TFHubExportForServingOperator needs staged= (a stage task's output) or handle= (to stage first)."
+            )
+        self.staged = staged
+        self.handle = handle
+        self.base_path = base_path
+        self.model_name = model_name
+        self.version = version
+        self.keep_versions = keep_versions
+        self.overwrite = overwrite
+        self.tfhub_conn_id = tfhub_conn_id
+        self.cache_dir = cache_dir
+        if is_literal(handle):
+            parse_handle(handle)
+        if is_literal(base_path):
+            core_export.check_base_path(base_path)
+        if is_literal(model_name):
+            core_export.check_model_name(model_name)
+        for value, what in ((version, "version"), (keep_versions, "keep_versions")):
+            if isinstance(value, int) or is_literal(value):
+                core_export.check_positive_int(value, what)
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        from airflow_provider_tfhub.hooks.tfhub import TFHubHook
+
+        hook = TFHubHook(tfhub_conn_id=self.tfhub_conn_id)
+        staged = self.staged
+        if staged is None:
+            staged = run_core(hook.stage, str(self.handle), self.cache_dir or None)
+        if not isinstance(staged, Mapping):
+            raise ConfigurationError(
+                f"staged={staged!r} is not a staged-model dict; pass one stage task's output (for a mapped stage "
+                "task, map the export over its outputs with .expand(staged=stage.output))."
+            )
+        # GCS credentials (the connection's gcp_conn_id) for a gs:// target or source
+        gcs_path = next((p for p in (str(self.base_path), str(staged.get("path"))) if p.startswith("gs://")), "")
+        result: dict[str, Any] = run_core(
+            core_export.export_for_serving,
+            staged,
+            self.base_path,
+            self.model_name,
+            version=self.version,
+            keep_versions=self.keep_versions,
+            overwrite=self.overwrite,
+            lock_timeout=settings.resolve_lock_timeout(None, hook.settings.config_lock_timeout),
+            storage_options=hook.storage_options(gcs_path),
+        )
+        self.log.info(
+            "%s version %s of %s at %s",
+            "Exported" if result["exported"] else "Already exported:",
+            result["version"],
+            result["model_name"],
+            result["export_path"],
+        )
+        emit_asset_events(self, context, result)
+        return result
