@@ -18,7 +18,7 @@ from airflow_provider_tfhub.core import export as core_export
 from airflow_provider_tfhub.core import settings
 from airflow_provider_tfhub.core.errors import ConfigurationError
 from airflow_provider_tfhub.core.handles import parse_handle
-from airflow_provider_tfhub.operators.stage import emit_asset_events, is_literal, run_core
+from airflow_provider_tfhub.operators.stage import emit_asset_events, is_literal, result_of, run_core
 
 
 class TFHubExportForServingOperator(BaseOperator):
@@ -110,4 +110,14 @@ class TFHubExportForServingOperator(BaseOperator):
             result["export_path"],
         )
         emit_asset_events(self, context, result)
+        self._staged_input = dict(staged)
+        self._export_result = result
         return result
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        """Lineage (only called by the OpenLineage provider): handle -> export path, with sha256/etag/version."""
+        from airflow_provider_tfhub.openlineage import export_lineage
+
+        result = result_of(self, "_export_result", task_instance)
+        staged = getattr(self, "_staged_input", None) or (result and {"handle": result.get("handle"), **result})
+        return export_lineage(staged, result)

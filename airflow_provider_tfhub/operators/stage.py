@@ -111,7 +111,25 @@ class TFHubStageModelOperator(BaseOperator):
         )
         self.log.info("%s %s at %s", "Staged" if staged["downloaded"] else "Found", staged["handle"], staged["path"])
         emit_asset_events(self, context, staged)
+        self._staged_result = staged
         return staged
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        """Lineage (only called by the OpenLineage provider): handle -> staged path, with sha256/etag/revision."""
+        from airflow_provider_tfhub.openlineage import stage_lineage
+
+        return stage_lineage(result_of(self, "_staged_result", task_instance))
+
+
+def result_of(task: BaseOperator, attribute: str, task_instance: Any) -> Any:
+    """What ``execute`` returned: kept on the operator, else its XCom (a listener on another instance)."""
+    value = getattr(task, attribute, None)
+    if value is None and task_instance is not None and hasattr(task_instance, "xcom_pull"):
+        try:
+            value = task_instance.xcom_pull(task_ids=task.task_id)
+        except Exception:  # lineage is best effort: never fail or mask the task
+            value = None
+    return value
 
 
 def emit_asset_events(task: BaseOperator, context: Any, extra: dict[str, Any]) -> None:
