@@ -73,6 +73,10 @@ def get_provider_info() -> dict[str, Any]:
         "triggers": [
             {"integration-name": "TensorFlow Hub", "python-modules": ["airflow_provider_tfhub.triggers.tfhub"]}
         ],
+        "extra-links": [
+            "airflow_provider_tfhub.links.TFHubModelPageLink",
+            "airflow_provider_tfhub.links.TFHubStagedModelLink",
+        ],
         "asset-uris": [
             {
                 "schemes": ["tfhub"],

@@ -10,6 +10,10 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
+import gcs_helpers
+from airflow_utils import get_dag, xcom
+
+from airflow_provider_tfhub.links import console_url, model_page_url
 from airflow_provider_tfhub.operators.export import TFHubExportForServingOperator
 from airflow_provider_tfhub.operators.stage import TFHubStageModelOperator
 
@@ -95,3 +99,71 @@ def test_nothing_of_openlineage_is_imported_by_our_modules() -> None:
         [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=120, check=True
     )
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+# -- extra links ------------------------------------------------------------------------------------
+gcs_emulator = gcs_helpers.gcs_emulator
+gcs_env = gcs_helpers.gcs_env
+gcs_cache = gcs_helpers.gcs_cache
+
+
+def test_link_urls() -> None:
+    assert model_page_url("https://tfhub.dev/google/x/1") == "https://tfhub.dev/google/x/1"
+    assert model_page_url("https://h/a.tar.gz?tf-hub-format=compressed") == "https://h/a.tar.gz"
+    assert model_page_url("gs://b/models/m.tar.gz") == "https://console.cloud.google.com/storage/browser/b/models"
+    assert model_page_url("/data/model") == ""
+    assert console_url("gs://b/c/0123abc") == "https://console.cloud.google.com/storage/browser/b/c/0123abc"
+    assert console_url("/local/path") == ""
+
+
+def _links(dr: Any, task_id: str) -> dict[str, str | None]:
+    """What the UI's API server answers for a finished task instance (serialized DAG, XCom-backed links)."""
+    from airflow.models.serialized_dag import SerializedDagModel
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        ti = session.scalar(
+            select(TaskInstance).where(
+                TaskInstance.dag_id == dr.dag_id, TaskInstance.run_id == dr.run_id, TaskInstance.task_id == task_id
+            )
+        )
+        dag = SerializedDagModel.get_dag(dr.dag_id, session=session)
+        task = dag.get_task(task_id)
+        return {name: task.get_extra_links(ti, name) or None for name in task.extra_links}
+
+
+def test_extra_links_of_finished_tasks(hub: Any, handle_of: Any, gcs_cache: str) -> None:
+    from airflow.providers_manager import ProvidersManager
+
+    registered = set(ProvidersManager().extra_links_class_names)
+    assert {
+        "airflow_provider_tfhub.links.TFHubModelPageLink",
+        "airflow_provider_tfhub.links.TFHubStagedModelLink",
+    } <= registered
+
+    handle = handle_of("small_a")
+    base = gcs_cache.rsplit("/", 1)[0] + "/serving"
+    dr = get_dag("tfhub_serving_export").test(
+        run_conf={"handle": handle, "cache_dir": gcs_cache, "base_path": base, "model_name": "a"}
+    )
+    assert dr.state == "success"
+    staged, exported = xcom(dr, "stage", -1), xcom(dr, "export", -1)
+    console = "https://console.cloud.google.com/storage/browser/"
+    assert _links(dr, "stage") == {
+        "Model page": handle,
+        "Staged model": console + staged["path"].removeprefix("gs://"),
+    }
+    assert _links(dr, "export") == {
+        "Model page": handle,
+        "Staged model": console + exported["export_path"].removeprefix("gs://"),
+    }
+
+
+def test_no_staged_model_link_for_local_paths(hub: Any, handle_of: Any, cache_dir: str, tmp_path: Path) -> None:
+    dr = get_dag("tfhub_serving_export").test(
+        run_conf={"handle": handle_of("small_b"), "cache_dir": cache_dir, "base_path": str(tmp_path), "model_name": "b"}
+    )
+    assert dr.state == "success"
+    assert _links(dr, "stage") == {"Model page": handle_of("small_b"), "Staged model": None}

@@ -18,6 +18,7 @@ from airflow_provider_tfhub.core import export as core_export
 from airflow_provider_tfhub.core import settings
 from airflow_provider_tfhub.core.errors import ConfigurationError
 from airflow_provider_tfhub.core.handles import parse_handle
+from airflow_provider_tfhub.links import TFHubModelPageLink, TFHubStagedModelLink
 from airflow_provider_tfhub.operators.stage import emit_asset_events, is_literal, result_of, run_core
 
 
@@ -38,6 +39,7 @@ class TFHubExportForServingOperator(BaseOperator):
 
     template_fields: Sequence[str] = ("staged", "handle", "base_path", "model_name", "version", "keep_versions")
     ui_color = "#e0f0ff"
+    operator_extra_links = (TFHubModelPageLink(), TFHubStagedModelLink())
 
     def __init__(
         self,

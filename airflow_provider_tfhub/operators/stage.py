@@ -17,6 +17,7 @@ from airflow_provider_tfhub.core.errors import TFHubError
 from airflow_provider_tfhub.core.handles import parse_handle
 from airflow_provider_tfhub.core.mirrors import parse_mirrors
 from airflow_provider_tfhub.core.staging import check_sha256
+from airflow_provider_tfhub.links import TFHubModelPageLink, TFHubStagedModelLink
 
 
 def is_literal(value: object) -> bool:
@@ -56,6 +57,7 @@ class TFHubStageModelOperator(BaseOperator):
 
     template_fields: Sequence[str] = ("handle", "cache_dir", "sha256", "load_format", "refresh")
     ui_color = "#ffe8cc"
+    operator_extra_links = (TFHubModelPageLink(), TFHubStagedModelLink())
 
     def __init__(
         self,
