@@ -16,8 +16,8 @@ import urllib.parse
 from collections.abc import Mapping
 from typing import Any
 
+from airflow_provider_tfhub.core import aliases, settings
 from airflow_provider_tfhub.core import mirrors as mirrors_mod
-from airflow_provider_tfhub.core import settings
 from airflow_provider_tfhub.core.errors import (
     ChecksumMismatchError,
     ConfigurationError,
@@ -29,6 +29,7 @@ from airflow_provider_tfhub.core.extract import extract_archive
 from airflow_provider_tfhub.core.handles import (
     COMPRESSED_FORMAT_QUERY,
     Handle,
+    is_archive_name,
     parse_handle,
     with_format_query,
 )
@@ -237,6 +238,7 @@ class Stager:
         self.progress_interval = progress_interval
         self.mirrors = dict(mirrors or {})
         self.uid = new_uid()
+        self._session: Any = None  # records the redirect chain of an HTTP download (aliases)
 
     # -- the flow ---------------------------------------------------------------------------------
     def run(self, *, refresh: str, offline: bool) -> dict[str, Any]:
@@ -264,6 +266,9 @@ class Stager:
                 return current  # published by the holder we waited for
             if current is None:
                 self._remove_unfinished_model()
+                alias = self._stage_as_alias()
+                if alias is not None:
+                    return alias
             return self._fetch(current, refresh if current is not None else "never")
         finally:
             lock.release()
@@ -320,6 +325,7 @@ class Stager:
                 "staged_at": staged_at,
                 "checked_at": staged_at,
                 "mirror": self._mirror_url(),
+                "page_urls": self._page_urls(),
                 "manifest": {rel: {"size": r.size, "crc32c": r.crc32c} for rel, r in sorted(manifest.items())},
             }
             self.storage.write_bytes(self.names.descriptor, descriptor_text(self.handle.handle).encode("utf8"))
@@ -334,6 +340,7 @@ class Stager:
             sink.abort()
             raise
         self.storage.write_bytes(self.names.meta, encode_meta(meta))
+        aliases.record(self.storage, self.handle.handle, self._page_urls())
         elapsed = time.monotonic() - started
         log.info(
             "Staged %s into %s: %d files, %.1f MB from a %.1f MB archive in %.1fs (%s).",
@@ -360,8 +367,11 @@ class Stager:
         kind = self.handle.kind
         if kind == "http":
             fetch_url = mirrors_mod.rewrite(self.handle.handle, self.mirrors)
+            if self._session is None:
+                self._session = aliases.recording_session()
             return HttpSource(
                 with_format_query(fetch_url, COMPRESSED_FORMAT_QUERY),
+                session=self._session,
                 token=self.token,
                 token_host=urllib.parse.urlsplit(fetch_url).netloc,  # with a mirror, the mirror's host
                 retry=self.retry,
@@ -375,6 +385,70 @@ class Stager:
 
             return GCSArchiveSource(self.handle.handle, storage=self.storage)
         raise InvalidHandleError(f"Cannot stage {self.handle.handle!r} ({kind}).")
+
+    def _page_urls(self) -> list[str]:
+        """The handle and the model-page URLs its download was redirected through (aliases)."""
+        if self.handle.kind != "http":
+            return []
+        requested = self._session.requested if self._session is not None else []
+        return aliases.page_urls(self.handle.handle, requested)
+
+    # -- aliases ------------------------------------------------------------------------------------
+    def _other_entry(self, handle: str) -> dict[str, Any] | None:
+        """Another handle's complete entry, with the page URLs its metadata recorded."""
+        try:
+            entry = read_entry(self.storage, handle, adopt=False)
+        except InvalidHandleError:
+            return None
+        if entry is None:
+            return None
+        meta = decode_meta(self.storage.read_bytes(EntryNames(entry["cache_key"]).meta)) or {}
+        return {**entry, "page_urls": meta.get("page_urls") or [], "_meta": meta}
+
+    def _stage_as_alias(self) -> dict[str, Any] | None:
+        """On a miss: if the handle redirects to a model another entry was downloaded through, build
+        this entry from that one's files (no archive download). None when there is no such entry."""
+        if self.handle.kind != "http" or is_archive_name(urllib.parse.urlsplit(self.handle.handle).path):
+            return None  # a direct archive URL is no model page (and its first hop would be the archive)
+        if not aliases.has_index(self.storage):
+            return None  # nothing indexed yet: no request spent on resolving redirects
+        source = self._source()
+        assert isinstance(source, HttpSource)
+
+        def known(url: str) -> bool:
+            return aliases.lookup(self.storage, [url], exclude=self.handle.handle, read=self._other_entry) is not None
+
+        try:
+            hops = aliases.resolve_first_hops(source, known)
+        except DownloadError as exc:
+            log.debug("Could not resolve the redirects of %s (%s); downloading it.", self.handle.handle, exc)
+            return None
+        other = aliases.lookup(self.storage, hops, exclude=self.handle.handle, read=self._other_entry)
+        if other is None or (self.sha256 is not None and other.get("sha256") != self.sha256):
+            return None
+        other_meta = {k: v for k, v in other["_meta"].items() if k != "format_version"}
+        now = utc_now()
+        page_list: list[str] = list(dict.fromkeys([self.handle.handle, *hops, *other["page_urls"]]))
+        meta = {
+            **other_meta,
+            "handle": self.handle.handle,
+            "alias_of": other_meta.get("alias_of") or other["handle"],
+            "page_urls": page_list,
+            "mirror": None,
+            "staged_at": now,
+            "checked_at": now,
+        }
+        aliases.clone_tree(self.storage, other["path"], self.names.model, self.names.tmp(self.uid))
+        self.storage.write_bytes(self.names.descriptor, descriptor_text(self.handle.handle).encode("utf8"))
+        self.storage.write_bytes(self.names.meta, encode_meta(meta))
+        aliases.record(self.storage, self.handle.handle, page_list)
+        log.info(
+            "%s is the same model as %s (redirects to %s): staged from its files, nothing downloaded.",
+            self.handle.handle,
+            meta["alias_of"],
+            next((u for u in hops if u in other["page_urls"]), other["handle"]),
+        )
+        return _result(self.storage, self.names, meta, downloaded=False)
 
     def _mirror_url(self) -> str | None:
         """The mirror URL the archive was requested from (None without a mirror); metadata only."""
@@ -434,6 +508,7 @@ def _result(
         "checked_at": meta.get("checked_at"),
         "downloaded": downloaded,
         "refreshed": refreshed,
+        "alias_of": meta.get("alias_of"),
     }
 
 
