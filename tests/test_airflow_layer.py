@@ -39,7 +39,7 @@ def test_provider_is_registered_with_config() -> None:
     conn = info["connection-types"][0]
     assert conn["connection-type"] == "tfhub" and set(conn["conn-fields"]) >= {"cache_dir", "token", "load_format"}
     assert conn["conn-fields"]["token"]["schema"]["format"] == "password"
-    assert set(info["config"]["tfhub"]["options"]) == {"cache_dir", "load_format", "lock_timeout"}
+    assert set(info["config"]["tfhub"]["options"]) == {"cache_dir", "load_format", "lock_timeout", "mirrors"}
 
 
 def test_hook_without_connection_uses_environment(monkeypatch: pytest.MonkeyPatch) -> None:
