@@ -148,7 +148,7 @@ class TFHubHook(BaseHook):
     ) -> dict[str, Any]:
         """Stage ``handle`` and return the staged-model dict (see ``core.staging.RESULT_KEYS``)."""
         resolved = self.resolve_cache_dir(cache_dir)
-        return core_stage(
+        result = core_stage(
             handle,
             resolved,
             sha256=sha256,
@@ -159,6 +159,7 @@ class TFHubHook(BaseHook):
             lock_timeout=settings.resolve_lock_timeout(lock_timeout, self.settings.config_lock_timeout),
             storage_options=self.storage_options(resolved),
         )
+        return dict(result)
 
     def is_cached(self, handle: str, cache_dir: str | None = None) -> bool:
         resolved = self.resolve_cache_dir(cache_dir)

@@ -17,7 +17,7 @@ from airflow.sdk import PokeReturnValue
 
 from airflow_provider_tfhub.core.async_probe import check_for_update
 from airflow_provider_tfhub.core.errors import TFHubError
-from airflow_provider_tfhub.core.staging import read_entry
+from airflow_provider_tfhub.core.staging import lookup_entry
 from airflow_provider_tfhub.sensors import BaseTFHubCacheSensor, cached_handle
 from airflow_provider_tfhub.triggers.tfhub import TFHubModelUpdatedTrigger
 
@@ -37,7 +37,7 @@ class TFHubModelUpdatedSensor(BaseTFHubCacheSensor):
 
         handle = cached_handle(self.handle)
         storage = self.storage()
-        cached = read_entry(storage, handle, adopt=False)
+        cached = lookup_entry(storage, handle)
         try:
             check = check_for_update(handle, cached, token=self.hook.get_token(), storage=storage)
         except TFHubError as exc:
