@@ -469,3 +469,20 @@ def test_gcs_refreshes_keep_old_revisions_intact_and_readers_never_see_not_stage
     assert gcs_tree(storage, names.revision(first["revision"])) == {}
     assert lookup_entry(storage, handle) is not None
     assert gcs_helpers.leftovers(storage) == []
+
+
+def test_prune_operator_takes_superseded_max_age(
+    hub: Any, handle: str, versions: dict[str, Version], tmp_path: Path
+) -> None:
+    from airflow_provider_tfhub.operators.prune import TFHubPruneCacheOperator
+
+    cache = str(tmp_path / "cache")
+    first = stage(handle, cache)
+    hub.add_model(MODEL_PATH, versions["v2"].archive)
+    second = stage(handle, cache, refresh="if_changed")
+
+    default = TFHubPruneCacheOperator(task_id="prune", cache_dir=cache).execute({})
+    assert default["removed_revisions"] == [] and Path(first["path"]).is_dir()
+    report = TFHubPruneCacheOperator(task_id="prune", cache_dir=cache, superseded_max_age="0s").execute({})
+    assert [r["path"] for r in report["removed_revisions"]] == [first["path"]]
+    assert not Path(first["path"]).exists() and Path(second["path"]).is_dir()

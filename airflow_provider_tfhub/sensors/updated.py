@@ -4,7 +4,7 @@ Each poke sends one conditional request with the cached validators (ETag / Last-
 the archive size as a fallback) and reads no archive body. The XCom value says why it fired::
 
     {"handle", "changed": True, "reason", "etag", "last_modified", "size",
-     "cached_etag", "cached_last_modified", "cached_size", "cache_key", "path", "checked_at"}
+     "cached_etag", "cached_last_modified", "cached_size", "cache_key", "path", "revision", "checked_at"}
 
 Put it in front of a stage task with ``refresh="if_changed"`` to refresh only when needed.
 """
