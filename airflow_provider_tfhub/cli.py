@@ -14,7 +14,7 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from airflow_provider_tfhub.core import mirrors, settings
@@ -35,21 +35,27 @@ def cli_mirrors() -> dict[str, str]:
 
 
 def _stage_from_args(args: argparse.Namespace, *, load_format: str | None = None) -> dict[str, Any]:
-    return stage(
-        args.handle,
-        cli_cache_dir(args.cache_dir),
-        sha256=getattr(args, "sha256", None),
-        token=os.environ.get("TFHUB_TOKEN") or None,
-        load_format=settings.resolve_load_format(
-            load_format or getattr(args, "load_format", None),
-            None,
-            os.environ.get("AIRFLOW__TFHUB__LOAD_FORMAT"),
-        ),
-        refresh=getattr(args, "refresh", "never"),
-        offline=True if getattr(args, "offline", False) else None,
-        lock_timeout=settings.resolve_lock_timeout(None, os.environ.get("AIRFLOW__TFHUB__LOCK_TIMEOUT")),
-        mirrors=cli_mirrors(),
+    return _as_dict(
+        stage(
+            args.handle,
+            cli_cache_dir(args.cache_dir),
+            sha256=getattr(args, "sha256", None),
+            token=os.environ.get("TFHUB_TOKEN") or None,
+            load_format=settings.resolve_load_format(
+                load_format or getattr(args, "load_format", None),
+                None,
+                os.environ.get("AIRFLOW__TFHUB__LOAD_FORMAT"),
+            ),
+            refresh=getattr(args, "refresh", "never"),
+            offline=True if getattr(args, "offline", False) else None,
+            lock_timeout=settings.resolve_lock_timeout(None, os.environ.get("AIRFLOW__TFHUB__LOCK_TIMEOUT")),
+            mirrors=cli_mirrors(),
+        )
     )
+
+
+def _as_dict(result: Mapping[str, Any]) -> dict[str, Any]:
+    return dict(result)
 
 
 def _cmd_stage(args: argparse.Namespace) -> int:

@@ -33,6 +33,9 @@ def add_subcommands(subparsers: Any) -> None:
 
     p_verify = subparsers.add_parser("verify", help="re-hash staged files against the manifest recorded at staging")
     p_verify.add_argument("handle", nargs="?", metavar="HANDLE", help="only this model (default: every entry)")
+    p_verify.add_argument(
+        "--all-revisions", action="store_true", help="also verify superseded revisions (default: the current one)"
+    )
     common(p_verify)
     p_verify.set_defaults(func=cmd_verify)
 
@@ -46,6 +49,12 @@ def add_subcommands(subparsers: Any) -> None:
     )
     p_prune.add_argument(
         "--keep", metavar="HANDLE", nargs="+", action="extend", default=[], help="never remove these models"
+    )
+    p_prune.add_argument(
+        "--superseded-max-age",
+        metavar="DURATION",
+        default=inventory.DEFAULT_SUPERSEDED_MAX_AGE,
+        help="remove revisions superseded longer ago than this (default: %(default)s; 0s: all superseded ones)",
     )
     p_prune.add_argument("--dry-run", action="store_true", help="only report what would be removed")
     p_prune.set_defaults(func=cmd_prune)
@@ -74,28 +83,32 @@ def cmd_ls(args: argparse.Namespace) -> int:
             _short_time(e["last_used"]),
             _short_time(e["staged_at"]),
             _short_etag(e["etag"]),
+            (e["revision"] or "-") + (f" +{len(e['revisions']) - 1}" if len(e["revisions"]) > 1 else ""),
             e["handle"] or f"? ({e['key']})",
         ]
         for e in entries
     ]
     print(f"{storage.location()}: {len(entries)} entries, {inventory.format_size(sum(e['size'] for e in entries))}")
     if rows:
-        _print_table(["STATE", "SIZE", "FILES", "LAST USED", "STAGED", "ETAG", "HANDLE"], rows)
+        _print_table(["STATE", "SIZE", "FILES", "LAST USED", "STAGED", "ETAG", "REVISION", "HANDLE"], rows)
     return 0
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
     storage = _storage(args)
-    report = inventory.verify(storage, args.handle)
+    report = inventory.verify(storage, args.handle, all_revisions=args.all_revisions)
     if args.json:
         _print_json(report)
         return 0 if report["ok"] else 1
     rows = []
     for entry in report["entries"]:
         problems = [f"{k} {len(entry[k])}" for k in ("missing", "changed", "extra") if entry[k]]
-        rows.append([entry["status"], str(entry["files"]), ", ".join(problems) or "-", entry["handle"] or entry["key"]])
+        rev = (entry.get("revision") or "-") + ("" if entry.get("current", True) else " (superseded)")
+        rows.append(
+            [entry["status"], str(entry["files"]), ", ".join(problems) or "-", rev, entry["handle"] or entry["key"]]
+        )
     if rows:
-        _print_table(["STATUS", "FILES", "PROBLEMS", "HANDLE"], rows)
+        _print_table(["STATUS", "FILES", "PROBLEMS", "REVISION", "HANDLE"], rows)
     for entry in report["entries"]:
         for kind in ("missing", "changed", "extra"):
             for rel in entry[kind]:
@@ -113,12 +126,17 @@ def cmd_prune(args: argparse.Namespace) -> int:
         keep=args.keep,
         dry_run=args.dry_run,
         lock_timeout=_lock_timeout(),
+        superseded_max_age=args.superseded_max_age,
     )
     if args.json:
         _print_json(result)
         return 1 if result["over_budget"] else 0
     verb = "would remove" if result["dry_run"] else "removed"
     rows = [[verb, inventory.format_size(r["size"]), r["handle"] or r["key"], r["reason"]] for r in result["removed"]]
+    rows += [
+        [verb, inventory.format_size(r["size"]), f"{r['handle'] or r['key']} @ {r['revision']}", r["reason"]]
+        for r in result["removed_revisions"]
+    ]
     rows += [[verb, inventory.format_size(c["size"]), c["name"], c["reason"]] for c in result["cleaned"]]
     rows += [["kept", inventory.format_size(k["size"]), k["handle"] or k["key"], k["reason"]] for k in result["kept"]]
     if rows:

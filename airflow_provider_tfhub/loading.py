@@ -177,6 +177,7 @@ def build_plan(staged: Mapping[str, Any], *, tpu: object = "auto") -> dict[str, 
     return {
         "path": path,
         "handle": staged.get("handle"),
+        "revision": staged.get("revision"),
         "load_format": staged.get("load_format") or "COMPRESSED",
         "tpu": on_tpu,
         "load_options": options,

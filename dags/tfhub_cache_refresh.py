@@ -5,10 +5,13 @@ Daily, for every model in :data:`MODELS`:
 1. ``check``: a deferrable sensor waits (in the triggerer, one conditional request per poll, hourly) until
    the model changed upstream, or fires at once when it is not cached yet. No change within the
    day: it is skipped (``soft_fail``), and so is the stage task.
-2. ``stage``: stages with ``refresh="if_changed"`` (the new version is swapped in atomically) and
-   emits the model's ``tfhub://`` Asset with the staged-model dict as the event's ``extra``.
+2. ``stage``: stages with ``refresh="if_changed"`` (a change is published as a new immutable
+   revision; tasks that were given the old ``path`` keep reading the old files) and emits the
+   model's ``tfhub://`` Asset with the staged-model dict (its ``path`` and ``revision``) as ``extra``.
 
-Then ``prune`` shrinks the cache to :data:`CACHE_BUDGET`, never touching the models of this DAG.
+Then ``prune_superseded`` removes revisions superseded more than :data:`SUPERSEDED_GRACE` ago (of
+every model, these included), and ``prune`` shrinks the cache to :data:`CACHE_BUDGET`, never
+touching the models of this DAG.
 
 The Asset is the model's identity (what consumers schedule on, see ``tfhub_asset_consumer``);
 the handle is where to fetch it from, which a run can point elsewhere (a mirror) with its conf::
@@ -35,6 +38,7 @@ MODELS = {
 }
 MODEL_ASSETS = {name: create_asset(handle=handle) for name, handle in MODELS.items()}
 CACHE_BUDGET = "10G"
+SUPERSEDED_GRACE = "1d"  # how long a task that was given an older path may still read it
 CACHE_DIR = "{{ params.cache_dir or '' }}"  # empty: the connection's cache_dir, TFHUB_CACHE_DIR, [tfhub] cache_dir
 
 
@@ -57,6 +61,12 @@ with DAG(
         "poll_seconds": Param(3600, type="number", exclusiveMinimum=0, description="Seconds between update checks."),
     },
 ) as dag:
+    prune_superseded = TFHubPruneCacheOperator(
+        task_id="prune_superseded",
+        cache_dir=CACHE_DIR,
+        superseded_max_age=SUPERSEDED_GRACE,
+        trigger_rule="none_failed",
+    )
     prune = TFHubPruneCacheOperator(
         task_id="prune",
         cache_dir=CACHE_DIR,
@@ -83,4 +93,5 @@ with DAG(
                 retries=2,
                 outlets=[MODEL_ASSETS[name]],
             )
-            check >> stage >> prune
+            check >> stage >> prune_superseded
+    prune_superseded >> prune

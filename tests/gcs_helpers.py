@@ -26,6 +26,7 @@ import pytest
 
 from airflow_provider_tfhub.core.handles import cache_key
 from airflow_provider_tfhub.core.layout import EntryNames, decode_meta
+from airflow_provider_tfhub.core.staging import tree_of
 from airflow_provider_tfhub.core.storage.gcs import GCSStorage
 from airflow_provider_tfhub.testing.gcs_emulator import GCSEmulator
 from airflow_provider_tfhub.testing.models import PLACEHOLDER_SAVED_MODEL
@@ -79,9 +80,10 @@ def assert_complete(storage: GCSStorage, handle: str) -> dict[str, Any]:
     names = EntryNames(cache_key(handle))
     meta = decode_meta(storage.read_bytes(names.meta))
     assert meta is not None, f"no metadata for {handle}"
-    listing = dict(storage.list_tree(names.model))
+    tree = tree_of(names, meta)
+    listing = dict(storage.list_tree(tree))
     assert listing == {rel: rec["size"] for rel, rec in meta["manifest"].items()}
-    assert storage.has_file(f"{names.model}/{meta['marker']}")
+    assert storage.has_file(f"{tree}/{meta['marker']}")
     return meta
 
 

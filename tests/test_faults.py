@@ -82,7 +82,8 @@ def assert_entry_complete(cache: Path, handle: str, reference: dict[str, dict[st
     key = cache_key(handle)
     meta = json.loads((cache / f"{key}.meta.json").read_text())
     assert meta["manifest"] == reference
-    assert manifest_of_dir(cache / key) == reference
+    assert manifest_of_dir(cache / key) == reference  # tensorflow_hub's view
+    assert manifest_of_dir(cache / f"{key}.revisions" / meta["revision"]) == reference
 
 
 @pytest.fixture(scope="module")
@@ -308,8 +309,10 @@ def test_sigkilled_stagers_never_leave_a_partial_model_and_are_cleaned_up_at_onc
         # The lock's grace period is an hour: only "same host, dead PID" can let the next stager in.
         with caplog.at_level(logging.INFO, logger="airflow_provider_tfhub"):
             result = stage(handle, str(cache), lock_timeout=3600)
-        assert result["path"] == str(cache / key)
+        assert result["path"] == os.path.realpath(cache / key)  # the view names the current revision
         assert_entry_complete(cache, handle, medium_reference)
+        revisions = sorted(p.name for p in (cache / f"{key}.revisions").iterdir())
+        assert revisions == [result["revision"], f"{result['revision']}.json"], (trial, revisions)
         leftovers = [n for n in entry_files(cache) if n.endswith((".tmp", ".lock"))]
         assert leftovers == [], (trial, leftovers)
         if had[1]:

@@ -41,7 +41,7 @@ from gcs_helpers import (
 from airflow_provider_tfhub.core.errors import CacheError, ConfigurationError, DownloadError
 from airflow_provider_tfhub.core.handles import cache_key
 from airflow_provider_tfhub.core.layout import EntryNames, decode_meta, parse_lock_content
-from airflow_provider_tfhub.core.staging import is_cached, read_entry, stage
+from airflow_provider_tfhub.core.staging import is_cached, read_entry, stage, tree_of
 from airflow_provider_tfhub.core.storage import open_storage
 from airflow_provider_tfhub.core.storage.gcs import GCSArchiveSource, GCSStorage, GCSTreeSink
 
@@ -600,7 +600,8 @@ def test_gcs_stage_matches_local_cache_and_second_stage_is_a_hit(
     hub.reset_stats()
     staged = stage(handle, gcs_cache)
     key = cache_key(handle)
-    assert staged["path"] == f"{gcs_cache}/{key}" and staged["cache_dir"] == gcs_cache
+    revision = f"{key}.revisions/{staged['revision']}"
+    assert staged["path"] == f"{gcs_cache}/{revision}" and staged["cache_dir"] == gcs_cache
     assert staged["downloaded"] is True and staged["sha256"] == local["sha256"]
     assert (staged["files"], staged["bytes"]) == (local["files"], local["bytes"])
     assert archive_downloads(hub, "/google/medium/1") == 1
@@ -608,8 +609,10 @@ def test_gcs_stage_matches_local_cache_and_second_stage_is_a_hit(
     storage = GCSStorage(gcs_cache)
     local_root = Path(local["path"])
     local_files = {p.relative_to(local_root).as_posix(): p.read_bytes() for p in local_root.rglob("*") if p.is_file()}
-    assert dict(storage.list_tree(key)) == {rel: len(data) for rel, data in local_files.items()}
+    assert dict(storage.list_tree(revision)) == {rel: len(data) for rel, data in local_files.items()}
+    assert dict(storage.list_tree(key)) == dict(storage.list_tree(revision))  # tensorflow_hub's view: a copy
     for rel, data in local_files.items():
+        assert read_all(storage, f"{revision}/{rel}") == data, rel
         assert read_all(storage, f"{key}/{rel}") == data, rel
     meta = assert_complete(storage, handle)
     local_meta = json.loads((Path(cache_dir) / f"{key}.meta.json").read_text())
@@ -668,7 +671,8 @@ def test_eight_processes_stage_one_handle_with_one_download(
             if proc.poll() is None:
                 proc.kill()
     assert archive_downloads(hub, "/google/demo_v1/1") == 1
-    assert len({r["path"] for r in results}) == 1 and results[0]["path"] == f"{gcs_cache}/{cache_key(handle)}"
+    assert len({r["path"] for r in results}) == 1
+    assert results[0]["path"].startswith(f"{gcs_cache}/{cache_key(handle)}.revisions/")
     assert sum(r["downloaded"] for r in results) == 1
     assert len({r["sha256"] for r in results}) == 1
     assert not any(r["tensorflow_imported"] for r in results)
@@ -697,7 +701,7 @@ def test_sigkill_holder_is_taken_over_and_readers_never_see_a_partial_model(
                 entry = read_entry(mine, handle)
                 if entry is not None:
                     meta = decode_meta(mine.read_bytes(names.meta)) or {}
-                    listing = dict(mine.list_tree(names.model))
+                    listing = dict(mine.list_tree(tree_of(names, meta)))
                     if listing != {rel: rec["size"] for rel, rec in meta.get("manifest", {}).items()}:
                         problems.append(f"partial model visible: {sorted(listing)}")
                     observed.append(str(entry["staged_at"]))
@@ -710,7 +714,7 @@ def test_sigkill_holder_is_taken_over_and_readers_never_see_a_partial_model(
     holder = run_stage_subprocess(handle, gcs_cache, gcs_env, lock_timeout=3)
     try:
         deadline = time.monotonic() + 120
-        while not (storage.stat(names.lock) is not None and storage.tree_is_nonempty(names.model)):
+        while not (storage.stat(names.lock) is not None and storage.tree_is_nonempty(names.revisions)):
             assert holder.poll() is None, holder.communicate()
             assert time.monotonic() < deadline, "the holder never got going"
             time.sleep(0.05)
@@ -719,12 +723,14 @@ def test_sigkill_holder_is_taken_over_and_readers_never_see_a_partial_model(
     finally:
         if holder.poll() is None:
             holder.kill()
-    partial = dict(storage.list_tree(names.model))
-    assert partial and "variables/variables.data-00000-of-00001" not in partial  # killed mid-download
+    partial = dict(storage.list_tree(names.revisions))
+    assert partial and not any(r.endswith("variables.data-00000-of-00001") for r in partial)  # killed mid-download
     lock = parse_lock_content((storage.read_bytes(names.lock) or b"").decode())
     assert lock is not None and lock.pid == holder.pid  # the dead holder's lock is still there
-    # What it left is a model dir without its marker: tensorflow_hub gets a load error, we see no entry.
-    assert storage.tree_is_nonempty(names.model) and not storage.has_file(f"{names.model}/saved_model.pb")
+    # What it left is an unpublished revision without its marker: tensorflow_hub's view does not exist
+    # (a miss for it), and we see no entry.
+    assert not storage.tree_is_nonempty(names.model)
+    assert not any(r.endswith("saved_model.pb") for r in partial)
     assert read_entry(storage, handle) is None and observed == []
 
     hub.clear_faults()
@@ -739,6 +745,8 @@ def test_sigkill_holder_is_taken_over_and_readers_never_see_a_partial_model(
     assert observed and set(observed) == {waiter["staged_at"]}
     assert archive_downloads(hub, "/google/medium/1") == 2  # the dead holder's and the waiter's
     assert leftovers(storage) == []
+    revisions = {rel.partition("/")[0] for rel, _ in storage.list_tree(names.revisions)}
+    assert revisions == {waiter["revision"], f"{waiter['revision']}.json"}  # the dead upload was swept
     assert_complete(storage, handle)
 
 

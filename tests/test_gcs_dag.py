@@ -28,7 +28,10 @@ def test_prestage_dag_stages_into_a_gcs_cache(hub: Any, handle_of: Any, gcs_cach
 
     staged = xcom(dr, "stage")
     assert sorted(staged) == [0, 1, 2]
-    assert [staged[i]["path"] for i in range(3)] == [f"{gcs_cache}/{cache_key(h)}" for h in handles]
+    assert [staged[i]["path"] for i in range(3)] == [
+        f"{gcs_cache}/{cache_key(h)}.revisions/{staged[i]['revision']}" for i, h in enumerate(handles)
+    ]
+    assert staged[0]["path"] == staged[2]["path"]
     assert all(s["cache_dir"] == gcs_cache for s in staged.values())
     paths = xcom(dr, "consume", map_index=-1)
     assert paths == {handles[0]: staged[0]["path"], handles[1]: staged[1]["path"]}

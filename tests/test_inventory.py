@@ -60,6 +60,8 @@ def entry_size(cache_dir: str, key: str) -> int:
     total = 0
     for name in names_of(cache_dir, key):
         path = Path(cache_dir, name)
+        if path.is_symlink():
+            continue  # the tensorflow_hub view of the current revision: no bytes of its own
         total += sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
     return total
 
@@ -412,7 +414,7 @@ def test_cli_ls_table_and_json(cache: dict[str, dict[str, Any]], cache_dir: str)
     assert table.returncode == 0, table.stderr
     lines = table.stdout.splitlines()
     assert lines[0].startswith(f"{cache_dir}: 4 entries")
-    assert lines[1].split() == ["STATE", "SIZE", "FILES", "LAST", "USED", "STAGED", "ETAG", "HANDLE"]
+    assert lines[1].split() == ["STATE", "SIZE", "FILES", "LAST", "USED", "STAGED", "ETAG", "REVISION", "HANDLE"]
     assert lines[2].startswith("complete") and lines[2].endswith(cache["demo_v2"]["handle"])
 
     listed = json.loads(cli("ls", "--json", "--cache-dir", cache_dir).stdout)
@@ -499,7 +501,7 @@ def test_ls_verify_and_prune_on_a_gcs_cache(hub: Any, handle_of: Any, gcs_cache:
     assert [e["handle"] for e in entries] == [older["handle"], newer["handle"]]
     assert all(e["state"] == "complete" and e["path"].startswith("gs://") for e in entries)
     assert verify(storage)["ok"] is True
-    storage.write_bytes(f"{newer['cache_key']}/variables/variables.index", b"tampered")
+    storage.write_bytes(f"{newer['cache_key']}.revisions/{newer['revision']}/variables/variables.index", b"tampered")
     assert verify(storage, newer["handle"])["entries"][0]["changed"] == ["variables/variables.index"]
 
     report = prune(storage, max_total_bytes=entries[0]["size"])

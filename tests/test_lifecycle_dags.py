@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -76,7 +77,8 @@ def test_refresh_dag_stages_refreshes_and_feeds_the_asset_consumer(
     for name, (hub_model, _) in MODELS.items():
         check, staged = xcom(dr, f"{name}.check", -1), xcom(dr, f"{name}.stage", -1)
         assert check["changed"] is True and check["reason"].startswith("ETag changed")
-        assert (staged["refreshed"], staged["path"]) == (True, first[name]["path"])
+        assert staged["refreshed"] is True and staged["revision"] != first[name]["revision"]
+        assert staged["path"] != first[name]["path"] and Path(first[name]["path"]).is_dir()  # the old path stays
         assert staged["sha256"] != first[name]["sha256"] and staged["etag"] == check["etag"]
         c = hub.stats()["models"][f"/google/{hub_model}/1"]
         assert c["archive_full"] == 1  # the stage task's download; the sensor never fetched the archive

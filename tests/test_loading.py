@@ -85,7 +85,7 @@ def staged_dict(path: str, **extra: Any) -> dict[str, Any]:
 def test_plan_rules(path: str, tpu: bool, options: dict[str, str]) -> None:
     plan = loading.build_plan(staged_dict(path), tpu=tpu)
 
-    assert list(plan) == ["path", "handle", "load_format", "tpu", "load_options", "reason"]
+    assert list(plan) == ["path", "handle", "revision", "load_format", "tpu", "load_options", "reason"]
     assert plan["path"] == path and plan["handle"] == "https://tfhub.dev/google/demo/1"
     assert plan["tpu"] is tpu and plan["load_options"] == options
     assert f"tpu={tpu} forced" in plan["reason"]

@@ -160,8 +160,10 @@ def test_if_changed_downloads_once_after_upstream_change_and_serves_the_new_mode
     c = counters(hub)
     assert (c["compressed"], c["archive_full"], c["not_modified"]) == (1, 1, 0)
     assert (result["downloaded"], result["refreshed"]) == (True, True)
-    assert result["path"] == first["path"]  # same place: hub.load(handle) finds the new model
+    assert result["path"] != first["path"] and result["revision"] != first["revision"]  # a new revision
+    assert os.path.realpath(Path(cache_dir, first["cache_key"])) == result["path"]  # what hub.load(handle) finds
     assert tree(result["path"]) == versions["v2"].files
+    assert tree(first["path"]) == versions["v1"].files  # the old path still means v1
     assert result["sha256"] == versions["v2"].sha256 != first["sha256"]
     assert result["etag"] != first["etag"] and meta_of(cache_dir, result)["etag"] == result["etag"]
     assert not [n for n in os.listdir(cache_dir) if TMP_RE.match(n)]  # no tmp tree left behind
@@ -174,7 +176,7 @@ def test_if_changed_downloads_once_after_upstream_change_and_serves_the_new_mode
 
 
 def test_always_redownloads_without_validators(hub: Any, handle: str, cache_dir: str) -> None:
-    stage(handle, cache_dir)
+    first = stage(handle, cache_dir)
     hub.reset_stats()
 
     result = stage(handle, cache_dir, refresh="always")
@@ -182,7 +184,9 @@ def test_always_redownloads_without_validators(hub: Any, handle: str, cache_dir:
     (hop,) = [r for r in hub.records() if r["path"].startswith("/storage/")]
     assert "If-None-Match" not in hop["headers"] and "If-Modified-Since" not in hop["headers"]
     assert counters(hub)["archive_full"] == 1
-    assert (result["downloaded"], result["refreshed"]) == (True, True)
+    # The same archive again: downloaded, but it is the revision we have (same path, nothing replaced).
+    assert (result["downloaded"], result["refreshed"]) == (True, False)
+    assert (result["path"], result["revision"]) == (first["path"], first["revision"])
 
 
 def test_if_changed_checks_the_pin_when_upstream_is_unchanged(hub: Any, handle: str, cache_dir: str) -> None:
@@ -191,7 +195,7 @@ def test_if_changed_checks_the_pin_when_upstream_is_unchanged(hub: Any, handle: 
         stage(handle, cache_dir, sha256="0" * 64, refresh="if_changed")
 
 
-# -- the swap: one complete version at a time ----------------------------------------------------------
+# -- the switch of tensorflow_hub's view: one complete version at a time -------------------------------
 
 
 class Snapshot:
@@ -210,7 +214,10 @@ class Snapshot:
 
 
 def read_snapshot(dir_fd: int, path: str) -> Snapshot:
-    """Read every file below ``dir_fd``; ``retired`` when that dir left ``path`` (swapped out or removed)."""
+    """Read every file below ``dir_fd``; ``retired`` when that dir is no longer ``path`` (switched away or removed).
+
+    ``path`` is the real directory the reader opened (a view symlink resolved at open time).
+    """
     files: dict[str, bytes] = {}
     retired = False
     for dirpath, _dirs, names, fd in os.fwalk(".", dir_fd=dir_fd):
@@ -229,7 +236,8 @@ def read_snapshot(dir_fd: int, path: str) -> Snapshot:
 def test_readers_never_see_a_mixed_tree_during_swaps(
     hub: Any, handle: str, cache_dir: str, versions: dict[str, Version]
 ) -> None:
-    path = stage(handle, cache_dir)["path"]
+    """Readers of tensorflow_hub's view ``<cache>/<key>`` (a symlink switched by one rename)."""
+    path = os.path.join(cache_dir, stage(handle, cache_dir)["cache_key"])
     stop = threading.Event()
     passes = threading.Condition()
     seen: list[tuple[frozenset[str], bool, int]] = []  # (versions, retired, files read)
@@ -243,7 +251,7 @@ def test_readers_never_see_a_mixed_tree_during_swaps(
                 problems.append("the model path did not exist for a moment")
                 continue
             try:
-                snap = read_snapshot(fd, path)
+                snap = read_snapshot(fd, os.path.realpath(path))
             finally:
                 os.close(fd)
             tags = snap.versions(versions)
@@ -295,11 +303,9 @@ def test_a_reader_holding_the_old_dir_never_sees_new_files(
         old = read_snapshot(held, path)
     finally:
         os.close(held)
-    # Whatever the old directory still shows is v1's; the old tree is retired (removed) after the
-    # swap, so a long-lived reader loses files it had not opened yet, but never gets v2's.
-    assert all(versions["v1"].files.get(rel) == data for rel, data in old.files.items())
-    assert old.retired or set(old.files) == set(versions["v1"].files)
-    assert tree(path) == versions["v2"].files
+    # The old revision stays whole during its grace period: a long-lived reader finds every file of v1.
+    assert old.files == versions["v1"].files and not old.retired
+    assert tree(path) == versions["v1"].files
 
 
 # -- offline ---------------------------------------------------------------------------------------------

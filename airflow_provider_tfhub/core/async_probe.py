@@ -68,6 +68,7 @@ class UpdateCheck:
             "cached_size": cached.get("archive_bytes"),
             "cache_key": cached.get("cache_key"),
             "path": cached.get("path"),
+            "revision": cached.get("revision"),
             "checked_at": utc_now(),
         }
 

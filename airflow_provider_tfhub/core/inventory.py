@@ -29,6 +29,7 @@ from airflow_provider_tfhub.core.errors import ConfigurationError, InvalidHandle
 from airflow_provider_tfhub.core.handles import parse_handle
 from airflow_provider_tfhub.core.layout import (
     ENTRY_RE,
+    REVISION_RE,
     TMP_RE,
     WRITE_TMP_RE,
     EntryNames,
@@ -39,6 +40,9 @@ from airflow_provider_tfhub.core.locks import DEFAULT_LOCK_TIMEOUT, CacheLock, j
 from airflow_provider_tfhub.core.storage.base import MODEL_MARKERS, ObjectStat, Storage
 
 log = logging.getLogger(__name__)
+
+#: How long a superseded revision stays readable by default (tasks given its ``path`` may still load it).
+DEFAULT_SUPERSEDED_MAX_AGE = "1d"
 
 #: Entry states shown by ``tfhub-cache ls``.
 COMPLETE, PARTIAL, LOCKED = "complete", "partial", "locked"
@@ -139,11 +143,41 @@ class LockInfo:
 
 
 @dataclass
+class _Revision:
+    """One revision dir of an entry, as found."""
+
+    rev: str
+    current: bool = False
+    meta: dict[str, Any] | None = None
+    size: int = 0
+    files: int = 0
+    meta_bytes: int = 0
+    superseded_since: float | None = None  # epoch seconds; None for the current revision
+
+    def as_dict(self, storage: Storage, names: EntryNames, now: float) -> dict[str, Any]:
+        meta = self.meta or {}
+        staged = _parse_iso(meta.get("staged_at"))
+        return {
+            "revision": self.rev,
+            "current": self.current,
+            "path": storage.location(names.revision(self.rev)),
+            "size": self.size,
+            "files": self.files,
+            "sha256": meta.get("sha256"),
+            "staged_at": meta.get("staged_at"),
+            "superseded_at": meta.get("superseded_at"),
+            "age_s": round(now - staged, 1) if staged else None,
+            "superseded_for_s": round(now - self.superseded_since, 1) if self.superseded_since else None,
+        }
+
+
+@dataclass
 class _Entry:
     """Everything the cache root holds for one key (internal; :func:`list_entries` returns dicts)."""
 
     key: str
     has_model: bool = False
+    has_revisions: bool = False
     has_descriptor: bool = False
     has_meta: bool = False
     tmp_dirs: list[str] = field(default_factory=list)
@@ -158,10 +192,26 @@ class _Entry:
     other_bytes: int = 0
     last_used: float = 0.0
     meta_token: str | None = None
+    revisions: dict[str, _Revision] = field(default_factory=dict)
+    view_bytes: int = 0
 
     @property
     def names(self) -> EntryNames:
         return EntryNames(self.key)
+
+    @property
+    def current_revision(self) -> str | None:
+        rev = (self.meta or {}).get("revision")
+        return str(rev) if rev else None
+
+    @property
+    def tree(self) -> str:
+        """Where the current model lives: its revision, or the model dir of an older release's entry."""
+        rev = self.current_revision
+        return self.names.revision(rev) if rev else self.names.model
+
+    def superseded(self) -> list[_Revision]:
+        return [r for r in self.revisions.values() if not r.current]
 
     @property
     def complete(self) -> bool:
@@ -178,14 +228,22 @@ class _Entry:
 
     @property
     def size(self) -> int:
-        return self.model_bytes + self.tmp_bytes + self.other_bytes
+        revisions = sum(r.size + r.meta_bytes for r in self.revisions.values())
+        model = self.model_bytes if self.current_revision is None else 0  # else counted with its revision
+        return model + self.view_bytes + revisions + self.tmp_bytes + self.other_bytes
 
-    def as_dict(self, storage: Storage) -> dict[str, Any]:
+    def as_dict(self, storage: Storage, now: float | None = None) -> dict[str, Any]:
         meta = self.meta or {}
+        now = time.time() if now is None else now
         return {
             "handle": self.handle,
             "key": self.key,
-            "path": storage.location(self.key),
+            "path": storage.location(self.tree),
+            "revision": self.current_revision,
+            "revisions": [
+                r.as_dict(storage, self.names, now)
+                for r in sorted(self.revisions.values(), key=lambda r: (not r.current, -(r.superseded_since or 0)))
+            ],
             "state": self.state,
             "size": self.size,
             "files": self.model_files,
@@ -209,9 +267,12 @@ def list_entries(storage: Storage, *, lock_timeout: float = DEFAULT_LOCK_TIMEOUT
     ``state`` (``complete`` / ``partial`` / ``locked``), ``size`` (bytes the entry occupies,
     tmp dirs included), ``files`` (files in the model dir), ``staged_at``, ``checked_at``,
     ``last_used`` (mtime of the metadata, which stagers touch on every hit), ``etag``,
-    ``last_modified``, ``sha256``, ``source``, ``lock``, ``lock_stale``, ``tmp``.
+    ``last_modified``, ``sha256``, ``source``, ``lock``, ``lock_stale``, ``tmp``, ``revision`` (the
+    current one) and ``revisions`` (current and superseded: ``revision``, ``current``, ``path``,
+    ``size``, ``files``, ``sha256``, ``staged_at``, ``superseded_at``, ``age_s``, ``superseded_for_s``).
     """
-    return [e.as_dict(storage) for e in _scan(storage, lock_timeout)]
+    now = time.time()
+    return [e.as_dict(storage, now) for e in _scan(storage, lock_timeout)]
 
 
 def _scan(storage: Storage, lock_timeout: float) -> list[_Entry]:
@@ -225,6 +286,8 @@ def _scan(storage: Storage, lock_timeout: float) -> list[_Entry]:
         suffix = match.group("suffix") or ""
         if suffix == "":
             entry.has_model = True
+        elif suffix == ".revisions":
+            entry.has_revisions = True
         elif suffix == ".descriptor.txt":
             entry.has_descriptor = True
         elif suffix == ".meta.json":
@@ -253,15 +316,19 @@ def _fill(storage: Storage, entry: _Entry, lock_timeout: float, now: float) -> N
             entry.other_bytes += st.size
             if entry.has_meta:
                 entry.last_used = st.mtime
-    if entry.has_model:
-        for _rel, size in storage.list_tree(names.model):
+    if entry.has_revisions:
+        _fill_revisions(storage, entry)
+    if entry.has_model and entry.current_revision is not None and storage.view_target(names.model) is None:
+        entry.view_bytes = sum(size for _, size in storage.list_tree(names.model))  # gs://: a copy
+    if entry.has_model or entry.current_revision is not None:
+        for _rel, size in storage.list_tree(entry.tree):
             entry.model_files += 1
             entry.model_bytes += size
         wanted = (entry.meta or {}).get("marker")
         candidates = (wanted,) if wanted else MODEL_MARKERS
-        entry.marker = next((m for m in candidates if storage.has_file(f"{names.model}/{m}")), None)
+        entry.marker = next((m for m in candidates if storage.has_file(f"{entry.tree}/{m}")), None)
         if entry.marker is not None:
-            st = storage.stat(f"{names.model}/{entry.marker}")
+            st = storage.stat(f"{entry.tree}/{entry.marker}")
             if st is not None:
                 mtimes.append(st.mtime)
     for tmp in entry.tmp_dirs:
@@ -280,6 +347,40 @@ def _fill(storage: Storage, entry: _Entry, lock_timeout: float, now: float) -> N
         entry.handle = _descriptor_handle(storage.read_bytes(names.descriptor))
     if not entry.last_used:
         entry.last_used = max(mtimes, default=0.0)
+
+
+def _fill_revisions(storage: Storage, entry: _Entry) -> None:
+    """Sizes, metadata and supersession times of every revision dir of ``entry``."""
+    names = entry.names
+    current = entry.current_revision
+    for rel, size in storage.list_tree(names.revisions):
+        head, sep, _rest = rel.partition("/")
+        if sep:
+            rev = entry.revisions.setdefault(head, _Revision(head))
+            rev.size += size
+            rev.files += 1
+        elif rel.endswith(".json") and REVISION_RE.match(rel[: -len(".json")]):
+            rev = entry.revisions.setdefault(rel[: -len(".json")], _Revision(rel[: -len(".json")]))
+            rev.meta_bytes = size
+    for rev in entry.revisions.values():
+        rev.current = rev.rev == current
+        if rev.meta_bytes:
+            rev.meta = decode_meta(storage.read_bytes(names.revision_meta(rev.rev)))
+        if not rev.current:
+            since = _parse_iso((rev.meta or {}).get("superseded_at"))
+            if since is None:
+                st = storage.stat(names.revision_meta(rev.rev)) if rev.meta_bytes else None
+                since = st.mtime if st is not None else None
+            rev.superseded_since = since
+
+
+def _parse_iso(value: object) -> float | None:
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        return datetime.datetime.fromisoformat(value).timestamp()
+    except ValueError:
+        return None
 
 
 def _descriptor_handle(data: bytes | None) -> str | None:
@@ -301,8 +402,11 @@ def read_lock(storage: Storage, names: EntryNames, timeout: float, *, now: float
 # -- verify -------------------------------------------------------------------------------------------
 
 
-def verify(storage: Storage, handle: str | None = None) -> dict[str, Any]:
+def verify(storage: Storage, handle: str | None = None, *, all_revisions: bool = False) -> dict[str, Any]:
     """Re-hash staged files against the manifest recorded at staging (size and CRC32C).
+
+    The current revision of each entry is checked; with ``all_revisions`` superseded revisions too
+    (one report each, with ``revision`` set and ``current`` False).
 
     Returns ``{"ok": bool, "entries": [...]}``; each entry has ``handle``, ``key``, ``path``,
     ``status`` and the relpaths that are ``missing``, ``changed`` or ``extra``. ``status`` is
@@ -336,7 +440,12 @@ def verify(storage: Storage, handle: str | None = None) -> dict[str, Any]:
                     }
                 ],
             }
-    reports = [_verify_entry(storage, e) for e in entries]
+    reports = []
+    for entry in entries:
+        reports.append(_verify_entry(storage, entry))
+        if all_revisions:
+            for rev in sorted(entry.superseded(), key=lambda r: r.rev):
+                reports.append(_verify_revision(storage, entry, rev))
     bad = {"damaged", "partial", "not staged"}
     return {"ok": not any(r["status"] in bad for r in reports), "entries": reports}
 
@@ -345,7 +454,9 @@ def _verify_entry(storage: Storage, entry: _Entry) -> dict[str, Any]:
     report: dict[str, Any] = {
         "handle": entry.handle,
         "key": entry.key,
-        "path": storage.location(entry.key),
+        "path": storage.location(entry.tree),
+        "revision": entry.current_revision,
+        "current": True,
         "status": entry.state,
         "files": entry.model_files,
         "missing": [],
@@ -358,12 +469,37 @@ def _verify_entry(storage: Storage, entry: _Entry) -> dict[str, Any]:
     if not manifest:
         report["status"] = "no manifest"
         return report
-    model = entry.names.model
-    present = dict(storage.list_tree(model))
+    return _compare(storage, entry.tree, manifest, report)
+
+
+def _verify_revision(storage: Storage, entry: _Entry, rev: _Revision) -> dict[str, Any]:
+    report: dict[str, Any] = {
+        "handle": entry.handle,
+        "key": entry.key,
+        "path": storage.location(entry.names.revision(rev.rev)),
+        "revision": rev.rev,
+        "current": False,
+        "status": "partial" if rev.meta is None else "superseded",
+        "files": rev.files,
+        "missing": [],
+        "changed": [],
+        "extra": [],
+    }
+    manifest: dict[str, Any] = (rev.meta or {}).get("manifest") or {}
+    if rev.meta is None:
+        return report
+    if not manifest:
+        report["status"] = "no manifest"
+        return report
+    return _compare(storage, entry.names.revision(rev.rev), manifest, report)
+
+
+def _compare(storage: Storage, tree: str, manifest: dict[str, Any], report: dict[str, Any]) -> dict[str, Any]:
+    present = dict(storage.list_tree(tree))
     for rel, record in sorted(manifest.items()):
         if rel not in present:
             report["missing"].append(rel)
-        elif present[rel] != record.get("size") or _crc32c(storage, f"{model}/{rel}") != record.get("crc32c"):
+        elif present[rel] != record.get("size") or _crc32c(storage, f"{tree}/{rel}") != record.get("crc32c"):
             report["changed"].append(rel)
     report["extra"] = sorted(set(present) - set(manifest))
     damaged = report["missing"] or report["changed"] or report["extra"]
@@ -393,21 +529,28 @@ def prune(
     keep: Iterable[str] = (),
     dry_run: bool = False,
     lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
+    superseded_max_age: float | str | None = DEFAULT_SUPERSEDED_MAX_AGE,
 ) -> dict[str, Any]:
     """Make the cache small again; return what was (or, with ``dry_run``, would be) removed.
 
     In this order: leftovers of dead stagers (stale locks, their ``.tmp`` dirs, half-written
-    entries); then whole entries not used for ``max_age`` seconds; then the least recently used
-    entries until the cache holds at most ``max_total_bytes``. Entries whose handle (or key) is in
-    ``keep`` and entries locked by a live stager are never removed. Every deletion happens under
+    entries, revision dirs that never got their metadata); then superseded revisions older than
+    ``superseded_max_age`` (the grace period for readers of an older ``path``; ``0`` removes every
+    superseded revision, ``None`` none; the current revision is never removed); then whole entries
+    not used for ``max_age`` seconds; then the least recently used entries until the cache holds
+    at most ``max_total_bytes``. Entries whose handle (or key) is in ``keep`` and entries locked by
+    a live stager are never touched. Every deletion happens under
     the entry's lock, so a stager that starts meanwhile waits and then stages afresh.
 
-    Returns ``{"removed": [...], "cleaned": [...], "kept": [...], "freed_bytes", "total_bytes"
-    (what remains), "over_budget" (the budget could not be met), "dry_run"}``; ``removed`` and
+    Returns ``{"removed": [...], "removed_revisions": [...], "cleaned": [...], "kept": [...],
+    "freed_bytes", "total_bytes" (what remains), "over_budget" (the budget could not be met),
+    "dry_run"}``; ``removed_revisions`` lists ``{"handle", "key", "revision", "path", "size",
+    "reason"}``; ``removed`` and
     ``kept`` list entries as ``{"handle", "key", "path", "size", "last_used", "reason"}``,
     ``cleaned`` lists stale locks, tmp dirs and write leftovers of entries that stay.
     """
     max_age_s = parse_age(max_age) if max_age is not None else None
+    grace_s = parse_age(superseded_max_age) if superseded_max_age is not None else None
     budget = parse_size(max_total_bytes) if max_total_bytes is not None else None
     keep_keys = {_key_of(h) for h in keep if str(h).strip()}
     now = time.time()
@@ -427,6 +570,7 @@ def prune(
             pruner.remove(entry, "incomplete (left by an interrupted stager)")
         else:
             pruner.clean(entry)
+            pruner.remove_revisions(entry, now=now, grace=grace_s)
             candidates.append(entry)
 
     survivors: list[_Entry] = []
@@ -452,6 +596,7 @@ def prune(
     remaining = sum(e.size for e in entries if e.key not in pruner.removed_keys)
     return {
         "removed": pruner.removed,
+        "removed_revisions": pruner.removed_revisions,
         "cleaned": pruner.cleaned,
         "kept": pruner.kept,
         "freed_bytes": pruner.freed,
@@ -470,6 +615,7 @@ class _Pruner:
         self.lock_timeout = lock_timeout
         self.uid = new_uid()
         self.removed: list[dict[str, Any]] = []
+        self.removed_revisions: list[dict[str, Any]] = []
         self.kept: list[dict[str, Any]] = []
         self.cleaned: list[dict[str, Any]] = []
         self.removed_keys: set[str] = set()
@@ -511,6 +657,62 @@ class _Pruner:
         self.freed += freed
         log.info("%s %s (%s): %s.", "Would remove" if self.dry_run else "Removed", entry.key, entry.handle, reason)
         return True
+
+    def remove_revisions(self, entry: _Entry, *, now: float, grace: float | None) -> None:
+        """Delete superseded revisions past their grace period, and revision dirs without metadata.
+
+        Under the entry's lock, the current revision is read again and never deleted: a refresh
+        that switched meanwhile makes the old current revision merely superseded (from now).
+        """
+        victims: list[tuple[_Revision, str]] = []
+        for rev in entry.superseded():
+            if rev.meta is None:
+                victims.append((rev, "revision dir without metadata (left by an interrupted stager)"))
+            elif grace is not None and rev.superseded_since is not None and now - rev.superseded_since >= grace:
+                idle = _duration(now - rev.superseded_since)
+                victims.append((rev, f"superseded {idle} ago (grace {_duration(grace)})"))
+        if not victims:
+            return
+        lock = None if self.dry_run else self._lock(entry)
+        if not self.dry_run and lock is None:
+            return
+        try:
+            current = entry.current_revision
+            if lock is not None:
+                current = (decode_meta(self.storage.read_bytes(entry.names.meta)) or {}).get("revision")
+            for rev, reason in victims:
+                if rev.rev == current:
+                    continue
+                names = entry.names
+                if self.dry_run:
+                    freed = rev.size + rev.meta_bytes
+                else:
+                    freed = self.storage.delete_tree(names.revision(rev.rev))
+                    st = self.storage.stat(names.revision_meta(rev.rev))
+                    if st is not None and self.storage.delete(names.revision_meta(rev.rev)):
+                        freed += st.size
+                del entry.revisions[rev.rev]
+                self.freed += freed
+                self.removed_revisions.append(
+                    {
+                        "handle": entry.handle,
+                        "key": entry.key,
+                        "revision": rev.rev,
+                        "path": self.storage.location(names.revision(rev.rev)),
+                        "size": freed,
+                        "reason": reason,
+                    }
+                )
+                log.info(
+                    "%s revision %s of %s: %s.",
+                    "Would remove" if self.dry_run else "Removed",
+                    rev.rev,
+                    entry.key,
+                    reason,
+                )
+        finally:
+            if lock is not None:
+                lock.release()
 
     def clean(self, entry: _Entry) -> None:
         """Remove a dead stager's lock, tmp dirs and write leftovers from an entry that may stay.
@@ -582,7 +784,10 @@ class _Pruner:
             st = self.storage.stat(small)
             if st is not None and self.storage.delete(small):
                 freed += st.size
-        freed += self.storage.delete_tree(names.model)
+        view_is_link = self.storage.view_target(names.model) is not None
+        view_bytes = self.storage.delete_tree(names.model)
+        freed += 0 if view_is_link else view_bytes  # a symlink to a revision frees nothing of its own
+        freed += self.storage.delete_tree(names.revisions)
         for name in self.storage.list_root(prefix=f"{entry.key}."):
             if TMP_RE.match(name):
                 freed += self.storage.delete_tree(name)

@@ -1,12 +1,20 @@
-"""The cache layout, byte-compatible with tensorflow_hub 0.16, plus our ``<key>.meta.json``.
+"""The cache layout, byte-compatible with tensorflow_hub 0.16, plus our revisions and metadata.
 
 ::
 
-    <cache>/<sha1(handle)>/                  the model (saved_model.pb, variables/, assets/)
+    <cache>/<sha1(handle)>                   where tensorflow_hub looks: the current revision (local: a
+                                             symlink to it; gs://: a copy of it under that prefix)
+    <cache>/<sha1>.revisions/<rev>/          an immutable revision of the model: the ``path`` we hand out
+    <cache>/<sha1>.revisions/<rev>.json      that revision's metadata (sha256, manifest, superseded_at)
     <cache>/<sha1>.descriptor.txt            tensorflow_hub's three informational lines
     <cache>/<sha1>.lock                      "<host>.<pid>.<uid>" while someone stages
     <cache>/<sha1>.<uid>.tmp/                the holder's download in progress
-    <cache>/<sha1>.meta.json                 ours, written last: the entry is complete
+    <cache>/<sha1>.meta.json                 ours, written last: the entry is complete; names the
+                                             current revision (the one switch readers follow)
+
+Entries written before revisions existed have a plain model dir at ``<sha1>/`` and metadata without
+``revision``; they are converted (hard links locally, server-side copies on GCS) the first time
+this release stages or refreshes them.
 """
 
 from __future__ import annotations
@@ -20,7 +28,9 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-META_VERSION = 1
+META_VERSION = 2
+#: A revision id: 12 hex digits, random (unique per published copy, never reused for other bytes).
+REVISION_RE = re.compile(r"^[0-9a-f]{12}$")
 ENTRY_RE = re.compile(r"^(?P<key>[0-9a-f]{40})(?P<suffix>\..+)?$")
 TMP_RE = re.compile(r"^(?P<key>[0-9a-f]{40})\.(?P<uid>[0-9a-f]+)\.tmp$")
 #: ``<name>.tmp<uuid hex>``: an atomic small-file write (lock, meta, descriptor) cut short by a kill.
@@ -52,9 +62,24 @@ class EntryNames:
     def tmp(self, uid: str) -> str:
         return f"{self.key}.{uid}.tmp"
 
+    @property
+    def revisions(self) -> str:
+        return f"{self.key}.revisions"
+
+    def revision(self, rev: str) -> str:
+        return f"{self.key}.revisions/{rev}"
+
+    def revision_meta(self, rev: str) -> str:
+        return f"{self.key}.revisions/{rev}.json"
+
 
 def new_uid() -> str:
     return uuid.uuid4().hex
+
+
+def new_revision_id() -> str:
+    """A fresh revision id; random so that a revision name is never reused for different bytes."""
+    return uuid.uuid4().hex[:12]
 
 
 def lock_content(uid: str) -> str:
@@ -94,7 +119,7 @@ def utc_now() -> str:
 
 
 def encode_meta(meta: dict[str, Any]) -> bytes:
-    return json.dumps({"format_version": META_VERSION, **meta}, indent=1, sort_keys=True).encode("utf8")
+    return json.dumps({**meta, "format_version": META_VERSION}, indent=1, sort_keys=True).encode("utf8")
 
 
 def decode_meta(data: bytes | None) -> dict[str, Any] | None:

@@ -19,6 +19,7 @@ from typing import Any
 from airflow_provider_tfhub.core import aliases, settings
 from airflow_provider_tfhub.core import mirrors as mirrors_mod
 from airflow_provider_tfhub.core.errors import (
+    CacheError,
     ChecksumMismatchError,
     ConfigurationError,
     DownloadError,
@@ -34,16 +35,19 @@ from airflow_provider_tfhub.core.handles import (
     with_format_query,
 )
 from airflow_provider_tfhub.core.layout import (
+    REVISION_RE,
     TMP_RE,
     WRITE_TMP_RE,
     EntryNames,
     decode_meta,
     descriptor_text,
     encode_meta,
+    new_revision_id,
     new_uid,
     utc_now,
 )
 from airflow_provider_tfhub.core.locks import CacheLock
+from airflow_provider_tfhub.core.records import RESULT_KEYS, StagedModel, staged_model
 from airflow_provider_tfhub.core.storage import Storage, open_storage
 from airflow_provider_tfhub.core.storage.base import MODEL_MARKERS
 from airflow_provider_tfhub.core.transfer import (
@@ -57,25 +61,7 @@ from airflow_provider_tfhub.core.transfer import (
 
 log = logging.getLogger(__name__)
 
-#: Keys every staged-model dict has (the XCom contract of the stage operator).
-RESULT_KEYS = (
-    "handle",
-    "path",
-    "cache_dir",
-    "cache_key",
-    "load_format",
-    "sha256",
-    "bytes",
-    "files",
-    "etag",
-    "last_modified",
-    "source_url",
-    "archive_bytes",
-    "staged_at",
-    "checked_at",
-    "downloaded",
-    "refreshed",
-)
+__all__ = ["RESULT_KEYS", "StagedModel", "is_cached", "lookup_entry", "stage"]
 
 
 def stage(
@@ -93,7 +79,7 @@ def stage(
     max_extracted_bytes: int | None = None,
     progress_interval: float = 5.0,
     mirrors: Mapping[str, str] | str | None = None,
-) -> dict[str, Any]:
+) -> StagedModel:
     """Stage ``handle`` into ``cache_dir`` and return the staged-model dict (see :data:`RESULT_KEYS`).
 
     ``cache_dir=None`` means ``TFHUB_CACHE_DIR`` or tensorflow_hub's default. ``sha256`` pins the
@@ -143,76 +129,61 @@ def is_cached(handle: str, cache_dir: str | None = None, *, storage_options: dic
     if parsed.kind == "local_dir":
         return os.path.isdir(parsed.handle)
     storage = open_storage(settings.resolve_cache_dir(cache_dir), **(storage_options or {}))
-    return read_entry(storage, parsed.handle) is not None
+    return lookup_entry(storage, parsed.handle) is not None
 
 
-def read_entry(
-    storage: Storage, handle: str, *, adopt: bool = True, lock_is_ours: bool = False
-) -> dict[str, Any] | None:
-    """The staged-model dict of a complete entry, or None. Never touches the network.
+def lookup_entry(storage: Storage, handle: str) -> StagedModel | None:
+    """The staged-model dict of a complete entry, or None. Reads only; never touches the network.
 
-    A tensorflow_hub-filled entry (model marker present, no metadata, no lock) is adopted: its
-    metadata is written once from a listing, so later hits and ``tfhub-cache ls`` see it.
+    Complete means: metadata naming a revision whose model marker exists (or, for an entry
+    written before revisions existed, metadata plus the marker in the model dir). A directory that
+    tensorflow_hub filled is not an entry until a stager adopts it (see :meth:`Stager.run`).
     """
     names = EntryNames(parse_handle(handle).cache_key)
+    meta = complete_meta(storage, names)
+    return None if meta is None else _result(storage, names, meta, downloaded=False)
+
+
+def complete_meta(storage: Storage, names: EntryNames) -> dict[str, Any] | None:
+    """The entry's metadata when the tree it names is complete (the completeness rule), else None."""
     meta = decode_meta(storage.read_bytes(names.meta))
-    if meta is not None:
-        marker = meta.get("marker") or "saved_model.pb"
-        if storage.has_file(f"{names.model}/{marker}"):
-            return _result(storage, names, meta, downloaded=False)
+    if meta is None:
         return None
-    if not adopt:
-        return None
-    marker = next((m for m in MODEL_MARKERS if storage.has_file(f"{names.model}/{m}")), None)
-    if marker is None or (not lock_is_ours and storage.stat(names.lock) is not None):
-        return None  # a foreign lock: tensorflow_hub may still be writing (gs:// renames are copies)
-    listing = list(storage.list_tree(names.model))
-    meta = {
-        "handle": handle,
-        "source_url": None,
-        "sha256": None,
-        "archive_bytes": None,
-        "etag": None,
-        "last_modified": None,
-        "files": len(listing),
-        "bytes": sum(size for _, size in listing),
-        "marker": marker,
-        "staged_at": _mtime_iso(storage, names.model, marker),
-        "checked_at": None,
-        "adopted_from": "tensorflow_hub",
-        "manifest": {},
-    }
-    try:
-        storage.write_bytes(names.meta, encode_meta(meta))
-    except Exception as exc:  # a read-only shared cache is still a hit
-        log.debug("Could not record metadata for adopted entry %s: %s", names.model, exc)
-    return _result(storage, names, meta, downloaded=False)
+    marker = meta.get("marker") or "saved_model.pb"
+    return meta if storage.has_file(f"{tree_of(names, meta)}/{marker}") else None
 
 
-def uncompressed_result(parsed: Handle, location: str) -> dict[str, Any]:
+def tree_of(names: EntryNames, meta: dict[str, Any]) -> str:
+    """Where the model of ``meta`` lives: its revision, or the model dir of an entry from an older release."""
+    rev = meta.get("revision")
+    return names.revision(str(rev)) if rev else names.model
+
+
+def read_entry(storage: Storage, handle: str, *, adopt: bool = False, lock_is_ours: bool = False) -> StagedModel | None:
+    """Deprecated name of :func:`lookup_entry` (adoption now happens only under the entry's lock)."""
+    del adopt, lock_is_ours
+    return lookup_entry(storage, handle)
+
+
+def uncompressed_result(parsed: Handle, location: str) -> StagedModel:
     """The staged-model dict for UNCOMPRESSED mode: the model is read in place, nothing is cached."""
-    return {
-        "handle": parsed.handle,
-        "path": location,
-        "cache_dir": None,
-        "cache_key": None,
-        "load_format": "UNCOMPRESSED",
-        "sha256": None,
-        "bytes": None,
-        "files": None,
-        "etag": None,
-        "last_modified": None,
-        "source_url": location,
-        "archive_bytes": None,
-        "staged_at": None,
-        "checked_at": utc_now(),
-        "downloaded": False,
-        "refreshed": False,
-    }
+    return staged_model(
+        handle=parsed.handle,
+        path=location,
+        load_format="UNCOMPRESSED",
+        source_url=location,
+        checked_at=utc_now(),
+    )
 
 
 class Stager:
-    """One staging of one handle into one storage; :meth:`run` is the whole flow."""
+    """One staging of one handle into one storage; :meth:`run` is the whole flow.
+
+    Every model is published as an immutable revision (``<key>.revisions/<rev>/``) and only then
+    made current, by rewriting ``<key>.meta.json`` (the one switch our readers follow) and then the
+    tensorflow_hub view ``<key>``. A revision is never modified; ``prune`` removes superseded ones
+    after their grace period.
+    """
 
     def __init__(
         self,
@@ -236,23 +207,30 @@ class Stager:
         self.retry = retry
         self.max_extracted_bytes = max_extracted_bytes
         self.progress_interval = progress_interval
-        self.mirrors = dict(mirrors or {})
         self.uid = new_uid()
+        self.mirrors = dict(mirrors or {})
         self._session: Any = None  # records the redirect chain of an HTTP download (aliases)
+        self._meta_token: str | None = None
 
     # -- the flow ---------------------------------------------------------------------------------
-    def run(self, *, refresh: str, offline: bool) -> dict[str, Any]:
-        hit = read_entry(self.storage, self.handle.handle)
-        if hit is not None and (refresh == "never" or offline):
+    def run(self, *, refresh: str, offline: bool) -> StagedModel:
+        hit_meta = complete_meta(self.storage, self.names)
+        hit = None if hit_meta is None else _result(self.storage, self.names, hit_meta, downloaded=False)
+        if hit_meta is not None and hit is not None and (refresh == "never" or offline) and _settled(hit_meta):
             self._check_pin(hit)
             self.storage.touch(self.names.meta)
             return hit
-        if offline:
+        if hit is None and offline and not self._tfhub_marker():
             raise OfflineError(
                 f"Offline mode: {self.handle.handle!r} is not staged in {self.storage.location()!r}; stage it "
                 "while online first, or unset TFHUB_OFFLINE / offline=True."
             )
-        self.storage.ensure_root()
+        try:
+            self.storage.ensure_root()
+        except CacheError:
+            if hit is not None:  # a read-only shared cache written by an older release: still a hit
+                return hit
+            raise
         lock = CacheLock(self.storage, self.names.lock, self.uid, timeout=self.lock_timeout, tmp_name=self.names.tmp)
         waiting_for_hit = hit is None
         if not lock.acquire(done=(lambda: self._entry() is not None) if waiting_for_hit else None):
@@ -261,44 +239,70 @@ class Stager:
             return result
         try:
             self._remove_dead_tmp()
-            current = self._entry(lock_is_ours=True)
-            if current is not None and hit is None:
-                return current  # published by the holder we waited for
+            meta_stat = self.storage.stat(self.names.meta)
+            self._meta_token = meta_stat.token if meta_stat is not None else None
+            current = self._entry()
             if current is None:
-                self._remove_unfinished_model()
-                alias = self._stage_as_alias()
-                if alias is not None:
-                    return alias
+                current = self._adopt_tfhub_dir()
+                if current is None:
+                    if offline:
+                        raise OfflineError(
+                            f"Offline mode: {self.handle.handle!r} is not staged in {self.storage.location()!r}; "
+                            "stage it while online first, or unset TFHUB_OFFLINE / offline=True."
+                        )
+                    self._remove_unfinished_model()
+                    alias = self._stage_as_alias()
+                    if alias is not None:
+                        return alias
+            else:
+                current = self._settle(current)
+            if current is not None and (hit is None or refresh == "never" or offline):
+                self._check_pin(current)
+                return current  # published by the holder we waited for, or adopted/converted just now
             return self._fetch(current, refresh if current is not None else "never")
         finally:
             lock.release()
 
-    def _entry(self, *, lock_is_ours: bool = False) -> dict[str, Any] | None:
-        return read_entry(self.storage, self.handle.handle, lock_is_ours=lock_is_ours)
+    def _entry(self) -> StagedModel | None:
+        return lookup_entry(self.storage, self.handle.handle)
 
-    def _fetch(self, current: dict[str, Any] | None, refresh: str) -> dict[str, Any]:
+    def _meta(self) -> dict[str, Any]:
+        return decode_meta(self.storage.read_bytes(self.names.meta)) or {}
+
+    def _settle(self, current: StagedModel) -> StagedModel:
+        """Under the lock: convert an entry of an older release into a revision, repair an unfinished switch."""
+        meta = self._meta()
+        if not meta.get("revision"):
+            return self._convert_legacy(meta)
+        if meta.get("view") != meta.get("revision"):
+            self._switch(meta, previous_rev=meta.get("view"))
+            return self._entry() or current
+        return current
+
+    def _fetch(self, current: StagedModel | None, refresh: str) -> StagedModel:
         source = self._source()
         validators = None
         if current is not None and refresh == "if_changed":
-            validators = {k: current[k] for k in ("etag", "last_modified") if current.get(k)}
+            validators = {k: str(current[k]) for k in ("etag", "last_modified") if current.get(k)}
             if not validators:
                 log.info("No validators recorded for %s; re-downloading to compare.", self.handle.handle)
 
-        def attempt() -> dict[str, Any]:
+        def attempt() -> StagedModel:
             stream = source.open(validators)
             if stream is None:
                 return self._not_modified(current)
             try:
-                return self._download(stream, replace=current is not None, previous=current)
+                return self._download(stream, previous=current)
             finally:
                 stream.close()
 
-        result: dict[str, Any] = with_retries(attempt, self.handle.handle, self.retry)
+        result: StagedModel = with_retries(attempt, self.handle.handle, self.retry)
         return result
 
-    def _download(self, stream: ArchiveStream, *, replace: bool, previous: dict[str, Any] | None) -> dict[str, Any]:
+    def _download(self, stream: ArchiveStream, *, previous: StagedModel | None) -> StagedModel:
         started = time.monotonic()
-        sink = self.storage.open_sink(self.names.model, self.names.tmp(self.uid), replace=replace)
+        rev = new_revision_id()
+        sink = self.storage.open_sink(self.names.revision(rev), self.names.tmp(self.uid))
         try:
             stats = extract_archive(stream, sink, source=self.handle.handle, max_bytes=self.max_extracted_bytes)
             stream.drain()
@@ -309,59 +313,170 @@ class Stager:
                     "changed upstream or the pin is wrong. Nothing was cached."
                 )
             manifest = sink.finish()
-            marker = next(m for m in MODEL_MARKERS if m in manifest)
             info = stream.info
             staged_at = utc_now()
-            meta = {
-                "handle": self.handle.handle,
+            fetched = {
                 "source_url": info.url,
-                "sha256": digest,
-                "archive_bytes": stream.bytes_read,
                 "etag": info.etag,
                 "last_modified": info.last_modified,
-                "files": stats.files,
-                "bytes": stats.bytes,
-                "marker": marker,
-                "staged_at": staged_at,
                 "checked_at": staged_at,
                 "mirror": self._mirror_url(),
                 "page_urls": self._page_urls(),
-                "manifest": {rel: {"size": r.size, "crc32c": r.crc32c} for rel, r in sorted(manifest.items())},
             }
-            self.storage.write_bytes(self.names.descriptor, descriptor_text(self.handle.handle).encode("utf8"))
-            if replace and not self.storage.atomic_publish:
-                self.storage.delete(self.names.meta)  # our readers stop trusting the old tree first
-            if not sink.commit(replace=replace):
-                existing = self._entry(lock_is_ours=True)
-                if existing is not None:
-                    return existing
-                raise DownloadError(f"Another stager published {self.handle.handle!r} incompletely; retrying.")
+            same = self._revision_with_sha(digest)
+            if same is not None:
+                sink.abort()  # the same archive as a revision we have: reuse it, no second copy
+                reused = self._reuse(same, fetched, previous=previous)
+                aliases.record(self.storage, self.handle.handle, self._page_urls())
+                return reused
+            meta = {
+                "handle": self.handle.handle,
+                "revision": rev,
+                "sha256": digest,
+                "archive_bytes": stream.bytes_read,
+                "files": stats.files,
+                "bytes": stats.bytes,
+                "marker": next(m for m in MODEL_MARKERS if m in manifest),
+                "staged_at": staged_at,
+                "manifest": {rel: {"size": r.size, "crc32c": r.crc32c} for rel, r in sorted(manifest.items())},
+                **fetched,
+            }
+            if not sink.commit():
+                raise DownloadError(f"Revision {rev} of {self.handle.handle!r} already exists; retrying.")
         except BaseException:
             sink.abort()
             raise
-        self.storage.write_bytes(self.names.meta, encode_meta(meta))
+        self.storage.write_bytes(self.names.revision_meta(rev), encode_meta(meta))
+        self.storage.write_bytes(self.names.descriptor, descriptor_text(self.handle.handle).encode("utf8"))
+        self._switch(meta, previous_rev=previous.get("revision") if previous else None)
         aliases.record(self.storage, self.handle.handle, self._page_urls())
-        elapsed = time.monotonic() - started
         log.info(
             "Staged %s into %s: %d files, %.1f MB from a %.1f MB archive in %.1fs (%s).",
             self.handle.handle,
-            self.storage.location(self.names.model),
+            self.storage.location(self.names.revision(rev)),
             stats.files,
             stats.bytes / 1e6,
             stream.bytes_read / 1e6,
-            elapsed,
+            time.monotonic() - started,
             stats.decoder,
         )
-        return _result(self.storage, self.names, meta, downloaded=True, refreshed=previous is not None)
+        refreshed = previous is not None and previous["revision"] != rev
+        return _result(self.storage, self.names, meta, downloaded=True, refreshed=refreshed)
 
-    def _not_modified(self, current: dict[str, Any] | None) -> dict[str, Any]:
+    def _revision_with_sha(self, digest: str) -> dict[str, Any] | None:
+        """The metadata of a complete revision of this entry whose archive had ``digest``, if any."""
+        current = self._meta()
+        if current.get("revision") and current.get("sha256") == digest:
+            return current
+        for rev in revision_ids(self.storage, self.names):
+            meta = decode_meta(self.storage.read_bytes(self.names.revision_meta(rev)))
+            marker = (meta or {}).get("marker") or "saved_model.pb"
+            if meta and meta.get("sha256") == digest and self.storage.has_file(f"{self.names.revision(rev)}/{marker}"):
+                return meta
+        return None
+
+    def _reuse(self, meta: dict[str, Any], fetched: dict[str, Any], *, previous: StagedModel | None) -> StagedModel:
+        rev = str(meta["revision"])
+        merged = {k: v for k, v in meta.items() if k not in ("superseded_at", "view")}
+        merged.update(fetched)
+        prev_rev = previous.get("revision") if previous else None
+        if prev_rev == rev:
+            self._write_entry_meta({**self._meta(), **fetched})
+            log.info("%s is unchanged (same archive sha256); kept revision %s.", self.handle.handle, rev)
+            return _result(self.storage, self.names, self._meta(), downloaded=True, refreshed=False)
+        self.storage.write_bytes(self.names.revision_meta(rev), encode_meta(merged))
+        self._switch(merged, previous_rev=prev_rev)
+        log.info("%s is again the archive of revision %s; switched back to it.", self.handle.handle, rev)
+        return _result(self.storage, self.names, merged, downloaded=True, refreshed=previous is not None)
+
+    def _switch(self, meta: dict[str, Any], *, previous_rev: str | None) -> None:
+        """Make ``meta``'s revision current: metadata first (our readers), then the tensorflow_hub view.
+
+        The metadata write carries a precondition (the generation read under the lock), so a stager
+        that lost its lock cannot overwrite a newer switch. The old revision is stamped
+        ``superseded_at``, which starts its grace period.
+        """
+        rev = str(meta["revision"])
+        entry = {**meta, "view": previous_rev if previous_rev != rev else rev}
+        entry.pop("superseded_at", None)
+        self._write_entry_meta(entry)
+        self.storage.publish_view(self.names.model, self.names.revision(rev), self.names.tmp(new_uid()))
+        entry["view"] = rev
+        self._write_entry_meta(entry)
+        if previous_rev and previous_rev != rev:
+            old = decode_meta(self.storage.read_bytes(self.names.revision_meta(previous_rev)))
+            if old is not None and not old.get("superseded_at"):
+                old["superseded_at"] = utc_now()
+                self.storage.write_bytes(self.names.revision_meta(previous_rev), encode_meta(old))
+
+    def _write_entry_meta(self, meta: dict[str, Any]) -> None:
+        token = self.storage.write_bytes_if(self.names.meta, encode_meta(meta), token=self._meta_token)
+        if token is None:
+            raise CacheError(
+                f"{self.storage.location(self.names.meta)} was changed by another stager while we held its lock "
+                "(the lock was taken over: is lock_timeout too short for this model?); retry the task."
+            )
+        self._meta_token = token
+
+    def _not_modified(self, current: StagedModel | None) -> StagedModel:
         assert current is not None
         self._check_pin(current)
-        meta = decode_meta(self.storage.read_bytes(self.names.meta)) or {}
+        meta = self._meta()
         meta["checked_at"] = utc_now()
-        self.storage.write_bytes(self.names.meta, encode_meta({k: v for k, v in meta.items() if k != "format_version"}))
-        log.info("%s is unchanged upstream (304); kept the cached copy.", self.handle.handle)
+        self._write_entry_meta(meta)
+        log.info("%s is unchanged upstream (304); kept revision %s.", self.handle.handle, meta.get("revision"))
         return _result(self.storage, self.names, meta, downloaded=False, refreshed=False)
+
+    # -- entries of tensorflow_hub and of older releases ---------------------------------------------
+    def _tfhub_marker(self) -> str | None:
+        return next((m for m in MODEL_MARKERS if self.storage.has_file(f"{self.names.model}/{m}")), None)
+
+    def _adopt_tfhub_dir(self) -> StagedModel | None:
+        """A model dir that tensorflow_hub filled (marker, no metadata) becomes a revision, no bytes copied."""
+        marker = self._tfhub_marker()
+        if marker is None:
+            return None
+        target = self.storage.view_target(self.names.model)
+        rev = target.rpartition("/")[2] if target else ""
+        if target == self.names.revision(rev) and REVISION_RE.match(rev):
+            # Our own view whose entry metadata was lost (e.g. removed by hand): the revision is intact.
+            recorded = decode_meta(self.storage.read_bytes(self.names.revision_meta(rev)))
+            if recorded is not None:
+                self._switch(recorded, previous_rev=rev)
+                return _result(self.storage, self.names, recorded, downloaded=False)
+        meta: dict[str, Any] = {
+            "handle": self.handle.handle,
+            "source_url": None,
+            "sha256": None,
+            "archive_bytes": None,
+            "etag": None,
+            "last_modified": None,
+            "marker": marker,
+            "staged_at": _mtime_iso(self.storage, self.names.model, marker),
+            "checked_at": None,
+            "adopted_from": "tensorflow_hub",
+            "manifest": {},
+        }
+        return self._convert(meta, "Adopted tensorflow_hub's")
+
+    def _convert_legacy(self, meta: dict[str, Any]) -> StagedModel:
+        return self._convert(meta, "Converted")
+
+    def _convert(self, recorded: dict[str, Any], verb: str) -> StagedModel:
+        rev = new_revision_id()
+        target = self.names.revision(rev)
+        self.storage.clone_tree(self.names.model, target, self.names.tmp(self.uid))
+        listing = list(self.storage.list_tree(target))
+        meta: dict[str, Any] = {
+            **recorded,
+            "revision": rev,
+            "files": len(listing),
+            "bytes": sum(size for _, size in listing),
+        }
+        self.storage.write_bytes(self.names.revision_meta(rev), encode_meta(meta))
+        self._switch(meta, previous_rev=None)
+        log.info("%s %s into revision %s.", verb, self.storage.location(self.names.model), rev)
+        return _result(self.storage, self.names, meta, downloaded=False)
 
     def _source(self) -> ArchiveSource:
         kind = self.handle.kind
@@ -386,6 +501,12 @@ class Stager:
             return GCSArchiveSource(self.handle.handle, storage=self.storage)
         raise InvalidHandleError(f"Cannot stage {self.handle.handle!r} ({kind}).")
 
+    def _mirror_url(self) -> str | None:
+        """The mirror URL the archive was requested from (None without a mirror); metadata only."""
+        if self.handle.kind != "http":
+            return None
+        return mirrors_mod.mirror_url(self.handle.handle, self.mirrors)
+
     def _page_urls(self) -> list[str]:
         """The handle and the model-page URLs its download was redirected through (aliases)."""
         if self.handle.kind != "http":
@@ -395,19 +516,21 @@ class Stager:
 
     # -- aliases ------------------------------------------------------------------------------------
     def _other_entry(self, handle: str) -> dict[str, Any] | None:
-        """Another handle's complete entry, with the page URLs its metadata recorded."""
+        """Another handle's complete entry, with the metadata it recorded (page URLs, revision)."""
         try:
-            entry = read_entry(self.storage, handle, adopt=False)
+            names = EntryNames(parse_handle(handle).cache_key)
         except InvalidHandleError:
             return None
-        if entry is None:
-            return None
-        meta = decode_meta(self.storage.read_bytes(EntryNames(entry["cache_key"]).meta)) or {}
-        return {**entry, "page_urls": meta.get("page_urls") or [], "_meta": meta}
+        meta = complete_meta(self.storage, names)
+        if meta is None or not meta.get("revision"):
+            return None  # an entry of an older release is converted when it is staged again, not here
+        entry = dict(_result(self.storage, names, meta, downloaded=False))
+        return {**entry, "page_urls": meta.get("page_urls") or [], "_meta": meta, "_tree": tree_of(names, meta)}
 
-    def _stage_as_alias(self) -> dict[str, Any] | None:
-        """On a miss: if the handle redirects to a model another entry was downloaded through, build
-        this entry from that one's files (no archive download). None when there is no such entry."""
+    def _stage_as_alias(self) -> StagedModel | None:
+        """On a miss: if the handle redirects to a model another entry was downloaded through, publish a
+        revision of this entry built from that entry's current revision (hard links locally, server-side
+        copies on gs://), with no archive download. None when there is no such entry."""
         if self.handle.kind != "http" or is_archive_name(urllib.parse.urlsplit(self.handle.handle).path):
             return None  # a direct archive URL is no model page (and its first hop would be the archive)
         if not aliases.has_index(self.storage):
@@ -426,37 +549,35 @@ class Stager:
         other = aliases.lookup(self.storage, hops, exclude=self.handle.handle, read=self._other_entry)
         if other is None or (self.sha256 is not None and other.get("sha256") != self.sha256):
             return None
-        other_meta = {k: v for k, v in other["_meta"].items() if k != "format_version"}
+        rev = new_revision_id()
+        self.storage.clone_tree(other["_tree"], self.names.revision(rev), self.names.tmp(self.uid))
         now = utc_now()
         page_list: list[str] = list(dict.fromkeys([self.handle.handle, *hops, *other["page_urls"]]))
-        meta = {
-            **other_meta,
+        recorded = {k: v for k, v in other["_meta"].items() if k not in ("format_version", "view", "superseded_at")}
+        meta: dict[str, Any] = {
+            **recorded,
             "handle": self.handle.handle,
-            "alias_of": other_meta.get("alias_of") or other["handle"],
+            "revision": rev,
+            "alias_of": recorded.get("alias_of") or other["handle"],
             "page_urls": page_list,
             "mirror": None,
             "staged_at": now,
             "checked_at": now,
         }
-        aliases.clone_tree(self.storage, other["path"], self.names.model, self.names.tmp(self.uid))
+        self.storage.write_bytes(self.names.revision_meta(rev), encode_meta(meta))
         self.storage.write_bytes(self.names.descriptor, descriptor_text(self.handle.handle).encode("utf8"))
-        self.storage.write_bytes(self.names.meta, encode_meta(meta))
+        self._switch(meta, previous_rev=None)
         aliases.record(self.storage, self.handle.handle, page_list)
         log.info(
-            "%s is the same model as %s (redirects to %s): staged from its files, nothing downloaded.",
+            "%s is the same model as %s (it redirects to %s): staged revision %s from its files, nothing downloaded.",
             self.handle.handle,
             meta["alias_of"],
             next((u for u in hops if u in other["page_urls"]), other["handle"]),
+            rev,
         )
         return _result(self.storage, self.names, meta, downloaded=False)
 
-    def _mirror_url(self) -> str | None:
-        """The mirror URL the archive was requested from (None without a mirror); metadata only."""
-        if self.handle.kind != "http":
-            return None
-        return mirrors_mod.mirror_url(self.handle.handle, self.mirrors)
-
-    def _check_pin(self, hit: dict[str, Any]) -> None:
+    def _check_pin(self, hit: Mapping[str, Any]) -> None:
         if self.sha256 and hit.get("sha256") and hit["sha256"] != self.sha256:
             raise ChecksumMismatchError(
                 f"Cached {self.handle.handle!r} has sha256 {hit['sha256']}, expected {self.sha256}; the pin or the "
@@ -471,6 +592,22 @@ class Stager:
             if (match and match.group("uid") != self.uid) or (WRITE_TMP_RE.match(name) and self._is_old(name)):
                 freed = self.storage.delete_tree(name)
                 log.info("Removed leftover %s of a stager that died (%d bytes).", name, freed)
+            elif name == self.names.revisions:
+                self._remove_unpublished_revisions()
+
+    def _remove_unpublished_revisions(self) -> None:
+        """A revision dir without its ``<rev>.json`` was never published: a dead stager's upload."""
+        dirs, published = set(), set()
+        for rel, _size in self.storage.list_tree(self.names.revisions):
+            head, sep, _rest = rel.partition("/")
+            if sep:
+                dirs.add(head)
+            elif rel.endswith(".json"):
+                published.add(rel[: -len(".json")])
+        current = self._meta().get("revision")
+        for rev in sorted(dirs - published - {current}):
+            freed = self.storage.delete_tree(self.names.revision(rev))
+            log.info("Removed unpublished revision %s of a stager that died (%d bytes).", rev, freed)
 
     def _is_old(self, name: str, age: float = 60.0) -> bool:
         """Small-write temp files of live waiters exist for microseconds; only old ones are leftovers."""
@@ -488,31 +625,35 @@ class Stager:
             )
 
 
+def _settled(meta: dict[str, Any]) -> bool:
+    """A hit needs no work: it names a revision, and the tensorflow_hub view shows that revision."""
+    return bool(meta.get("revision")) and meta.get("view") == meta.get("revision")
+
+
+def revision_ids(storage: Storage, names: EntryNames) -> list[str]:
+    """Ids of the revisions of an entry that have their metadata written (published ones)."""
+    ids = []
+    for rel, _size in storage.list_tree(names.revisions):
+        if "/" not in rel and rel.endswith(".json") and REVISION_RE.match(rel[: -len(".json")]):
+            ids.append(rel[: -len(".json")])
+    return sorted(ids)
+
+
 def _result(
     storage: Storage, names: EntryNames, meta: dict[str, Any], *, downloaded: bool, refreshed: bool = False
-) -> dict[str, Any]:
-    return {
-        "handle": meta.get("handle"),
-        "path": storage.location(names.model),
-        "cache_dir": storage.location(),
-        "cache_key": names.key,
-        "load_format": "COMPRESSED",
-        "sha256": meta.get("sha256"),
-        "bytes": meta.get("bytes"),
-        "files": meta.get("files"),
-        "etag": meta.get("etag"),
-        "last_modified": meta.get("last_modified"),
-        "source_url": meta.get("source_url"),
-        "archive_bytes": meta.get("archive_bytes"),
-        "staged_at": meta.get("staged_at"),
-        "checked_at": meta.get("checked_at"),
-        "downloaded": downloaded,
-        "refreshed": refreshed,
-        "alias_of": meta.get("alias_of"),
-    }
+) -> StagedModel:
+    return staged_model(
+        handle=meta.get("handle"),
+        path=storage.location(tree_of(names, meta)),
+        meta=meta,
+        cache_dir=storage.location(),
+        cache_key=names.key,
+        downloaded=downloaded,
+        refreshed=refreshed,
+    )
 
 
-def _local_dir_result(parsed: Handle) -> dict[str, Any]:
+def _local_dir_result(parsed: Handle) -> StagedModel:
     path = os.path.abspath(os.path.expanduser(parsed.handle))
     if not os.path.isdir(path):
         raise InvalidHandleError(
@@ -520,16 +661,12 @@ def _local_dir_result(parsed: Handle) -> dict[str, Any]:
             "handle, an http(s)/gs:// archive URL, or the path of a SavedModel directory."
         )
     listing = [(r, os.path.getsize(os.path.join(r, f))) for r, _d, fs in os.walk(path) for f in fs]
-    return {
-        **dict.fromkeys(RESULT_KEYS),
-        "handle": parsed.handle,
-        "path": parsed.handle,
-        "load_format": "COMPRESSED",
-        "files": len(listing),
-        "bytes": sum(s for _, s in listing),
-        "downloaded": False,
-        "refreshed": False,
-    }
+    return staged_model(
+        handle=parsed.handle,
+        path=parsed.handle,
+        files=len(listing),
+        bytes=sum(s for _, s in listing),
+    )
 
 
 def check_sha256(value: str | None) -> str | None:

@@ -166,7 +166,7 @@ class TFHubHook(BaseHook):
     ) -> dict[str, Any]:
         """Stage ``handle`` and return the staged-model dict (see ``core.staging.RESULT_KEYS``)."""
         resolved = self.resolve_cache_dir(cache_dir)
-        return core_stage(
+        result = core_stage(
             handle,
             resolved,
             sha256=sha256,
@@ -178,6 +178,7 @@ class TFHubHook(BaseHook):
             storage_options=self.storage_options(resolved),
             mirrors=self.resolve_mirrors(mirrors),
         )
+        return dict(result)
 
     def is_cached(self, handle: str, cache_dir: str | None = None) -> bool:
         resolved = self.resolve_cache_dir(cache_dir)

@@ -1,6 +1,7 @@
 """``TFHubPruneCacheOperator``: keep a persistent cache from growing forever.
 
-tensorflow_hub never cleans its cache; this removes whole entries unused for ``max_age``, then
+tensorflow_hub never cleans its cache; this removes revisions superseded longer ago than
+``superseded_max_age``, whole entries unused for ``max_age``, then
 the least recently used ones until the cache fits ``max_total_bytes``, plus what dead stagers left
 behind. Entries in ``keep`` and entries a running stager holds are never touched (see
 :func:`airflow_provider_tfhub.core.inventory.prune`). The XCom value is the prune report.
@@ -28,6 +29,9 @@ class TFHubPruneCacheOperator(BaseOperator):
     :param max_total_bytes: then remove least recently used entries until the cache is at most this
         big: bytes or ``"10G"``, ``"512M"`` (1024-based), ``"1.5GB"`` (1000-based).
     :param keep: handles (or cache keys) never to remove (templated).
+    :param superseded_max_age: how long a revision replaced by a refresh stays readable for tasks that
+        were given its ``path`` (default ``"1d"``; ``"0s"`` removes every superseded revision, ``None``
+        none). The current revision of an entry is never removed this way.
     :param dry_run: report what would be removed, remove nothing.
     :param tfhub_conn_id: ``tfhub`` connection (optional).
     :param lock_timeout: seconds without lease renewal after which a stager counts as dead.
@@ -44,6 +48,7 @@ class TFHubPruneCacheOperator(BaseOperator):
         max_total_bytes: int | str | None = None,
         keep: Sequence[str] | str = (),
         dry_run: bool = False,
+        superseded_max_age: float | str | timedelta | None = inventory.DEFAULT_SUPERSEDED_MAX_AGE,
         tfhub_conn_id: str = "tfhub_default",
         lock_timeout: float | None = None,
         **kwargs: Any,
@@ -53,6 +58,7 @@ class TFHubPruneCacheOperator(BaseOperator):
         self.max_age = inventory.parse_age(max_age) if max_age is not None else None
         self.max_total_bytes = inventory.parse_size(max_total_bytes) if max_total_bytes is not None else None
         self.keep = keep
+        self.superseded_max_age = inventory.parse_age(superseded_max_age) if superseded_max_age is not None else None
         self.dry_run_only = dry_run  # BaseOperator.dry_run is a method
         self.tfhub_conn_id = tfhub_conn_id
         self.lock_timeout = lock_timeout
@@ -72,12 +78,14 @@ class TFHubPruneCacheOperator(BaseOperator):
             max_total_bytes=self.max_total_bytes,
             keep=[h for h in keep if h],
             dry_run=self.dry_run_only,
+            superseded_max_age=self.superseded_max_age,
             lock_timeout=settings.resolve_lock_timeout(self.lock_timeout, hook.settings.config_lock_timeout),
         )
         self.log.info(
-            "%s %d entries (%s) from %s; %s remain%s.",
+            "%s %d entries and %d superseded revisions (%s) from %s; %s remain%s.",
             "Would remove" if self.dry_run_only else "Removed",
             len(report["removed"]),
+            len(report["removed_revisions"]),
             inventory.format_size(report["freed_bytes"]),
             storage.location(),
             inventory.format_size(report["total_bytes"]),

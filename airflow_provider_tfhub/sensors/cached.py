@@ -11,7 +11,7 @@ from typing import Any
 
 from airflow.sdk import PokeReturnValue
 
-from airflow_provider_tfhub.core.staging import read_entry
+from airflow_provider_tfhub.core.staging import lookup_entry
 from airflow_provider_tfhub.sensors import BaseTFHubCacheSensor, cached_handle
 from airflow_provider_tfhub.triggers.tfhub import TFHubModelCachedTrigger
 
@@ -26,7 +26,7 @@ class TFHubModelCachedSensor(BaseTFHubCacheSensor):
     trigger_class = TFHubModelCachedTrigger
 
     def poke(self, context: Any) -> bool | PokeReturnValue:
-        entry = read_entry(self.storage(), cached_handle(self.handle), adopt=False)
+        entry = lookup_entry(self.storage(), cached_handle(self.handle))
         if entry is None:
             self.log.info("%s is not staged yet.", self.handle)
             return False

@@ -4,7 +4,7 @@ Each poke sends one conditional request with the cached validators (ETag / Last-
 the archive size as a fallback) and reads no archive body. The XCom value says why it fired::
 
     {"handle", "changed": True, "reason", "etag", "last_modified", "size",
-     "cached_etag", "cached_last_modified", "cached_size", "cache_key", "path", "checked_at"}
+     "cached_etag", "cached_last_modified", "cached_size", "cache_key", "path", "revision", "checked_at"}
 
 Put it in front of a stage task with ``refresh="if_changed"`` to refresh only when needed.
 """
@@ -17,7 +17,7 @@ from airflow.sdk import PokeReturnValue
 
 from airflow_provider_tfhub.core.async_probe import check_for_update
 from airflow_provider_tfhub.core.errors import TFHubError
-from airflow_provider_tfhub.core.staging import read_entry
+from airflow_provider_tfhub.core.staging import lookup_entry
 from airflow_provider_tfhub.sensors import BaseTFHubCacheSensor, cached_handle
 from airflow_provider_tfhub.triggers.tfhub import TFHubModelUpdatedTrigger
 
@@ -37,7 +37,7 @@ class TFHubModelUpdatedSensor(BaseTFHubCacheSensor):
 
         handle = cached_handle(self.handle)
         storage = self.storage()
-        cached = read_entry(storage, handle, adopt=False)
+        cached = lookup_entry(storage, handle)
         try:
             check = check_for_update(
                 handle, cached, token=self.hook.get_token(), storage=storage, mirrors=self.hook.resolve_mirrors()

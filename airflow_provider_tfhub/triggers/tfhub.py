@@ -23,7 +23,7 @@ from airflow_provider_tfhub.core import settings
 from airflow_provider_tfhub.core.async_probe import acheck_for_update
 from airflow_provider_tfhub.core.errors import TFHubError
 from airflow_provider_tfhub.core.handles import parse_handle
-from airflow_provider_tfhub.core.staging import read_entry
+from airflow_provider_tfhub.core.staging import lookup_entry
 from airflow_provider_tfhub.core.storage import Storage, open_storage
 
 
@@ -69,8 +69,8 @@ class _CacheTrigger(BaseTrigger):
 
     async def _entry(self, storage: Storage) -> dict[str, Any] | None:
         handle = parse_handle(self.handle).handle
-        entry: dict[str, Any] | None = await asyncio.to_thread(read_entry, storage, handle, adopt=False)
-        return entry
+        entry = await asyncio.to_thread(lookup_entry, storage, handle)
+        return None if entry is None else dict(entry)
 
 
 class TFHubModelCachedTrigger(_CacheTrigger):

@@ -539,11 +539,12 @@ def list_bucket(endpoint: str, bucket: str) -> list[str]:
 
 
 def check_bucket(report: Report, endpoint: str, handles: Iterable[str]) -> None:
-    """Exactly the published entries: ``<key>/...``, ``<key>.descriptor.txt``, ``<key>.meta.json``."""
+    """Exactly the published entries: ``<key>/...`` (tensorflow_hub's view), ``<key>.revisions/...``,
+    ``<key>.descriptor.txt``, ``<key>.meta.json``; one revision per entry, its marker present."""
     keys = {hashlib.sha1(h.encode()).hexdigest() for h in handles}
     names = list_bucket(endpoint, BUCKET)
     top = Counter(name.removeprefix(PREFIX + "/").split("/", 1)[0] for name in names)
-    expected = {k for key in keys for k in (key, f"{key}.descriptor.txt", f"{key}.meta.json")}
+    expected = {k for key in keys for k in (key, f"{key}.revisions", f"{key}.descriptor.txt", f"{key}.meta.json")}
     leftovers = sorted(set(top) - expected)
     missing = sorted(expected - set(top))
     report.check(
@@ -552,6 +553,8 @@ def check_bucket(report: Report, endpoint: str, handles: Iterable[str]) -> None:
     report.check(not missing, "bucket: every entry published" + (f" (missing {missing})" if missing else ""))
     for key in sorted(keys):
         report.check(f"{PREFIX}/{key}/saved_model.pb" in names, f"bucket: {key}/saved_model.pb present")
+        revisions = {n.split("/")[2] for n in names if n.startswith(f"{PREFIX}/{key}.revisions/") and n.count("/") >= 3}
+        report.check(len(revisions) == 1, f"bucket: {key} has one revision (found {sorted(revisions)})")
     report.notes.append(f"info: bucket {BUCKET} holds {len(names)} objects for {len(keys)} entries")
 
 

@@ -101,6 +101,14 @@ class Storage(abc.ABC):
         """Replace ``name`` atomically: a reader sees the old or the new content, never a part."""
 
     @abc.abstractmethod
+    def write_bytes_if(self, name: str, data: bytes, *, token: str | None) -> str | None:
+        """Replace ``name`` only if it still has ``token`` (None: only if absent); return the new token.
+
+        Returns None when the precondition failed. This is the one switch between revisions: the
+        entry metadata is rewritten with it, so two writers can never both believe they switched.
+        """
+
+    @abc.abstractmethod
     def create_exclusive(self, name: str, data: bytes) -> str | None:
         """Create ``name`` only if absent; return its token, or None if it already existed."""
 
@@ -148,3 +156,25 @@ class Storage(abc.ABC):
     @abc.abstractmethod
     def open_sink(self, final: str, tmp: str, *, replace: bool = False) -> TreeSink:
         """A sink that writes a tree via the temporary name ``tmp`` and publishes it at ``final``."""
+
+    @abc.abstractmethod
+    def clone_tree(self, src: str, dst: str, tmp: str) -> None:
+        """Publish a copy of the tree ``src`` at ``dst`` (absent before), without moving bytes if possible.
+
+        Local: hard links built under ``tmp`` and renamed into place; GCS: server-side copies with
+        the model markers last. Used to adopt a tree in place as an immutable revision.
+        """
+
+    @abc.abstractmethod
+    def publish_view(self, view: str, revision: str, tmp: str) -> None:
+        """Make ``view`` (where tensorflow_hub looks) show the complete tree ``revision``.
+
+        Local: ``view`` becomes a symlink to ``revision``, switched by one rename (a real directory
+        left by an older release is exchanged atomically; its files must already be in a revision).
+        GCS: the objects under ``view`` are made equal to ``revision`` by server-side copies, markers
+        removed first and copied last, so a reader never finds old markers over new files.
+        """
+
+    def view_target(self, view: str) -> str | None:
+        """The revision name ``view`` points at, when the backend can tell (local symlinks); else None."""
+        return None

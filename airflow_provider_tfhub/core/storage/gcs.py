@@ -330,6 +330,19 @@ class GCSStorage(Storage):
         except Exception as exc:
             self.fail_with(exc, f"writing {name}")
 
+    def write_bytes_if(self, name: str, data: bytes, *, token: str | None) -> str | None:
+        """One conditional upload (``ifGenerationMatch``; 0 = must not exist): GCS's compare-and-swap."""
+        blob = self.blob(name)
+        try:
+            blob.upload_from_string(
+                data, content_type=_content_type(name), if_generation_match=int(token) if token else 0
+            )
+        except Exception as exc:
+            if _is_status(exc, 412):
+                return None
+            self.fail_with(exc, f"writing {name}")
+        return str(blob.generation)
+
     def create_exclusive(self, name: str, data: bytes) -> str | None:
         blob = self.blob(name)
         try:
@@ -478,6 +491,56 @@ class GCSStorage(Storage):
 
     def open_sink(self, final: str, tmp: str, *, replace: bool = False) -> TreeSink:
         return GCSTreeSink(self, final, tmp, replace=replace)
+
+    def clone_tree(self, src: str, dst: str, tmp: str) -> None:
+        """Server-side copies of every object of ``src`` under ``dst``, model markers last."""
+        source = self._dir_key(src)
+        rels = [b.name[len(source) :] for b in self._list(source) if not b.name.endswith("/")]
+        self._sync_tree(src, dst, rels, old={})
+
+    def publish_view(self, view: str, revision: str, tmp: str) -> None:
+        """Make the objects under ``view`` equal those of ``revision`` (only changed files are copied)."""
+        source, target = self._dir_key(revision), self._dir_key(view)
+        new = {b.name[len(source) :]: (int(b.size or 0), b.crc32c) for b in self._list(source)}
+        old = {b.name[len(target) :]: (int(b.size or 0), b.crc32c) for b in self._list(target)}
+        changed = [rel for rel, sig in new.items() if rel and not rel.endswith("/") and old.get(rel) != sig]
+        self._sync_tree(revision, view, changed, old=old, keep=set(new))
+
+    def _sync_tree(
+        self, src: str, dst: str, rels: list[str], *, old: dict[str, Any], keep: set[str] | None = None
+    ) -> None:
+        """Copy ``rels`` from ``src`` to ``dst``: old markers off first, files, stale objects off, markers last.
+
+        The order is what a tensorflow_hub reader of ``dst`` relies on: while it runs, ``dst`` has no
+        model marker (a load fails cleanly) rather than an old marker over new variables.
+        """
+        source, target = self._dir_key(src), self._dir_key(dst)
+        markers = [m for m in MODEL_MARKERS if m in rels]
+        try:
+            self.delete_keys([target + m for m in MODEL_MARKERS if m in old])
+            self._copy_all([(source + rel, target + rel) for rel in rels if rel not in MODEL_MARKERS])
+            if keep is not None:
+                self.delete_keys([target + rel for rel in old if rel not in keep])
+            self._copy_all([(source + m, target + m) for m in markers])
+        except Exception as exc:
+            self.fail_with(exc, f"copying {src} to {dst}", object_level=True)
+
+    def _copy_all(self, pairs: list[tuple[str, str]]) -> None:
+        if not pairs:
+            return
+        with ThreadPoolExecutor(min(self.max_workers, len(pairs)), thread_name_prefix="tfhub-gcs-copy") as pool:
+            for future in [pool.submit(self._rewrite, src, dst) for src, dst in pairs]:
+                future.result()
+
+    def _rewrite(self, src: str, dst: str) -> None:
+        from google.cloud.storage.retry import DEFAULT_RETRY
+
+        source, target = self.bucket.blob(src), self.bucket.blob(dst)
+        token = None
+        while True:
+            token, _done, _total = target.rewrite(source, token=token, retry=DEFAULT_RETRY)
+            if token is None:
+                return
 
 
 def _mtime(blob: Any) -> float:

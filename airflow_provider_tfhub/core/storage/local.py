@@ -80,6 +80,15 @@ class LocalStorage(Storage):
             _silent_unlink(tmp)
             raise disk_error(exc, path) from exc
 
+    def write_bytes_if(self, name: str, data: bytes, *, token: str | None) -> str | None:
+        """Compare-and-replace; callers hold the entry's lock, which is what serialises writers here."""
+        current = self.stat(name)
+        if (current.token if current is not None else None) != token:
+            return None
+        self.write_bytes(name, data)
+        st = self.stat(name)
+        return st.token if st is not None else None
+
     def create_exclusive(self, name: str, data: bytes) -> str | None:
         """Create ``name`` with ``data`` only if absent, and never visible without its content.
 
@@ -198,6 +207,52 @@ class LocalStorage(Storage):
     def open_sink(self, final: str, tmp: str, *, replace: bool = False) -> TreeSink:
         return LocalTreeSink(self.location(final), self.location(tmp))
 
+    def clone_tree(self, src: str, dst: str, tmp: str) -> None:
+        """Hard-link every file of ``src`` under ``tmp``, then rename ``tmp`` to ``dst``.
+
+        Hard links share the inodes, so the clone costs no bytes and holds exactly the same content;
+        deleting either name later leaves the other intact. Where links are refused (another
+        filesystem type, no link support) the files are copied instead.
+        """
+        source, staging, final = self.location(src), self.location(tmp), self.location(dst)
+        try:
+            shutil.copytree(source, staging, symlinks=False, copy_function=_link_or_copy)
+            os.makedirs(os.path.dirname(final), exist_ok=True)
+            os.rename(staging, final)
+        except OSError as exc:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise disk_error(exc, final) from exc
+
+    def publish_view(self, view: str, revision: str, tmp: str) -> None:
+        """Point the symlink ``view`` at ``revision`` with one rename (relative, so the cache can move)."""
+        path, link = self.location(view), self.location(tmp)
+        target = os.path.relpath(self.location(revision), os.path.dirname(path))
+        try:
+            _silent_unlink(link)
+            os.symlink(target, link)
+            if os.path.isdir(path) and not os.path.islink(path):
+                # A model dir of an older release (or of tensorflow_hub) whose files were cloned into a
+                # revision already: swap it for the link in one step, then drop the old names.
+                if not _exchange(link, path):
+                    os.rename(path, f"{link}.old")
+                    os.rename(link, path)
+                    link = f"{link}.old"
+                shutil.rmtree(link, ignore_errors=True)
+                return
+            os.replace(link, path)
+        except OSError as exc:
+            _silent_unlink(link)
+            raise disk_error(exc, path) from exc
+
+    def view_target(self, view: str) -> str | None:
+        path = self.location(view)
+        try:
+            target = os.readlink(path)
+        except OSError:
+            return None
+        full = os.path.normpath(os.path.join(os.path.dirname(path), target))
+        return os.path.relpath(full, self.root).replace(os.sep, "/")
+
 
 class LocalTreeSink(TreeSink):
     """Writes into ``<final>.<uid>.tmp`` on a writer thread, then renames it to ``final``."""
@@ -237,6 +292,10 @@ class LocalTreeSink(TreeSink):
 
     def commit(self, *, replace: bool = False) -> bool:
         self.finish()
+        try:
+            os.makedirs(os.path.dirname(self.final), exist_ok=True)
+        except OSError as exc:
+            raise disk_error(exc, self.final) from exc
         if replace and os.path.isdir(self.final):
             if _exchange(self.tmp, self.final):
                 shutil.rmtree(self.tmp, ignore_errors=True)  # now holds the old tree
@@ -321,6 +380,15 @@ class _Aborted(Exception):
 
 def _token(st: os.stat_result) -> str:
     return f"{st.st_mtime_ns}-{st.st_ino}"
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOSYS, errno.EXDEV, errno.EMLINK):
+            raise
+        shutil.copy2(src, dst)
 
 
 def _silent_unlink(path: str) -> None:
