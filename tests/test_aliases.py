@@ -114,3 +114,21 @@ def test_aliases_in_a_gcs_cache_are_server_side_copies(hub: Any, handle_of: Any,
     inventory.prune(storage, max_age="0s", keep=[kaggle])
     assert stage(kaggle, gcs_cache, offline=True)["path"] == b["path"]
     assert a["path"] != b["path"]
+
+
+def test_refresh_of_an_alias_is_a_conditional_request_through_its_own_url(
+    model_archives: dict[str, Path], tmp_path: Path
+) -> None:
+    cache = str(tmp_path / "cache")
+    with HubServer() as hub:
+        tfhub = hub.add_model("/google/demo_v1/1", model_archives["demo_v1"])
+        kaggle = f"{hub.url}/kaggle-redirect/google/demo_v1/1"
+        stage(tfhub, cache)
+        b = stage(kaggle, cache)
+        unchanged = stage(kaggle, cache, refresh="if_changed")
+        assert unchanged["refreshed"] is False and unchanged["revision"] == b["revision"]
+        assert hub.stats()["models"]["/google/demo_v1/1"]["not_modified"] == 1 and downloads(hub, "demo_v1") == 1
+        hub.add_model("/google/demo_v1/1", model_archives["demo_v2"])  # upstream re-publishes
+        changed = stage(kaggle, cache, refresh="if_changed")
+        assert changed["refreshed"] is True and changed["sha256"] != b["sha256"] and changed["alias_of"] is None
+        assert stage(tfhub, cache)["sha256"] == b["sha256"]  # the other handle keeps its model until refreshed
