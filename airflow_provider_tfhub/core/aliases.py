@@ -132,16 +132,23 @@ def resolve_first_hops(source: HttpSource, known: Callable[[str], bool]) -> list
 
 
 def recording_session() -> Any:
-    """A ``requests.Session`` that remembers every URL it was asked for (the redirect chain of a download)."""
-    import requests
+    """The thread's HTTP session (keep-alive reuse as before), remembering every URL asked for through it.
 
-    class _RecordingSession(requests.Session):
-        def __init__(self) -> None:
-            super().__init__()
-            self.requested: list[str] = []
+    That list is the redirect chain of a download, which :func:`page_urls` turns into page URLs.
+    """
+    from airflow_provider_tfhub.core.transfer import _thread_session
 
-        def get(self, url: Any, **kwargs: Any) -> Any:
-            self.requested.append(str(url))
-            return super().get(url, **kwargs)
+    return _RecordingSession(_thread_session())
 
-    return _RecordingSession()
+
+class _RecordingSession:
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.requested: list[str] = []
+
+    def get(self, url: Any, **kwargs: Any) -> Any:
+        self.requested.append(str(url))
+        return self.inner.get(url, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
