@@ -50,6 +50,7 @@ from airflow_provider_tfhub.core.transfer import (
     RetryPolicy,
     with_retries,
 )
+from airflow_provider_tfhub.core.units import human_bytes, human_duration
 
 log = logging.getLogger(__name__)
 
@@ -326,15 +327,15 @@ class Stager:
         self.storage.write_bytes(self.names.meta, encode_meta(meta))
         elapsed = time.monotonic() - started
         log.info(
-            "Staged %s into %s: %d files, %.1f MB from a %.1f MB archive in %.1fs (%s).",
+            "Staged %s into %s (%d files, %s from a %s archive in %s)",
             self.handle.handle,
             self.storage.location(self.names.model),
             stats.files,
-            stats.bytes / 1e6,
-            stream.bytes_read / 1e6,
-            elapsed,
-            stats.decoder,
+            human_bytes(stats.bytes),
+            human_bytes(stream.bytes_read),
+            human_duration(elapsed),
         )
+        log.debug("Decompressed the archive of %s with %s", self.handle.handle, stats.decoder)
         return _result(self.storage, self.names, meta, downloaded=True, refreshed=previous is not None)
 
     def _not_modified(self, current: dict[str, Any] | None) -> dict[str, Any]:
