@@ -60,8 +60,7 @@ def get_provider_info() -> dict[str, Any]:
                     "relabeling": {"password": "Token", "host": "Hub host (optional)"},
                     "placeholders": {
                         "host": "tfhub.dev",
-                        "password": "Bearer token, sent only to the hub's own host (an extra 'token' is "
-                        "still read when this is empty)",
+                        "password": "Bearer token (if empty, an extra 'token' is used)",
                         # Shown by Airflow UIs that read conn-field placeholders (3.3 uses schema.examples).
                         "cache_dir": "gs://my-bucket/tfhub-modules",
                     },
