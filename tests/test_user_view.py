@@ -9,7 +9,12 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import os
 import re
+import socket
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -234,3 +239,28 @@ def test_token_field_and_compatibility(
     hook = TFHubHook()
     assert hook.get_token() == token
     assert hook.resolve_cache_dir() == "/from/env"  # a null the form wrote means "not set"
+
+
+# -- make demo --------------------------------------------------------------------------------------
+def test_demo_prints_only_its_summary(tmp_path: Path) -> None:
+    """A successful ``make demo`` shows no error or warning line; Airflow's own output goes to a log file."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    home = tmp_path / "airflow"
+    env = {
+        **os.environ,
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home}/airflow.db",
+        "TFHUB_CACHE_DIR": str(tmp_path / "cache"),
+        "TFHUB_DEMO_PORT": str(port),
+    }
+    out = subprocess.run(
+        [sys.executable, "-m", "airflow_provider_tfhub.demo"], env=env, capture_output=True, text=True, timeout=600
+    )
+    printed = out.stdout + out.stderr
+    assert out.returncode == 0, printed
+    assert re.search(r"^  stage \[demo/text-embedder/1\]: downloaded, \d+ files, [\d.]+ KB$", out.stdout, re.M), printed
+    assert not re.search(r"error|warning", printed, re.IGNORECASE), printed
+    log = re.search(r"Airflow's own log: (\S+)\)", out.stdout)
+    assert log and "Staged http://" in Path(log.group(1)).read_text()
