@@ -13,7 +13,7 @@ export NO_GCE_CHECK ?= true
 
 $(VENV)/.created:
 	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install --quiet --upgrade pip uv
+	$(VENV)/bin/pip install -qq --upgrade pip uv  # -qq: errors only (a machine's find-links warnings are noise)
 	touch $@
 
 $(VENV)/.installed: $(VENV)/.created pyproject.toml

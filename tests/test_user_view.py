@@ -148,6 +148,21 @@ def test_operator_logs_one_line_per_staging(
     assert len(second) == 1 and second[0].startswith("Found ") and " in the cache at " in second[0], second
 
 
+def test_prune_operator_log_line(hub: Any, handle_of: Any, cache_dir: str) -> None:
+    from structlog.testing import capture_logs
+
+    from airflow_provider_tfhub.operators.prune import TFHubPruneCacheOperator
+
+    stage(handle_of("small_b"), cache_dir)
+    op = TFHubPruneCacheOperator(task_id="prune", cache_dir=cache_dir, max_total_bytes=1, dry_run=True)
+    with capture_logs() as events:
+        op.execute({})
+    lines = [e["event"] % tuple(e.get("positional_args", ())) for e in events if "remain" in e["event"]]
+    unit = r"\d+(\.\d+)? (B|KB|MB|GB)"
+    assert len(lines) == 1 and re.match(rf"^Would remove 1 entries \({unit}, {unit} remain\) from \S+", lines[0]), lines
+    assert not GLUED_URL.search(lines[0]) and not lines[0].endswith((".", ";"))
+
+
 # -- mapped labels and XComs of the example DAG ------------------------------------------------------
 def test_prestage_dag_labels_mapped_tasks_and_pushes_one_xcom_per_task(
     hub: Any, handle_of: Any, cache_dir: str, capfd: pytest.CaptureFixture[str]

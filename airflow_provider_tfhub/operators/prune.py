@@ -15,6 +15,7 @@ from typing import Any
 from airflow.sdk import BaseOperator
 
 from airflow_provider_tfhub.core import inventory, settings
+from airflow_provider_tfhub.core.units import human_bytes
 from airflow_provider_tfhub.operators.stage import is_literal, run_core
 
 
@@ -75,12 +76,12 @@ class TFHubPruneCacheOperator(BaseOperator):
             lock_timeout=settings.resolve_lock_timeout(self.lock_timeout, hook.settings.config_lock_timeout),
         )
         self.log.info(
-            "%s %d entries (%s) from %s; %s remain%s.",
+            "%s %d entries (%s, %s remain) from %s%s",
             "Would remove" if self.dry_run_only else "Removed",
             len(report["removed"]),
-            inventory.format_size(report["freed_bytes"]),
+            human_bytes(report["freed_bytes"]),
+            human_bytes(report["total_bytes"]),
             storage.location(),
-            inventory.format_size(report["total_bytes"]),
             " (over budget: the rest is kept or locked)" if report["over_budget"] else "",
         )
         return report
