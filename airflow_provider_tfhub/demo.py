@@ -136,7 +136,8 @@ def _staged_paths(dr: object) -> list[dict[str, object]]:
             task_ids="stage",
             key="return_value",
         )
-        return [XComModel.deserialize_value(row) for row in session.scalars(query.order_by(XComModel.map_index))]
+        in_map_order = query.order_by(None).order_by(XComModel.map_index)  # get_many sorts newest first
+        return [XComModel.deserialize_value(row) for row in session.scalars(in_map_order)]
 
 
 if __name__ == "__main__":
