@@ -7,7 +7,9 @@ failure can be looked at. Run with ``make test-ui``.
 from __future__ import annotations
 
 import json
+import urllib.request
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 from conftest import screenshot
@@ -22,6 +24,15 @@ from selenium.webdriver.support.ui import WebDriverWait
 from airflow_provider_tfhub.core.labels import handle_label
 
 WAIT = 60  # seconds; the first page load compiles nothing, but a busy 2-core machine can be slow
+
+
+def api_get(base: str, path: str) -> Any:
+    """GET from Airflow's REST API with the token the simple auth manager hands out (all admins)."""
+    with urllib.request.urlopen(f"{base}/auth/token", timeout=30) as resp:
+        token = json.load(resp)["access_token"]
+    request = urllib.request.Request(f"{base}{path}", headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(request, timeout=30) as resp:
+        return json.load(resp)
 
 
 def wait_for(driver: WebDriver, xpath: str, what: str, timeout: float = WAIT) -> WebElement:
@@ -143,9 +154,19 @@ def test_stage_operator_extra_links_on_the_task_page(
             "TFHubStageModelOperator declares no operator_extra_links yet (the issue on mirrors and serving "
             "export adds them); this check runs once it does"
         )
+    # What the UI will be given: Airflow shows a link only when it has a URL for this task instance.
+    urls = api_get(
+        api_server,
+        f"/api/v2/dags/tfhub_prestage/dagRuns/{quote(mapped_run['run_id'], safe='')}/taskInstances/stage/links"
+        "?map_index=0",
+    )["extra_links"]
+    assert set(urls) >= set(links), f"declared {links}, Airflow knows {sorted(urls)}"
+    missing = [name for name in links if not urls[name]]
+    assert not missing, f"no URL for {missing} on a finished stage task, so the UI would not show them"
     d = browser
     d.get(f"{api_server}/dags/tfhub_prestage/runs/{mapped_run['run_id']}/tasks/stage/mapped/0")
     wait_for(d, "//*[starts-with(normalize-space(.), 'stage [')]", "task page")
     for name in links:
-        wait_for(d, f"//a[normalize-space(.)='{name}'] | //button[normalize-space(.)='{name}']", f"link {name}")
+        link = wait_for(d, f"//a[normalize-space(.)='{name}']", f"link {name}")
+        assert link.get_attribute("href") == urls[name], (name, link.get_attribute("href"), urls[name])
     screenshot(d, "3-stage-extra-links")
