@@ -166,6 +166,8 @@ def test_stage_operator_extra_links_on_the_task_page(
     d = browser
     d.get(f"{api_server}/dags/tfhub_prestage/runs/{mapped_run['run_id']}/tasks/stage/mapped/0")
     wait_for(d, "//*[starts-with(normalize-space(.), 'stage [')]", "task page")
+    wait_for(d, "//a[normalize-space(.)='Details'] | //button[normalize-space(.)='Details']", "Details tab").click()
+    wait_for(d, "//*[normalize-space(.)='Extra Links']", "Extra Links section")  # Airflow 3.3 shows them here
     for name in links:
         link = wait_for(d, f"//a[normalize-space(.)='{name}']", f"link {name}")
         assert link.get_attribute("href") == urls[name], (name, link.get_attribute("href"), urls[name])
