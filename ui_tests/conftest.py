@@ -68,6 +68,7 @@ def airflow_env() -> Iterator[dict[str, str]]:
         capture_output=True,
         timeout=300,
     )
+    shutil.rmtree(SCREENSHOTS, ignore_errors=True)  # only this run's pictures
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     try:
         yield env
