@@ -9,11 +9,11 @@ export AIRFLOW__CORE__LOAD_EXAMPLES ?= False
 export AIRFLOW__CORE__DAGS_FOLDER ?= $(CURDIR)/dags
 export NO_GCE_CHECK ?= true
 
-.PHONY: venv install demo test lint typecheck bench test-cluster compose-config clean
+.PHONY: venv install demo test test-ui lint typecheck bench test-cluster compose-config clean
 
 $(VENV)/.created:
 	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install --quiet --upgrade pip uv
+	$(VENV)/bin/pip install -qq --upgrade pip uv  # -qq: errors only (a machine's find-links warnings are noise)
 	touch $@
 
 $(VENV)/.installed: $(VENV)/.created pyproject.toml
@@ -33,6 +33,12 @@ test: install
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 	$(VENV)/bin/pytest -q -ra --durations=15 $(PYTEST_ARGS)
+
+# Airflow's own UI in headless Chromium (Debian's chromium + chromium-driver, installed when missing):
+# the api-server on 127.0.0.1 with SQLite in a temp AIRFLOW_HOME; screenshots in ui_tests/screenshots/.
+test-ui: install
+	bash ui_tests/install_browser.sh
+	$(VENV)/bin/pytest -q -rs -p no:cacheprovider ui_tests $(PYTEST_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

@@ -55,6 +55,7 @@ from airflow_provider_tfhub.core.transfer import (
     RetryPolicy,
     with_retries,
 )
+from airflow_provider_tfhub.core.units import human_bytes, human_duration
 
 log = logging.getLogger(__name__)
 
@@ -333,15 +334,15 @@ class Stager:
         self.storage.write_bytes(self.names.descriptor, descriptor_text(self.handle.handle).encode("utf8"))
         self._switch(meta, previous_rev=previous.get("revision") if previous else None)
         log.info(
-            "Staged %s into %s: %d files, %.1f MB from a %.1f MB archive in %.1fs (%s).",
+            "Staged %s into %s (%d files, %s from a %s archive in %s)",
             self.handle.handle,
             self.storage.location(self.names.revision(rev)),
             stats.files,
-            stats.bytes / 1e6,
-            stream.bytes_read / 1e6,
-            time.monotonic() - started,
-            stats.decoder,
+            human_bytes(stats.bytes),
+            human_bytes(stream.bytes_read),
+            human_duration(time.monotonic() - started),
         )
+        log.debug("Decompressed the archive of %s with %s", self.handle.handle, stats.decoder)
         refreshed = previous is not None and previous["revision"] != rev
         return _result(self.storage, self.names, meta, downloaded=True, refreshed=refreshed)
 

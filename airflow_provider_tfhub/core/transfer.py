@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 from airflow_provider_tfhub.core.errors import ConfigurationError, DownloadError
 from airflow_provider_tfhub.core.token_scope import TokenScope, auth_headers
+from airflow_provider_tfhub.core.units import human_bytes, human_duration, human_rate
 
 if TYPE_CHECKING:  # requests costs ~95 ms to import: only stagings that use HTTP pay for it
     import requests
@@ -542,10 +543,26 @@ def _urllib3_errors() -> type[BaseException]:
 
 
 def _log_progress(what: str, done: int, total: int | None, elapsed: float, *, final: bool = False) -> None:
-    rate = done / elapsed / 1e6 if elapsed > 0 else 0.0
-    pct = f" ({100.0 * done / total:.0f}%)" if total else ""
-    verb = "Downloaded" if final else "Downloading"
-    log.info("%s %s: %.1f MB%s at %.1f MB/s", verb, what, done / 1e6, pct, rate)
+    """One line a person reads: ``Downloading <url> (12.3 MB of 50.0 MB, 25%, 8.1 MB/s, about 5.0s left)``.
+
+    ``what`` (a URL) is followed by a space, never by punctuation, so log viewers link it correctly.
+    """
+    rate = done / elapsed if elapsed > 0 else 0.0
+    if final:
+        log.info("Downloaded %s (%s in %s, %s)", what, human_bytes(done), human_duration(elapsed), human_rate(rate))
+    elif total:
+        left = f", about {human_duration((total - done) / rate)} left" if rate > 0 and total > done else ""
+        log.info(
+            "Downloading %s (%s of %s, %d%%, %s%s)",
+            what,
+            human_bytes(done),
+            human_bytes(total),
+            int(100 * done / total),
+            human_rate(rate),
+            left,
+        )
+    else:
+        log.info("Downloading %s (%s so far, %s)", what, human_bytes(done), human_rate(rate))
 
 
 def _strip_query_secrets(url: str) -> str:

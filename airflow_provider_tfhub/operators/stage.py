@@ -16,6 +16,7 @@ from airflow_provider_tfhub.core import settings
 from airflow_provider_tfhub.core.errors import TFHubError
 from airflow_provider_tfhub.core.handles import parse_handle
 from airflow_provider_tfhub.core.staging import check_sha256
+from airflow_provider_tfhub.operators.labels import HANDLE_MAP_INDEX_TEMPLATE, HandleLabelMixin
 
 
 def is_literal(value: object) -> bool:
@@ -35,7 +36,7 @@ def run_core(fn: Any, *args: Any, **kwargs: Any) -> Any:
         raise
 
 
-class TFHubStageModelOperator(BaseOperator):
+class TFHubStageModelOperator(HandleLabelMixin, BaseOperator):
     """Stage a TF Hub model (tfhub.dev, Kaggle, http(s) or gs:// archive, local dir) into the cache.
 
     :param handle: model handle (templated).
@@ -47,6 +48,8 @@ class TFHubStageModelOperator(BaseOperator):
     :param refresh: ``never`` (default), ``if_changed`` or ``always``.
     :param offline: no network at all; a cache miss fails (default: ``TFHUB_OFFLINE``).
     :param lock_timeout: seconds without progress before another stager's lock is taken over.
+    :param map_index_template: label of mapped instances; default: the handle, shortened
+        (``google/nnlm-en-dim50/2``), see :mod:`airflow_provider_tfhub.operators.labels`.
 
     Every Asset in ``outlets`` gets an event whose ``extra`` is the staged-model dict.
     """
@@ -65,9 +68,10 @@ class TFHubStageModelOperator(BaseOperator):
         refresh: str = "never",
         offline: bool | None = None,
         lock_timeout: float | None = None,
+        map_index_template: str | None = HANDLE_MAP_INDEX_TEMPLATE,
         **kwargs: Any,
     ) -> None:
-        super().__init__(**kwargs)
+        super().__init__(map_index_template=map_index_template, **kwargs)
         self.handle = handle
         self.cache_dir = cache_dir
         self.tfhub_conn_id = tfhub_conn_id
@@ -101,7 +105,11 @@ class TFHubStageModelOperator(BaseOperator):
             offline=self.offline,
             lock_timeout=self.lock_timeout,
         )
-        self.log.info("%s %s at %s", "Staged" if staged["downloaded"] else "Found", staged["handle"], staged["path"])
+        # A download is logged once, by the core ("Staged <handle> into <path> ..."); the rest here.
+        if staged.get("load_format") == "UNCOMPRESSED":
+            self.log.info("Resolved %s to its uncompressed copy %s", staged["handle"], staged["path"])
+        elif not staged["downloaded"]:
+            self.log.info("Found %s in the cache at %s", staged["handle"], staged["path"])
         emit_asset_events(self, context, staged)
         return staged
 
