@@ -6,6 +6,10 @@ models, migrates a SQLite metadata DB under a project-local ``AIRFLOW_HOME``, ru
 ``tfhub_prestage`` DAG through ``dag.test()`` and prints the staged paths. Run it again: the
 second run is a cache hit. Set ``TFHUB_DEMO_HANDLES`` (comma-separated) to stage real models
 instead when the machine has internet access.
+
+It lives outside the package (not in the wheel) because it needs a source checkout: the example
+DAG under ``dags/`` and the project-local ``.airflow`` and ``.cache`` directories. Run it from the
+repository with ``make demo`` (``python scripts/demo.py``).
 """
 
 from __future__ import annotations
