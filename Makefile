@@ -24,8 +24,9 @@ venv: $(VENV)/.created
 install: $(VENV)/.installed
 
 # Runs the example DAG against a demo hub on 127.0.0.1 (a generated model served like tfhub.dev).
+# scripts/ is not part of the wheel: the demo needs this checkout (dags/, .airflow/).
 demo: install
-	$(PY) -m airflow_provider_tfhub.demo
+	$(PY) scripts/demo.py
 
 # The full suite: unit, integration (loopback hub, GCS emulator, Airflow on SQLite, tensorflow_hub).
 test: install

@@ -1,8 +1,14 @@
-"""Provider metadata read by every Airflow component: keep it a literal, import nothing heavy."""
+"""Provider metadata read by every Airflow component: keep it a literal, import nothing heavy.
+
+The version comes from the package's ``__version__``, the one place it is written (pyproject.toml
+reads it too); ``version_added`` values are history, not the current version.
+"""
 
 from __future__ import annotations
 
 from typing import Any
+
+from airflow_provider_tfhub import __version__
 
 
 def get_provider_info() -> dict[str, Any]:
@@ -11,7 +17,7 @@ def get_provider_info() -> dict[str, Any]:
         "name": "TensorFlow Hub",
         "description": "Stage TensorFlow Hub models into a local or gs:// cache that tensorflow_hub itself can use, "
         "keep it fresh and small, and load staged models on TPUs.",
-        "versions": ["0.1.0"],
+        "versions": [__version__],
         "integrations": [
             {
                 "integration-name": "TensorFlow Hub",

@@ -259,6 +259,9 @@ def test_token_field_and_compatibility(
 
 
 # -- make demo --------------------------------------------------------------------------------------
+ROOT = Path(__file__).resolve().parents[1]
+
+
 def test_demo_prints_only_its_summary(tmp_path: Path) -> None:
     """A successful ``make demo`` shows no error or warning line; Airflow's own output goes to a log file."""
     with socket.socket() as s:
@@ -273,7 +276,7 @@ def test_demo_prints_only_its_summary(tmp_path: Path) -> None:
         "TFHUB_DEMO_PORT": str(port),
     }
     out = subprocess.run(
-        [sys.executable, "-m", "airflow_provider_tfhub.demo"], env=env, capture_output=True, text=True, timeout=600
+        [sys.executable, str(ROOT / "scripts" / "demo.py")], env=env, capture_output=True, text=True, timeout=600
     )
     printed = out.stdout + out.stderr
     assert out.returncode == 0, printed

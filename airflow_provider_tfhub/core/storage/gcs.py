@@ -23,8 +23,8 @@ is instead cut into parts uploaded in parallel (one stream is limited by the ser
 then composed into the final object server side (parallel composite upload).
 google-cloud-storage is imported lazily, so a local cache never pays for it.
 
-Emulator caveats (fake-gcs-server 1.54, our test backend; see ``gcs_emulator.md`` section 3): it
-enforces ``ifGenerationMatch`` only on multipart uploads (which lock objects always are), not on
+Emulator caveats (fake-gcs-server 1.54, our test backend; see "Known gaps" in ``docs/gcs_emulator.md``):
+it enforces ``ifGenerationMatch`` only on multipart uploads (which lock objects always are), not on
 deletes, rewrites or metadata patches; it does not check a declared CRC32C; and a metadata patch
 (:meth:`GCSStorage.touch`) gives the object a new generation, where real GCS bumps only the
 metageneration; and it finalises a resumable upload on a status query instead of answering 308.

@@ -10,6 +10,10 @@ instead when the machine has internet access.
 Airflow's own output of the run (scheduler-like bookkeeping, task runner lines, its deprecation
 warnings) goes to ``.cache/demo/airflow.log``; the terminal gets only the demo's summary, so that a
 successful run shows no line that looks like an error. A failed run says where that log is.
+
+It lives outside the package (not in the wheel) because it needs a source checkout: the example
+DAG under ``dags/`` and the project-local ``.airflow`` and ``.cache`` directories. Run it from the
+repository with ``make demo`` (``python scripts/demo.py``).
 """
 
 from __future__ import annotations
