@@ -144,6 +144,8 @@ class Faults:
     connection after that many body bytes, for ``cut_times`` requests (``None``: every request).
 
     ``no_range``: ignore ``Range``/``If-Range``, never advertise ``Accept-Ranges`` (servers like that exist).
+    ``range_ignored``: advertise ``Accept-Ranges: bytes`` but answer every ``Range`` with 200 and the whole
+    body (misconfigured proxies do).
 
     ``html_instead``: the archive URL answers 200 ``text/html`` (captive portals, login walls).
 
@@ -167,6 +169,7 @@ class Faults:
     truncate_to: int | None = None
     stall_after_bytes: int | None = None
     stall_s: float = 0.0
+    range_ignored: bool = False
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> Faults:
@@ -198,6 +201,7 @@ class _Plan:
     html: bool = False
     cut_after: int | None = None
     no_range: bool = False
+    range_ignored: bool = False
     delay_s: float = 0.0
     rate: float | None = None
     truncate_to: int | None = None
@@ -559,7 +563,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
         byte_range: tuple[int, int] | None = None
         range_header = self.headers.get("Range")
-        if range_header and not plan.no_range and self._if_range_ok(etag, last_modified):
+        if range_header and not (plan.no_range or plan.range_ignored) and self._if_range_ok(etag, last_modified):
             try:
                 byte_range = _parse_range(range_header, size)
             except _Unsatisfiable:
@@ -986,6 +990,7 @@ class HubServer:
                 return plan
             plan.html = f.html_instead
             plan.no_range = f.no_range
+            plan.range_ignored = f.range_ignored
             plan.delay_s = f.delay_s
             plan.rate = f.rate_bytes_per_s
             plan.truncate_to = f.truncate_to
