@@ -54,12 +54,20 @@ log = logging.getLogger(__name__)
 DEFAULT_CONNECTIONS = 8
 #: Most connections accepted (more only adds scattered requests; CDNs throttle per client anyway).
 MAX_CONNECTIONS = 64
-#: Bytes per part (``TFHUB_DOWNLOAD_PART_SIZE`` overrides): 8 MiB keeps the per-request latency
-#: (one round trip before each part) under ~10% at 40 MB/s per connection, and 8 connections x
-#: 8 MiB within the memory budget (benchmarks/README.md).
-DEFAULT_PART_SIZE = 8 << 20
+#: Bytes per part (``TFHUB_DOWNLOAD_PART_SIZE`` overrides). Measured on the 497 MB benchmark archive
+#: at 40 MB/s per connection + 20 ms: 8 MiB parts were ~8% faster than 4 MiB but peaked at ~140 MB
+#: RSS against ~100 MB (8 x 8 MiB in flight, plus allocator slack), too close to the 150 MB budget.
+DEFAULT_PART_SIZE = 4 << 20
 #: Smallest part size accepted from the environment (tests use small parts on small archives).
 MIN_PART_SIZE = 64 << 10
+#: Fan out only when the network is what the pipeline waits for: the download starts on the plain
+#: response alone, and this many seconds after its first chunk (then after every chunk) it opens
+#: all connections if the in-order pump spent more than :data:`STARVED_SHARE` of that time waiting
+#: for bytes. On
+#: loopback or a fast LAN one stream outruns inflate, and more connections would only cost CPU and
+#: memory (measured: +0.5 s CPU and +70 MB RSS on the 497 MB benchmark archive). 0: fan out at once.
+FAN_OUT_AFTER = 0.1
+STARVED_SHARE = 0.5
 
 
 def connections_from(explicit: int | str | None = None) -> int:
@@ -139,6 +147,9 @@ class RangedStream(QueuedArchiveStream):
 
     ``expected_crc32c`` (4 big-endian bytes, as GCS reports it) is checked against the CRC32C of
     the whole reassembled archive at the end, since ranged reads cannot be checked per request.
+
+    Only one worker runs until the network proves to be the bottleneck (see :data:`FAN_OUT_AFTER`);
+    then all ``connections`` do.
     """
 
     def __init__(
@@ -169,8 +180,11 @@ class RangedStream(QueuedArchiveStream):
         self._next = 0  # index of the next part a worker takes
         self._stop = False
         self._failure: BaseException | None = None
+        self._active = 1 if FAN_OUT_AFTER > 0 else self.connections  # workers allowed to take parts
+        self._starved = 0.0  # seconds the pump waited for bytes of the head part, after the first chunk
+        self._t0: float | None = None  # when the first chunk arrived
         log.info(
-            "Downloading %s (%.1f MB) with %d connections in %d parts of %.1f MiB.",
+            "Downloading %s (%.1f MB) with up to %d connections in %d parts of %.1f MiB.",
             description,
             size / 1e6,
             self.connections,
@@ -178,7 +192,8 @@ class RangedStream(QueuedArchiveStream):
             part_size / (1 << 20),
         )
         self._workers = [
-            threading.Thread(target=self._work, name=f"tfhub-part-{i}", daemon=True) for i in range(self.connections)
+            threading.Thread(target=self._work, args=(i,), name=f"tfhub-part-{i}", daemon=True)
+            for i in range(self.connections)
         ]
         for worker in self._workers:
             worker.start()
@@ -192,10 +207,15 @@ class RangedStream(QueuedArchiveStream):
         return self._read(n)
 
     # -- workers ----------------------------------------------------------------------------------
-    def _take(self) -> _Part | None:
-        """The next part to fetch, waiting while ``connections`` parts are already ahead of the pump."""
+    def _take(self, worker: int) -> _Part | None:
+        """The next part to fetch, waiting while ``connections`` parts (2 while one stream serves) are
+        already ahead of the pump, and, for all but the first worker, until one stream proved too slow."""
         with self._cond:
-            while not self._stop and self._next < len(self._parts) and self._next - self._head >= self.connections:
+            while (
+                not self._stop
+                and self._next < len(self._parts)
+                and (worker >= self._active or self._next - self._head >= (self.connections if self._active > 1 else 2))
+            ):
                 self._cond.wait()
             if self._stop or self._next >= len(self._parts):
                 return None
@@ -203,9 +223,27 @@ class RangedStream(QueuedArchiveStream):
             self._next += 1
             return part
 
-    def _work(self) -> None:
+    def _maybe_fan_out(self) -> None:
+        """Open all connections once the pump has mostly been waiting for the network."""
+        if self._t0 is None:
+            self._t0 = time.monotonic()
+            return
+        elapsed = time.monotonic() - self._t0
+        if elapsed < FAN_OUT_AFTER or self._starved <= STARVED_SHARE * elapsed:
+            return
+        with self._cond:
+            self._active = self.connections
+            self._cond.notify_all()
+        log.info(
+            "%s: one connection gives %.1f MB/s and the pipeline waits for it; downloading with %d connections.",
+            self.description,
+            self.bytes_read / elapsed / 1e6,
+            self.connections,
+        )
+
+    def _work(self, worker: int) -> None:
         try:
-            while (part := self._take()) is not None:
+            while (part := self._take(worker)) is not None:
                 self._fetch_part(part)
         except BaseException as exc:
             with self._cond:
@@ -264,8 +302,12 @@ class RangedStream(QueuedArchiveStream):
         for index, part in enumerate(self._parts):
             while True:
                 with self._cond:
-                    while not part.chunks and not part.done and self._failure is None and not self._closed.is_set():
-                        self._cond.wait(0.1)
+                    if not part.chunks and not part.done:
+                        waited = time.monotonic()
+                        while not part.chunks and not part.done and self._failure is None and not self._closed.is_set():
+                            self._cond.wait(0.1)
+                        if self._t0 is not None:
+                            self._starved += time.monotonic() - waited
                     if self._failure is not None:
                         raise self._failure
                     if self._closed.is_set():
@@ -293,6 +335,8 @@ class RangedStream(QueuedArchiveStream):
                 self.bytes_read += len(chunk)
                 if not self._put(chunk):
                     return
+                if self._active < self.connections:
+                    self._maybe_fan_out()
                 now = time.monotonic()
                 if now - last_log >= self.progress_interval:
                     last_log = now
@@ -373,6 +417,7 @@ class _HttpPartFetcher(PartFetcher):
         self.info = info
         self.validator = validator
         self._first: requests.Response | None = first
+        self._first_pos = 0  # where the plain response's body continues
         self._lock = threading.Lock()
         self._sessions: list[requests.Session] = []
         self._local = threading.local()
@@ -389,26 +434,46 @@ class _HttpPartFetcher(PartFetcher):
         return session
 
     def fetch(self, start: int, end: int, emit: Callable[[bytes], None]) -> None:
+        """Read on from the plain response while parts are asked for in its order, else a Range request."""
         with self._lock:
-            first, self._first = (self._first, None) if start == 0 else (None, self._first)
-        if first is None:
-            headers = {"Range": f"bytes={start}-{end - 1}", "If-Range": self.validator}
-            first = self.source.request(self.url, headers, redirects=False, session=self._session())
-            if first.status_code != 206:
-                self._not_partial(first, start)
-            content_range = first.headers.get("Content-Range", "")
-            if not content_range.startswith(f"bytes {start}-") or not content_range.endswith(f"/{self.info.size}"):
-                first.close()
-                raise RestartRequired(f"a part request for byte {start} was answered with {content_range!r}")
-        length, got = end - start, 0
+            first, self._first = self._first, None
+        if first is not None:
+            if start == self._first_pos:
+                self._read_plain(first, start, end, emit)
+                return
+            first.close()  # a resume or a part out of its order: the plain stream has served its turn
+        headers = {"Range": f"bytes={start}-{end - 1}", "If-Range": self.validator}
+        resp = self.source.request(self.url, headers, redirects=False, session=self._session())
+        if resp.status_code != 206:
+            self._not_partial(resp, start)
+        content_range = resp.headers.get("Content-Range", "")
+        if not content_range.startswith(f"bytes {start}-") or not content_range.endswith(f"/{self.info.size}"):
+            resp.close()
+            raise RestartRequired(f"a part request for byte {start} was answered with {content_range!r}")
         try:
-            for chunk in first.raw.stream(CHUNK_SIZE, decode_content=False):
+            for chunk in resp.raw.stream(CHUNK_SIZE, decode_content=False):
+                emit(chunk)
+        finally:
+            resp.close()
+
+    def _read_plain(self, resp: requests.Response, start: int, end: int, emit: Callable[[bytes], None]) -> None:
+        """Exactly ``[start, end)`` from the plain response (which carries the whole archive); keep it for the
+        next part when it is intact."""
+        got, length, keep = 0, end - start, False
+        try:
+            while got < length:
+                chunk = resp.raw.read(min(CHUNK_SIZE, length - got), decode_content=False)
+                if not chunk:
+                    return
                 emit(chunk)
                 got += len(chunk)
-                if got >= length:  # the first response carries the whole archive: stop after part 0
-                    return
+            keep = end < (self.info.size or 0)
         finally:
-            first.close()
+            if keep:
+                with self._lock:
+                    self._first, self._first_pos = resp, end
+            else:
+                resp.close()
 
     def _not_partial(self, resp: requests.Response, start: int) -> None:
         """A part answered other than 206: the archive changed, the server ignores ranges, or an error."""
