@@ -640,7 +640,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="64 MB model, 10 small models, 1 round: a smoke run")
     p.add_argument("--size-mb", type=int, default=512, help="the big model's size in MiB (default 512)")
-    p.add_argument("--rounds", type=int, default=5, help="alternating rounds of each cold/warm measurement")
+    p.add_argument("--rounds", type=int, default=3, help="alternating rounds of each cold/warm measurement")
     p.add_argument("--calls", type=int, default=300, help="warm in-process calls per contender")
     p.add_argument("--small-count", type=int, default=40)
     p.add_argument("--small-params", type=int, default=256 * 1024, help="float32 weights per small model (1 MiB)")
