@@ -55,8 +55,11 @@ DEFAULT_CONNECTIONS = 8
 #: Most connections accepted (more only adds scattered requests; CDNs throttle per client anyway).
 MAX_CONNECTIONS = 64
 #: Bytes per part (``TFHUB_DOWNLOAD_PART_SIZE`` overrides). Measured on the 497 MB benchmark archive
-#: at 40 MB/s per connection + 20 ms: 8 MiB parts were ~8% faster than 4 MiB but peaked at ~140 MB
-#: RSS against ~100 MB (8 x 8 MiB in flight, plus allocator slack), too close to the 150 MB budget.
+#: at 40 MB/s per connection + 20 ms (whole ``tfhub-cache`` process): 8 MiB parts peaked at ~140 MB
+#: RSS, 4 MiB at ~100 MB, 2 MiB at ~85 MB (8 parts in flight plus allocator slack), with no speed
+#: difference above the machine's noise; 4 MiB keeps the round trip before each part at ~16% of it
+#: (20 ms per 105 ms at 40 MB/s). Since parts run ahead only while the pump waits for the network
+#: (see :meth:`RangedStream._ahead_limit`), 4 MiB parts peak at ~80 MB.
 DEFAULT_PART_SIZE = 4 << 20
 #: Smallest part size accepted from the environment (tests use small parts on small archives).
 MIN_PART_SIZE = 64 << 10
@@ -182,6 +185,7 @@ class RangedStream(QueuedArchiveStream):
         self._failure: BaseException | None = None
         self._active = 1 if FAN_OUT_AFTER > 0 else self.connections  # workers allowed to take parts
         self._starved = 0.0  # seconds the pump waited for bytes of the head part, after the first chunk
+        self._pump_waiting = False  # the pump is waiting for the head part's bytes right now
         self._t0: float | None = None  # when the first chunk arrived
         log.info(
             "Downloading %s (%.1f MB) with up to %d connections in %d parts of %.1f MiB.",
@@ -207,14 +211,23 @@ class RangedStream(QueuedArchiveStream):
         return self._read(n)
 
     # -- workers ----------------------------------------------------------------------------------
+    def _ahead_limit(self) -> int:
+        """How many parts may be in flight from the pump's head on.
+
+        Two (the head and the next) unless all connections are open *and* the pump is waiting for
+        the network: when the consumer is the slower side (inflate, or a gs:// cache's uploads),
+        parts fetched further ahead would only sit in memory, so memory stays at two parts then.
+        """
+        return self.connections if self._active > 1 and self._pump_waiting else 2
+
     def _take(self, worker: int) -> _Part | None:
-        """The next part to fetch, waiting while ``connections`` parts (2 while one stream serves) are
-        already ahead of the pump, and, for all but the first worker, until one stream proved too slow."""
+        """The next part to fetch, waiting while :meth:`_ahead_limit` parts are in flight and, for all
+        but the first worker, until one stream proved too slow."""
         with self._cond:
             while (
                 not self._stop
                 and self._next < len(self._parts)
-                and (worker >= self._active or self._next - self._head >= (self.connections if self._active > 1 else 2))
+                and (worker >= self._active or self._next - self._head >= self._ahead_limit())
             ):
                 self._cond.wait()
             if self._stop or self._next >= len(self._parts):
@@ -304,8 +317,11 @@ class RangedStream(QueuedArchiveStream):
                 with self._cond:
                     if not part.chunks and not part.done:
                         waited = time.monotonic()
+                        self._pump_waiting = True
+                        self._cond.notify_all()  # workers may take parts further ahead now
                         while not part.chunks and not part.done and self._failure is None and not self._closed.is_set():
                             self._cond.wait(0.1)
+                        self._pump_waiting = False
                         if self._t0 is not None:
                             self._starved += time.monotonic() - waited
                     if self._failure is not None:
