@@ -54,13 +54,14 @@ log = logging.getLogger(__name__)
 DEFAULT_CONNECTIONS = 8
 #: Most connections accepted (more only adds scattered requests; CDNs throttle per client anyway).
 MAX_CONNECTIONS = 64
-#: Bytes per part (``TFHUB_DOWNLOAD_PART_SIZE`` overrides). Measured on the 497 MB benchmark archive
-#: at 40 MB/s per connection + 20 ms (whole ``tfhub-cache`` process): 8 MiB parts peaked at ~140 MB
-#: RSS, 4 MiB at ~100 MB, 2 MiB at ~85 MB (8 parts in flight plus allocator slack), with no speed
-#: difference above the machine's noise; 4 MiB keeps the round trip before each part at ~16% of it
-#: (20 ms per 105 ms at 40 MB/s). Since parts run ahead only while the pump waits for the network
-#: (see :meth:`RangedStream._ahead_limit`), 4 MiB parts peak at ~80 MB.
-DEFAULT_PART_SIZE = 4 << 20
+#: Bytes per part (``TFHUB_DOWNLOAD_PART_SIZE`` overrides). At most ``connections`` parts are in
+#: memory, so 8 x 2 MiB = 16 MiB bounds what parallel downloads add to a process whose other
+#: buffers (a gs:// cache's uploads: ~40 MiB) also count against the 150 MB budget. Measured on the
+#: 497 MB benchmark archive: 8 MiB parts peaked at ~140 MB RSS for a local cache, 4 MiB at ~100 MB,
+#: and with a gs:// cache 4 MiB reached 165 MB; speed differences were below the shared machine's
+#: noise. At 40 MB/s per connection and 20 ms per request, 8 x 2 MiB parts still move ~230 MB/s,
+#: about what inflate takes on one core (benchmarks/README.md).
+DEFAULT_PART_SIZE = 2 << 20
 #: Smallest part size accepted from the environment (tests use small parts on small archives).
 MIN_PART_SIZE = 64 << 10
 #: Fan out only when the network is what the pipeline waits for: the download starts on the plain
