@@ -85,7 +85,7 @@ def test_one_connection_and_small_archives_use_one_stream(
     stage(handle_of("medium"), str(tmp_path / "one"))
     assert capped.stats()["models"][MEDIUM]["archive_range"] == 0
     monkeypatch.delenv("TFHUB_DOWNLOAD_CONNECTIONS")
-    stage(handle_of("small_a"), str(tmp_path / "small"))  # smaller than two parts
+    stage(handle_of("small_a"), str(tmp_path / "small"))  # fewer than 8 parts
     assert capped.stats()["models"]["/google/small_a/1"]["archive_range"] == 0
 
     monkeypatch.setenv("TFHUB_DOWNLOAD_CONNECTIONS", "many")

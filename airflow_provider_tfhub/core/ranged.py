@@ -104,9 +104,14 @@ def part_size_from_env() -> int:
     return int(text)
 
 
+#: Archives of fewer parts than this are fetched as one stream: they take a fraction of a second
+#: even at tens of MB/s, and could not keep the default connections busy anyway.
+MIN_PARTS = 8
+
+
 def plan_parts(size: int | None, connections: int, part_size: int) -> int:
     """How many parts to fetch in parallel; 0 means "one stream" (unknown size, one connection, small)."""
-    if size is None or connections <= 1 or size < 2 * part_size:
+    if size is None or connections <= 1 or size < MIN_PARTS * part_size:
         return 0
     return -(-size // part_size)
 
