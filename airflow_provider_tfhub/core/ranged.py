@@ -8,8 +8,14 @@ bytes fetched by up to ``connections`` worker threads at once, each part with it
 request. A pump thread takes the parts in order, hashes them (sha256, and CRC32C for GCS) and feeds
 the same bounded queue that a single stream would, so inflate and extraction are unchanged.
 
+The plain request's body serves the first parts, as one stream; the other connections open only
+once the pump is seen waiting for the network (:data:`FAN_OUT_AFTER`): on loopback or a fast LAN
+one stream outruns inflate and more connections would only cost CPU and memory. Archives of
+fewer than :data:`MIN_PARTS` parts, servers without ranges and ``connections=1`` get one stream.
+
 Memory stays bounded whatever the archive size: at most ``connections`` parts are in flight (the
-one being handed on plus those buffered ahead of it), i.e. ``connections x part size`` bytes.
+one being handed on plus those buffered ahead of it), i.e. ``connections x part size`` bytes, and
+parts run ahead of the pump only while it waits for the network.
 
 Failures: a part whose connection drops is resumed from its last byte (``Range: bytes=n-end``),
 with the source's retry budget per part (reset whenever the part makes progress). Every part
