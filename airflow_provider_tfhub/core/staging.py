@@ -44,6 +44,7 @@ from airflow_provider_tfhub.core.layout import (
     utc_now,
 )
 from airflow_provider_tfhub.core.locks import CacheLock
+from airflow_provider_tfhub.core.ranged import connections_from
 from airflow_provider_tfhub.core.records import RESULT_KEYS, StagedModel, staged_model
 from airflow_provider_tfhub.core.storage import Storage, open_storage
 from airflow_provider_tfhub.core.storage.base import MODEL_MARKERS
@@ -76,15 +77,19 @@ def stage(
     storage_options: dict[str, Any] | None = None,
     max_extracted_bytes: int | None = None,
     progress_interval: float = 5.0,
+    download_connections: int | None = None,
 ) -> StagedModel:
     """Stage ``handle`` into ``cache_dir`` and return the staged-model dict (see :data:`RESULT_KEYS`).
 
     ``cache_dir=None`` means ``TFHUB_CACHE_DIR`` or tensorflow_hub's default. ``sha256`` pins the
     archive; a mismatch fails permanently and leaves nothing behind. ``refresh`` is ``never``
     (a cached model costs no request), ``if_changed`` (one conditional request) or ``always``.
-    ``offline`` (or ``TFHUB_OFFLINE=1``) forbids any network access.
+    ``offline`` (or ``TFHUB_OFFLINE=1``) forbids any network access. ``download_connections``
+    (or ``TFHUB_DOWNLOAD_CONNECTIONS``, default 8) fetches big archives as parallel ranged parts;
+    ``1`` downloads with one stream.
     """
     parsed = parse_handle(handle)
+    connections = connections_from(download_connections)
     fmt = settings.resolve_load_format(load_format)
     mode = settings.resolve_refresh(refresh)
     pin = check_sha256(sha256)
@@ -114,6 +119,7 @@ def stage(
         retry=retry or RetryPolicy.from_env(),
         max_extracted_bytes=max_extracted_bytes,
         progress_interval=progress_interval,
+        download_connections=connections,
     ).run(refresh=mode, offline=offline)
 
 
@@ -190,6 +196,7 @@ class Stager:
         retry: RetryPolicy,
         max_extracted_bytes: int | None,
         progress_interval: float,
+        download_connections: int | None = None,
     ) -> None:
         self.storage = storage
         self.handle = handle
@@ -200,6 +207,7 @@ class Stager:
         self.retry = retry
         self.max_extracted_bytes = max_extracted_bytes
         self.progress_interval = progress_interval
+        self.download_connections = download_connections
         self.uid = new_uid()
         self._meta_token: str | None = None
 
@@ -471,13 +479,14 @@ class Stager:
                 retry=self.retry,
                 progress_interval=self.progress_interval,
                 description=self.handle.handle,
+                connections=self.download_connections,
             )
         if kind == "local_archive":
             return LocalFileSource(self.handle.handle)
         if kind == "gcs_archive":
             from airflow_provider_tfhub.core.storage.gcs import GCSArchiveSource
 
-            return GCSArchiveSource(self.handle.handle, storage=self.storage)
+            return GCSArchiveSource(self.handle.handle, storage=self.storage, connections=self.download_connections)
         raise InvalidHandleError(f"Cannot stage {self.handle.handle!r} ({kind}).")
 
     def _check_pin(self, hit: Mapping[str, Any]) -> None:

@@ -147,8 +147,13 @@ class TFHubHook(BaseHook):
         refresh: str | None = "never",
         offline: bool | None = None,
         lock_timeout: float | None = None,
+        download_connections: int | None = None,
     ) -> dict[str, Any]:
-        """Stage ``handle`` and return the staged-model dict (see ``core.staging.RESULT_KEYS``)."""
+        """Stage ``handle`` and return the staged-model dict (see ``core.staging.RESULT_KEYS``).
+
+        ``download_connections``: parallel ranged connections for big archives (default
+        ``TFHUB_DOWNLOAD_CONNECTIONS`` or 8; 1 downloads with one stream).
+        """
         resolved = self.resolve_cache_dir(cache_dir)
         result = core_stage(
             handle,
@@ -160,6 +165,7 @@ class TFHubHook(BaseHook):
             offline=offline,
             lock_timeout=settings.resolve_lock_timeout(lock_timeout, self.settings.config_lock_timeout),
             storage_options=self.storage_options(resolved),
+            download_connections=download_connections,
         )
         return dict(result)
 

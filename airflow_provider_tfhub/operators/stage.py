@@ -15,6 +15,7 @@ from airflow.sdk import BaseOperator
 from airflow_provider_tfhub.core import settings
 from airflow_provider_tfhub.core.errors import TFHubError
 from airflow_provider_tfhub.core.handles import parse_handle
+from airflow_provider_tfhub.core.ranged import connections_from
 from airflow_provider_tfhub.core.staging import check_sha256
 from airflow_provider_tfhub.operators.labels import HANDLE_MAP_INDEX_TEMPLATE, HandleLabelMixin
 
@@ -50,6 +51,8 @@ class TFHubStageModelOperator(HandleLabelMixin, BaseOperator):
     :param lock_timeout: seconds without progress before another stager's lock is taken over.
     :param map_index_template: label of mapped instances; default: the handle, shortened
         (``google/nnlm-en-dim50/2``), see :mod:`airflow_provider_tfhub.operators.labels`.
+    :param download_connections: parallel ranged connections for big archives (default
+        ``TFHUB_DOWNLOAD_CONNECTIONS`` or 8); ``1`` downloads with one stream.
 
     Every Asset in ``outlets`` gets an event whose ``extra`` is the staged-model dict.
     """
@@ -69,6 +72,7 @@ class TFHubStageModelOperator(HandleLabelMixin, BaseOperator):
         offline: bool | None = None,
         lock_timeout: float | None = None,
         map_index_template: str | None = HANDLE_MAP_INDEX_TEMPLATE,
+        download_connections: int | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(map_index_template=map_index_template, **kwargs)
@@ -80,6 +84,9 @@ class TFHubStageModelOperator(HandleLabelMixin, BaseOperator):
         self.refresh = refresh
         self.offline = offline
         self.lock_timeout = lock_timeout
+        self.download_connections = download_connections
+        if download_connections is not None:
+            connections_from(download_connections)
         if is_literal(handle):
             parse_handle(handle)
         if is_literal(sha256):
@@ -104,6 +111,7 @@ class TFHubStageModelOperator(HandleLabelMixin, BaseOperator):
             refresh=self.refresh,
             offline=self.offline,
             lock_timeout=self.lock_timeout,
+            download_connections=self.download_connections,
         )
         # A download is logged once, by the core ("Staged <handle> into <path> ..."); the rest here.
         if staged.get("load_format") == "UNCOMPRESSED":

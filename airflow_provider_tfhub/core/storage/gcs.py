@@ -1234,8 +1234,11 @@ class GCSArchiveSource(ArchiveSource):
     The object's generation is its ETag, so ``refresh="if_changed"`` costs one metadata request.
     """
 
-    def __init__(self, handle_url: str, *, storage: Storage | None = None, client: Any = None) -> None:
+    def __init__(
+        self, handle_url: str, *, storage: Storage | None = None, client: Any = None, connections: int | None = None
+    ) -> None:
         self.url = handle_url
+        self.connections = connections  # parallel ranged reads (core/ranged.py); 1: one stream
         self.description = handle_url
         self.bucket_name, self.name = parse_gs_url(handle_url)
         if not self.name:
@@ -1274,7 +1277,11 @@ class GCSArchiveSource(ArchiveSource):
             accept_ranges=True,
         )
         pinned = self.client.bucket(self.bucket_name).blob(self.name, generation=blob.generation)
-        return _GCSStream(pinned, info, self._error)
+        from airflow_provider_tfhub.core.ranged import connections_from, open_gcs_ranged
+
+        crc = base64.b64decode(blob.crc32c) if blob.crc32c else None
+        ranged = open_gcs_ranged(pinned, info, connections_from(self.connections), self._error, expected_crc32c=crc)
+        return ranged if ranged is not None else _GCSStream(pinned, info, self._error)
 
     def _error(self, exc: BaseException) -> BaseException:
         if not _is_gcs_error(exc):
