@@ -9,11 +9,11 @@ export AIRFLOW__CORE__LOAD_EXAMPLES ?= False
 export AIRFLOW__CORE__DAGS_FOLDER ?= $(CURDIR)/dags
 export NO_GCE_CHECK ?= true
 
-.PHONY: venv install demo test lint typecheck bench test-cluster compose-config clean
+.PHONY: venv install demo test test-ui lint typecheck bench test-cluster compose-config clean
 
 $(VENV)/.created:
 	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install --quiet --upgrade pip uv
+	$(VENV)/bin/pip install -qq --upgrade pip uv  # -qq: errors only (a machine's find-links warnings are noise)
 	touch $@
 
 $(VENV)/.installed: $(VENV)/.created pyproject.toml
@@ -24,8 +24,9 @@ venv: $(VENV)/.created
 install: $(VENV)/.installed
 
 # Runs the example DAG against a demo hub on 127.0.0.1 (a generated model served like tfhub.dev).
+# scripts/ is not part of the wheel: the demo needs this checkout (dags/, .airflow/).
 demo: install
-	$(PY) -m airflow_provider_tfhub.demo
+	$(PY) scripts/demo.py
 
 # The full suite: unit, integration (loopback hub, GCS emulator, Airflow on SQLite, tensorflow_hub).
 test: install
@@ -33,6 +34,12 @@ test: install
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 	$(VENV)/bin/pytest -q -ra --durations=15 $(PYTEST_ARGS)
+
+# Airflow's own UI in headless Chromium (Debian's chromium + chromium-driver, installed when missing):
+# the api-server on 127.0.0.1 with SQLite in a temp AIRFLOW_HOME; screenshots in ui_tests/screenshots/.
+test-ui: install
+	bash ui_tests/install_browser.sh
+	$(VENV)/bin/pytest -q -rs -p no:cacheprovider ui_tests $(PYTEST_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

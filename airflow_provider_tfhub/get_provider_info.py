@@ -1,8 +1,14 @@
-"""Provider metadata read by every Airflow component: keep it a literal, import nothing heavy."""
+"""Provider metadata read by every Airflow component: keep it a literal, import nothing heavy.
+
+The version comes from the package's ``__version__``, the one place it is written (pyproject.toml
+reads it too); ``version_added`` values are history, not the current version.
+"""
 
 from __future__ import annotations
 
 from typing import Any
+
+from airflow_provider_tfhub import __version__
 
 
 def get_provider_info() -> dict[str, Any]:
@@ -11,7 +17,7 @@ def get_provider_info() -> dict[str, Any]:
         "name": "TensorFlow Hub",
         "description": "Stage TensorFlow Hub models into a local or gs:// cache that tensorflow_hub itself can use, "
         "keep it fresh and small, and load staged models on TPUs.",
-        "versions": ["0.1.0"],
+        "versions": [__version__],
         "integrations": [
             {
                 "integration-name": "TensorFlow Hub",
@@ -24,31 +30,46 @@ def get_provider_info() -> dict[str, Any]:
                 "connection-type": "tfhub",
                 "hook-class-name": "airflow_provider_tfhub.hooks.tfhub.TFHubHook",
                 "hook-name": "TensorFlow Hub",
+                # What Airflow 3.3's form does with this (see the README, "The tfhub connection"):
+                # - conn-fields become the "Extra Fields"; an `enum` holding None would be offered as a
+                #   literal "null" choice, and a `default` is pre-filled, so neither is given here;
+                # - ui-field-behaviour `placeholders` reach only the standard fields (host, password...);
+                #   a conn-field shows a placeholder only from `schema.examples` (with a suggestion list);
+                # - the token is the standard Password field (masked, encrypted, `tfhub://:TOKEN@` in a
+                #   URI); an extra `token` (the older field) is still read when Password is empty.
                 "conn-fields": {
                     "cache_dir": {
                         "label": "Cache dir",
-                        "description": "Local directory or gs://bucket/prefix for staged models.",
-                        "schema": {"type": ["string", "null"]},
-                    },
-                    "token": {
-                        "label": "Token",
-                        "description": "Bearer token sent only to the hub's own host (never to redirect targets).",
-                        "schema": {"type": ["string", "null"], "format": "password"},
+                        "description": "Local directory or gs://bucket/prefix for staged models. Empty: "
+                        "TFHUB_CACHE_DIR, then [tfhub] cache_dir.",
+                        "schema": {
+                            "type": ["string", "null"],
+                            "examples": ["gs://my-bucket/tfhub-modules", "/data/tfhub-modules"],
+                        },
                     },
                     "load_format": {
                         "label": "Load format",
-                        "schema": {"type": ["string", "null"], "enum": ["AUTO", "COMPRESSED", "UNCOMPRESSED", None]},
+                        "description": "COMPRESSED stages archives into the cache; UNCOMPRESSED reads the hub's "
+                        "gs:// copy in place; AUTO is COMPRESSED. Empty: TFHUB_MODEL_LOAD_FORMAT, then "
+                        "[tfhub] load_format.",
+                        "schema": {"type": ["string", "null"], "enum": ["AUTO", "COMPRESSED", "UNCOMPRESSED"]},
                     },
                     "gcp_conn_id": {
                         "label": "GCP connection id",
-                        "description": "Google Cloud connection whose credentials reach a gs:// cache.",
-                        "schema": {"type": ["string", "null"]},
+                        "description": "Google Cloud connection whose credentials reach a gs:// cache. Empty: "
+                        "Application Default Credentials.",
+                        "schema": {"type": ["string", "null"], "examples": ["google_cloud_default"]},
                     },
                 },
                 "ui-field-behaviour": {
                     "hidden-fields": ["schema", "port", "login", "extra"],
                     "relabeling": {"password": "Token", "host": "Hub host (optional)"},
-                    "placeholders": {"host": "tfhub.dev", "cache_dir": "gs://my-bucket/tfhub-modules"},
+                    "placeholders": {
+                        "host": "tfhub.dev",
+                        "password": "Bearer token (if empty, an extra 'token' is used)",
+                        # Shown by Airflow UIs that read conn-field placeholders (3.3 uses schema.examples).
+                        "cache_dir": "gs://my-bucket/tfhub-modules",
+                    },
                 },
             }
         ],

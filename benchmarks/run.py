@@ -60,6 +60,7 @@ class Run:
     rss_mb: float
     result: dict[str, Any] = field(default_factory=dict)
     error: str = ""
+    cpu: float = float("nan")  # user + system seconds of the process
 
     @property
     def seconds(self) -> float:
@@ -82,10 +83,23 @@ def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
 
 def run_child(action: str, args: dict[str, Any], *, env: dict[str, str] | None = None, timeout: float = 300) -> Run:
     """Run ``child.py ACTION`` and collect its RESULT line, wall time and peak RSS (``ru_maxrss`` of wait4)."""
+    return run_process(action, [sys.executable, str(HERE / "child.py"), action, json.dumps(args)], env, timeout)
+
+
+def run_cli(url: str, cache: Path, *, env: dict[str, str] | None = None, timeout: float = 300) -> Run:
+    """Our whole ``tfhub-cache stage`` process, as a user runs it: ``seconds`` is its wall time."""
+    cli = str(Path(sys.executable).with_name("tfhub-cache"))
+    run = run_process("cli", [cli, "stage", url, "--cache-dir", str(cache), "--json"], env, timeout, parse=False)
+    if run.ok:
+        run.result = {"seconds": run.wall}
+    return run
+
+
+def run_process(action: str, argv: list[str], env: dict[str, str] | None, timeout: float, *, parse: bool = True) -> Run:
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         started = time.perf_counter()
         proc = subprocess.Popen(
-            [sys.executable, str(HERE / "child.py"), action, json.dumps(args)],
+            argv,
             stdout=out,
             stderr=err,
             env=child_env(env),
@@ -104,12 +118,14 @@ def run_child(action: str, args: dict[str, Any], *, env: dict[str, str] | None =
         stdout = out.read().decode("utf8", "replace")
         stderr = err.read().decode("utf8", "replace")
     rss_mb = usage.ru_maxrss * 1024 / MB  # Linux reports KiB
+    cpu = usage.ru_utime + usage.ru_stime
     lines = [line for line in stdout.splitlines() if line.startswith("RESULT ")]
-    if proc.returncode != 0 or not lines:
+    if proc.returncode != 0 or (parse and not lines):
         tail = (stderr.strip().splitlines() or ["(no output)"])[-1]
         reason = "timed out" if proc.returncode == -9 else f"exit {proc.returncode}"
-        return Run(action, False, wall, rss_mb, error=f"{reason}: {tail[:200]}")
-    return Run(action, True, wall, rss_mb, json.loads(lines[-1][len("RESULT ") :]))
+        return Run(action, False, wall, rss_mb, error=f"{reason}: {tail[:200]}", cpu=cpu)
+    result = json.loads(lines[-1][len("RESULT ") :]) if lines else {}
+    return Run(action, True, wall, rss_mb, result, cpu=cpu)
 
 
 def fresh(path: Path) -> Path:
@@ -233,6 +249,34 @@ class Bench:
                     f"{run.rss_mb:.0f} MB {run.error}"
                 )
         return runs
+
+    # networks: our whole CLI process vs hub.resolve in-process ------------------------------------------
+    def network(self, name: str, label: str, bandwidth: float | None, latency: float, rounds: int) -> dict[str, Any]:
+        """Alternating rounds on the hub's WAN model (``bandwidth`` bytes/s per connection, ``latency`` s
+        before each response; None/0: plain loopback)."""
+        control = HubControl(self.hub_url)
+        control.set_network(bandwidth_bytes_per_s=bandwidth, latency_s=latency)
+        runs: dict[str, list[Run]] = {"ours": [], "hub": []}
+        url = self.url(name)
+        ours_env = {"TFHUB_DOWNLOAD_CONNECTIONS": str(self.args.connections)} if self.args.connections else None
+        try:
+            for i in range(rounds):
+                order = ("ours", "hub") if i % 2 == 0 else ("hub", "ours")
+                for who in order:
+                    cache = fresh(self.cache(f"net-{label}-{who}-{name}-r{i}".replace(" ", "").replace("/", "")))
+                    if who == "ours":
+                        run = run_cli(url, cache, env=ours_env)
+                    else:
+                        run = run_child("hub_cold", {"url": url}, env={"TFHUB_CACHE_DIR": str(cache)}, timeout=600)
+                    runs[who].append(run)
+                    log(
+                        f"{label} {name} {who}: {run.seconds:.2f}s "
+                        f"({'whole process' if who == 'ours' else 'in-process'}), "
+                        f"process {run.wall:.2f}s, CPU {run.cpu:.2f}s, {run.rss_mb:.0f} MB {run.error}"
+                    )
+        finally:
+            control.set_network()
+        return {"label": label, "bandwidth": bandwidth, "latency": latency, "rounds": rounds, "runs": runs}
 
     # warm ---------------------------------------------------------------------------------------------
     def warm(self, name: str) -> dict[str, Any]:
@@ -372,6 +416,57 @@ def versions() -> str:
     return ", ".join(parts)
 
 
+NETWORK_TARGETS = {"40 MB/s": 5.0, "loopback": 3.0}
+
+
+def network_report(bench: Bench, big: str) -> list[str]:
+    """The issue-12 table: our whole ``tfhub-cache stage`` process vs ``hub.resolve`` in-process."""
+    lines = [
+        f"Networks (the hub's WAN model; {big}; ours = the whole `tfhub-cache stage` process, "
+        f"{bench.args.connections or 'default'} connections; tensorflow_hub = `hub.resolve` in-process; "
+        "medians of alternating rounds; CPU = user+system seconds of our process):",
+        "",
+        "| network | ours: whole process | ours: CPU, peak RSS | hub.resolve in-process | its peak RSS "
+        "| ours vs hub | target |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for net in bench.results.get("networks", []):
+        runs = net["runs"]
+        o = median([x.seconds for x in runs["ours"]])
+        h = median([x.seconds for x in runs["hub"]])
+        o_cpu = median([x.cpu for x in runs["ours"]])
+        o_rss = max((x.rss_mb for x in runs["ours"]), default=float("nan"))
+        h_rss = max((x.rss_mb for x in runs["hub"]), default=float("nan"))
+        k = ratio(h, o)
+        aim = NETWORK_TARGETS.get(net["label"])
+        if net["label"] == "loopback":
+            target = verdict(k >= 1.0, f"no regression; aim >= 3x: {k:.2f}x") + ("" if k >= 3 else " (aim not reached)")
+        elif aim:
+            target = verdict(k >= aim and o_rss <= 150, f">= {aim:g}x, RSS <= 150 MB: {k:.2f}x, {o_rss:.0f} MB")
+        else:
+            target = verdict(o_rss <= 150, f"RSS <= 150 MB: {o_rss:.0f} MB")
+        where = (
+            "loopback, uncapped"
+            if not net["bandwidth"]
+            else (f"{net['bandwidth'] / MB:g} MB/s per connection, {net['latency'] * 1e3:g} ms before each response")
+        )
+        add_rounds = f" ({net['rounds']} round{'s' if net['rounds'] != 1 else ''})"
+        lines.append(
+            f"| {where}{add_rounds} | {fmt_s(o)} | {o_cpu:.2f} s, {o_rss:.0f} MB | {fmt_s(h)} | {h_rss:.0f} MB | "
+            f"**{k:.2f}x** | {target} |"
+        )
+    failures = [
+        f"{x.action}: {x.error}"
+        for n in bench.results.get("networks", [])
+        for g in n["runs"].values()
+        for x in g
+        if not x.ok
+    ]
+    if failures:
+        lines += ["", "Failed runs: " + "; ".join(failures)]
+    return lines
+
+
 def report(bench: Bench, big: str, small_big: str, started: float, load: tuple[str, str]) -> str:
     r = bench.results
     a = bench.args
@@ -389,6 +484,10 @@ def report(bench: Bench, big: str, small_big: str, started: float, load: tuple[s
         f"{c['archive_bytes'] / MB:.0f} MB; {a.small_count} small models; cache on `{a.cache_root}`; "
         f"medians of {a.rounds} alternating rounds unless noted."
     )
+    add("")
+    lines.extend(network_report(bench, big))
+    add("")
+    add("Loopback details (ours = `core.staging.stage` in a child process):")
     add("")
     add("| measurement | ours | tensorflow_hub | ours vs hub | target |")
     add("|---|---|---|---|---|")
@@ -541,7 +640,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="64 MB model, 10 small models, 1 round: a smoke run")
     p.add_argument("--size-mb", type=int, default=512, help="the big model's size in MiB (default 512)")
-    p.add_argument("--rounds", type=int, default=5, help="alternating rounds of each cold/warm measurement")
+    p.add_argument("--rounds", type=int, default=3, help="alternating rounds of each cold/warm measurement")
     p.add_argument("--calls", type=int, default=300, help="warm in-process calls per contender")
     p.add_argument("--small-count", type=int, default=40)
     p.add_argument("--small-params", type=int, default=256 * 1024, help="float32 weights per small model (1 MiB)")
@@ -556,10 +655,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--tmpfs-root", default="/dev/shm/tfhub-bench", help="also time cold stages on tmpfs ('' skips)")
     p.add_argument("--tmpfs-rounds", type=int, default=3)
     p.add_argument("--readme", action="store_true", help="also write the table into benchmarks/README.md")
+    p.add_argument("--net-rounds", type=int, default=3, help="rounds on loopback and at 40 MB/s per connection")
+    p.add_argument("--slow-rounds", type=int, default=1, help="rounds at 10 MB/s per connection (~50 s each for hub)")
+    p.add_argument("--connections", type=int, default=0, help="TFHUB_DOWNLOAD_CONNECTIONS for ours (0: default)")
+    p.add_argument("--network-only", action="store_true", help="only the network table (loopback, 40 and 10 MB/s)")
     args = p.parse_args(argv)
     if args.quick:
         args.size_mb, args.rounds, args.calls, args.small_count = 64, 1, 100, 10
         args.many_rounds, args.import_rounds, args.tmpfs_rounds = 1, 2, 1
+        args.net_rounds = 1
     return args
 
 
@@ -577,6 +681,13 @@ def main(argv: list[str] | None = None) -> int:
     with HubServerProcess(bench.data["root"]) as hub:
         bench.hub_url = hub.url
         bench.storage_url = hub.control.info()["storage_url"]
+        bench.results["networks"] = [
+            bench.network(big, "loopback", None, 0.0, args.net_rounds),
+            bench.network(big, "40 MB/s", 40 * MB, 0.020, args.net_rounds),
+            bench.network(big, "10 MB/s", 10 * MB, 0.020, args.slow_rounds),
+        ]
+        if args.network_only:
+            return finish(bench, big, started, load_start, None)
         bench.ceilings(big)
         bench.results["cold"] = bench.cold(big, args.rounds)
         bench.results["warm"] = bench.warm(big)
@@ -587,13 +698,30 @@ def main(argv: list[str] | None = None) -> int:
         if not args.skip_gcs:
             bench.results["gcs"] = bench.gcs(big)
     bench.results["imports"] = bench.imports()
+    return finish(bench, big, started, load_start, small)
+
+
+def finish(bench: Bench, big: str, started: float, load_start: str, small: str | None) -> int:
+    args = bench.args
     shutil.rmtree(Path(args.cache_root) / "caches", ignore_errors=True)
     if args.tmpfs_root:
         shutil.rmtree(args.tmpfs_root, ignore_errors=True)
     load_end = " ".join(f"{x:.1f}" for x in os.getloadavg())
-    table = report(bench, big, small, started, (load_start, load_end))
+    if small is None:
+        table = "\n".join(
+            [
+                f"Command: `python benchmarks/run.py {' '.join(sys.argv[1:])}`, "
+                f"{datetime.datetime.now().strftime('%Y-%m-%d %H:%M')}, total {time.time() - started:.0f} s.  ",
+                f"Machine: {machine()}; load average at start {load_start}, at end {load_end}.  ",
+                f"Versions: {versions()}.  ",
+                "",
+                *network_report(bench, big),
+            ]
+        )
+    else:
+        table = report(bench, big, small, started, (load_start, load_end))
     print(table)
-    (work / "results.md").write_text(table + "\n")
+    (bench.work / "results.md").write_text(table + "\n")
     if args.readme:
         write_readme(table)
     self_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

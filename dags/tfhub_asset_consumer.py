@@ -26,8 +26,8 @@ with DAG(
     catchup=False,
     tags=["tfhub", "example"],
 ) as dag:
-
-    @task(inlets=[NNLM, MOBILENET])
+    # multiple_outputs=False: one XCom (return_value), not one more per Asset URI key.
+    @task(inlets=[NNLM, MOBILENET], multiple_outputs=False)
     def latest_models(*, inlet_events: Any = None) -> dict[str, dict[str, Any]]:
         """Stands in for training or serving: the last event of each Asset says where the model is."""
         staged: dict[str, dict[str, Any]] = {}

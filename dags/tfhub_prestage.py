@@ -5,7 +5,8 @@ Trigger with a conf to choose models and cache::
     {"handles": ["https://tfhub.dev/google/nnlm-en-dim50/2"], "cache_dir": "gs://my-bucket/tfhub-modules"}
 
 Each handle is staged by its own mapped task (workers stage in parallel; a shared cache is safe),
-and ``consume`` receives every staged-model dict through XCom.
+labelled in the grid by its handle (``stage [google/nnlm-en-dim50/2]``), and ``consume`` receives
+every staged-model dict through XCom.
 """
 
 from __future__ import annotations
@@ -48,10 +49,14 @@ with DAG(
         retries=2,
     ).expand(handle=list_handles())
 
-    @task
+    # multiple_outputs=False: Airflow would otherwise push every key of the returned dict (here
+    # handles, i.e. URLs) as an XCom of its own beside return_value.
+    @task(multiple_outputs=False)
     def consume(models: list[dict[str, Any]]) -> dict[str, str]:
         """Stands in for training/serving: it only needs the paths, and gets them from XCom."""
-        paths = {m["handle"]: m["path"] for m in models}
+        # models[:] fetches every mapped result in one request; iterating the lazy sequence instead
+        # asks for one item after the last, which Airflow logs as "[error] XCom not found".
+        paths = {m["handle"]: m["path"] for m in models[:]}
         for handle, path in paths.items():
             print(f"{handle} -> {path}")
         return paths

@@ -91,8 +91,10 @@ def hub_server(model_archives: dict[str, Path]) -> Iterator[Any]:
 
 @pytest.fixture
 def hub(hub_server: Any, model_archives: dict[str, Path]) -> Any:
-    """The session hub with faults cleared, stats reset and the original archives registered."""
+    """The session hub with faults cleared, plain loopback (no WAN model), stats reset and the original
+    archives registered."""
     hub_server.clear_faults()
+    hub_server.set_network()
     for name, archive in model_archives.items():
         hub_server.add_model(
             f"/google/{name}/1", archive, uncompressed_location=f"gs://tfhub-modules/google/{name}/1/uncompressed"

@@ -37,8 +37,8 @@ def test_provider_is_registered_with_config() -> None:
 
     info = get_provider_info()
     conn = info["connection-types"][0]
-    assert conn["connection-type"] == "tfhub" and set(conn["conn-fields"]) >= {"cache_dir", "token", "load_format"}
-    assert conn["conn-fields"]["token"]["schema"]["format"] == "password"
+    assert conn["connection-type"] == "tfhub" and set(conn["conn-fields"]) >= {"cache_dir", "load_format"}
+    assert conn["ui-field-behaviour"]["relabeling"]["password"] == "Token"  # the one token field
     assert set(info["config"]["tfhub"]["options"]) == {"cache_dir", "load_format", "lock_timeout", "mirrors"}
 
 

@@ -892,3 +892,38 @@ def test_tensorflow_hub_reads_our_gcs_cache_and_fails_on_a_partial_tree(
         assert result["partial"] != "loaded" and "saved_model.pb" in result["partial"], result
         assert hub.stats()["models"]["/google/small_a/1"]["archive_full"] == 0  # read from our cache
         assert gcs.relay.stats.refused == []
+
+
+def test_gs_archive_is_read_as_parallel_ranges_of_one_generation(
+    model_archives: dict[str, Path],
+    gcs_cache: str,
+    cache_dir: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Issue 12: a gs:// archive handle is fetched as parallel ranged reads, pinned to one generation."""
+    import hashlib
+
+    from airflow_provider_tfhub.core.transfer import RestartRequired
+
+    monkeypatch.setenv("TFHUB_DOWNLOAD_PART_SIZE", str(512 << 10))
+    storage = GCSStorage(gcs_cache)
+    name = storage.key("archives/medium.tar.gz")
+    old = model_archives["medium"].read_bytes()
+    storage.bucket.blob(name).upload_from_filename(str(model_archives["medium"]))
+    with caplog.at_level(logging.INFO, logger="airflow_provider_tfhub.core.ranged"):
+        staged = stage(f"gs://{BUCKET}/{name}", cache_dir, download_connections=4)
+    assert staged["sha256"] == hashlib.sha256(old).hexdigest()
+    assert "with up to 4 connections in 15 parts" in caplog.text
+
+    # Replaced mid-download: the pinned generation is gone, so the download restarts instead of mixing.
+    stream = GCSArchiveSource(f"gs://{BUCKET}/{name}", client=storage.client, connections=2).open()
+    assert stream is not None
+    try:
+        stream.read(1 << 20)
+        storage.bucket.blob(name).upload_from_filename(str(model_archives["small_a"]))
+        with pytest.raises(RestartRequired, match="disappeared during the download"):
+            for _ in stream.chunks():
+                pass
+    finally:
+        stream.close()

@@ -2,10 +2,11 @@
 
 TensorFlow compiles in ``https://www.googleapis.com`` and ``storage.googleapis.com`` and has no
 emulator variable, but its libcurl honours ``HTTPS_PROXY`` and ``CURL_CA_BUNDLE`` (see
-``gcs_emulator.md`` section 5). So: a throwaway CA (:func:`make_test_ca`) and a loopback CONNECT
-relay (:class:`TLSRelay`) that accepts tunnels only to those two hosts, terminates TLS with a leaf
-certificate for them and pipes the plaintext to fake-gcs-server. Anything else gets 403, so a
-misconfigured test cannot reach the internet through it.
+``docs/gcs_emulator.md``, "TensorFlow's own gs:// filesystem"). So: a throwaway CA
+(:func:`make_test_ca`) and a loopback CONNECT relay (:class:`TLSRelay`) that accepts tunnels only
+to those two hosts, terminates TLS with a leaf certificate for them and pipes the plaintext to
+fake-gcs-server. Anything else gets 403, so a misconfigured test cannot reach the internet through
+it.
 
 Two fixes on the way through (TF -> emulator): Go's net/http rejects TF's ``Transfer-Encoding:
 identity`` on upload initiation, and fake-gcs-server builds the resumable-upload ``Location`` from

@@ -47,6 +47,7 @@ from airflow_provider_tfhub.core.layout import (
     utc_now,
 )
 from airflow_provider_tfhub.core.locks import CacheLock
+from airflow_provider_tfhub.core.ranged import connections_from
 from airflow_provider_tfhub.core.records import RESULT_KEYS, StagedModel, staged_model
 from airflow_provider_tfhub.core.storage import Storage, open_storage
 from airflow_provider_tfhub.core.storage.base import MODEL_MARKERS
@@ -58,6 +59,7 @@ from airflow_provider_tfhub.core.transfer import (
     RetryPolicy,
     with_retries,
 )
+from airflow_provider_tfhub.core.units import human_bytes, human_duration
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +81,7 @@ def stage(
     max_extracted_bytes: int | None = None,
     progress_interval: float = 5.0,
     mirrors: Mapping[str, str] | str | None = None,
+    download_connections: int | None = None,
 ) -> StagedModel:
     """Stage ``handle`` into ``cache_dir`` and return the staged-model dict (see :data:`RESULT_KEYS`).
 
@@ -87,9 +90,12 @@ def stage(
     (a cached model costs no request), ``if_changed`` (one conditional request) or ``always``.
     ``offline`` (or ``TFHUB_OFFLINE=1``) forbids any network access. ``mirrors`` (URL prefix ->
     mirror prefix; default ``TFHUB_MIRRORS``) rewrites only the URL that is fetched.
+    ``download_connections`` (or ``TFHUB_DOWNLOAD_CONNECTIONS``, default 8) fetches big archives as
+    parallel ranged parts; ``1`` downloads with one stream.
     """
     parsed = parse_handle(handle)
     mirror_map = mirrors_mod.resolve_mirrors(mirrors)
+    connections = connections_from(download_connections)
     fmt = settings.resolve_load_format(load_format)
     mode = settings.resolve_refresh(refresh)
     pin = check_sha256(sha256)
@@ -120,6 +126,7 @@ def stage(
         max_extracted_bytes=max_extracted_bytes,
         progress_interval=progress_interval,
         mirrors=mirror_map,
+        download_connections=connections,
     ).run(refresh=mode, offline=offline)
 
 
@@ -197,6 +204,7 @@ class Stager:
         max_extracted_bytes: int | None,
         progress_interval: float,
         mirrors: Mapping[str, str] | None = None,
+        download_connections: int | None = None,
     ) -> None:
         self.storage = storage
         self.handle = handle
@@ -207,6 +215,7 @@ class Stager:
         self.retry = retry
         self.max_extracted_bytes = max_extracted_bytes
         self.progress_interval = progress_interval
+        self.download_connections = download_connections
         self.uid = new_uid()
         self.mirrors = dict(mirrors or {})
         self._session: Any = None  # records the redirect chain of an HTTP download (aliases)
@@ -351,15 +360,15 @@ class Stager:
         self._switch(meta, previous_rev=previous.get("revision") if previous else None)
         aliases.record(self.storage, self.handle.handle, self._page_urls())
         log.info(
-            "Staged %s into %s: %d files, %.1f MB from a %.1f MB archive in %.1fs (%s).",
+            "Staged %s into %s (%d files, %s from a %s archive in %s)",
             self.handle.handle,
             self.storage.location(self.names.revision(rev)),
             stats.files,
-            stats.bytes / 1e6,
-            stream.bytes_read / 1e6,
-            time.monotonic() - started,
-            stats.decoder,
+            human_bytes(stats.bytes),
+            human_bytes(stream.bytes_read),
+            human_duration(time.monotonic() - started),
         )
+        log.debug("Decompressed the archive of %s with %s", self.handle.handle, stats.decoder)
         refreshed = previous is not None and previous["revision"] != rev
         return _result(self.storage, self.names, meta, downloaded=True, refreshed=refreshed)
 
@@ -492,13 +501,14 @@ class Stager:
                 retry=self.retry,
                 progress_interval=self.progress_interval,
                 description=self.handle.handle,
+                connections=self.download_connections,
             )
         if kind == "local_archive":
             return LocalFileSource(self.handle.handle)
         if kind == "gcs_archive":
             from airflow_provider_tfhub.core.storage.gcs import GCSArchiveSource
 
-            return GCSArchiveSource(self.handle.handle, storage=self.storage)
+            return GCSArchiveSource(self.handle.handle, storage=self.storage, connections=self.download_connections)
         raise InvalidHandleError(f"Cannot stage {self.handle.handle!r} ({kind}).")
 
     def _mirror_url(self) -> str | None:

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 from airflow_provider_tfhub.core.errors import ConfigurationError, DownloadError
 from airflow_provider_tfhub.core.token_scope import TokenScope, auth_headers
+from airflow_provider_tfhub.core.units import human_bytes, human_duration, human_rate
 
 if TYPE_CHECKING:  # requests costs ~95 ms to import: only stagings that use HTTP pay for it
     import requests
@@ -255,6 +256,7 @@ class HttpSource(ArchiveSource):
         session: requests.Session | None = None,
         progress_interval: float = 5.0,
         description: str | None = None,
+        connections: int | None = None,
     ) -> None:
         self.url = url
         self.token = token
@@ -265,18 +267,31 @@ class HttpSource(ArchiveSource):
         self.session = session or _thread_session()
         self.progress_interval = progress_interval
         self.description = description or url
+        #: Parallel ranged connections (None: ``TFHUB_DOWNLOAD_CONNECTIONS`` or 8; 1: one stream).
+        self.connections = connections
+        #: Set when the server advertised ranges but answered one with the whole body.
+        self.ranges_ignored = False
 
     # -- one request with redirects, retries and error translation --------------------------------
     def request(
-        self, url: str, headers: dict[str, str] | None = None, *, stream: bool = True, redirects: bool = True
+        self,
+        url: str,
+        headers: dict[str, str] | None = None,
+        *,
+        stream: bool = True,
+        redirects: bool = True,
+        session: requests.Session | None = None,
     ) -> requests.Response:
-        """GET ``url`` following redirects ourselves; retry transient failures; raise DownloadError."""
+        """GET ``url`` following redirects ourselves; retry transient failures; raise DownloadError.
+
+        ``session``: for callers on other threads (parallel parts), which must not share ours.
+        """
         import requests
 
         attempt = 0
         while True:
             try:
-                resp = self._get_following(url, headers or {}, stream=stream, redirects=redirects)
+                resp = self._get_following(url, headers or {}, stream=stream, redirects=redirects, session=session)
             except (requests.ConnectionError, requests.Timeout) as exc:
                 if attempt + 1 >= self.retry.attempts:
                     raise RetriesExhausted(
@@ -299,11 +314,13 @@ class HttpSource(ArchiveSource):
                 continue
             return resp
 
-    def _get_following(self, url: str, headers: dict[str, str], *, stream: bool, redirects: bool) -> requests.Response:
+    def _get_following(
+        self, url: str, headers: dict[str, str], *, stream: bool, redirects: bool, session: requests.Session | None
+    ) -> requests.Response:
         for _ in range(MAX_REDIRECTS + 1):
             hop_headers = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity", **headers}
             hop_headers.update(auth_headers(self.token_scope, url, self.token))
-            resp = self.session.get(
+            resp = (session or self.session).get(
                 url, headers=hop_headers, stream=stream, allow_redirects=False, timeout=self.timeout
             )
             if not redirects or resp.status_code not in REDIRECT_STATUSES or "Location" not in resp.headers:
@@ -332,7 +349,15 @@ class HttpSource(ArchiveSource):
                     status=exc.status,
                 ) from exc
             raise
-        return _HttpStream(self, resp)
+        return self._stream(resp)
+
+    def _stream(self, resp: requests.Response) -> ArchiveStream:
+        """Parallel ranged parts when the server allows it and the archive is big enough, else one stream."""
+        from airflow_provider_tfhub.core.ranged import connections_from, open_http_ranged
+
+        info = _source_info(resp)
+        ranged = open_http_ranged(self, resp, info, connections_from(self.connections))
+        return ranged if ranged is not None else _HttpStream(self, resp)
 
 
 def check_archive_response(resp: requests.Response, description: str) -> None:
@@ -443,16 +468,7 @@ class _HttpStream(QueuedArchiveStream):
     def __init__(self, source: HttpSource, resp: requests.Response) -> None:
         super().__init__()
         self.source = source
-        h = resp.headers
-        length = h.get("Content-Length")
-        self.info = SourceInfo(
-            url=_strip_query_secrets(resp.url),
-            etag=h.get("ETag"),
-            last_modified=h.get("Last-Modified"),
-            size=int(length) if length and length.isdigit() else None,
-            content_type=h.get("Content-Type"),
-            accept_ranges="bytes" in h.get("Accept-Ranges", "").lower(),
-        )
+        self.info = _source_info(resp)
         self._resp_url = resp.url
         self._start(self._pump, "tfhub-download", resp)
 
@@ -521,6 +537,20 @@ class _HttpStream(QueuedArchiveStream):
         raise RestartRequired(f"resume answered HTTP {resp.status_code}; the archive changed or ranges are off")
 
 
+def _source_info(resp: requests.Response) -> SourceInfo:
+    """What a ``200`` archive response says about the archive."""
+    h = resp.headers
+    length = h.get("Content-Length")
+    return SourceInfo(
+        url=_strip_query_secrets(resp.url),
+        etag=h.get("ETag"),
+        last_modified=h.get("Last-Modified"),
+        size=int(length) if length and length.isdigit() else None,
+        content_type=h.get("Content-Type"),
+        accept_ranges="bytes" in h.get("Accept-Ranges", "").lower(),
+    )
+
+
 _local = threading.local()
 
 
@@ -542,10 +572,26 @@ def _urllib3_errors() -> type[BaseException]:
 
 
 def _log_progress(what: str, done: int, total: int | None, elapsed: float, *, final: bool = False) -> None:
-    rate = done / elapsed / 1e6 if elapsed > 0 else 0.0
-    pct = f" ({100.0 * done / total:.0f}%)" if total else ""
-    verb = "Downloaded" if final else "Downloading"
-    log.info("%s %s: %.1f MB%s at %.1f MB/s", verb, what, done / 1e6, pct, rate)
+    """One line a person reads: ``Downloading <url> (12.3 MB of 50.0 MB, 25%, 8.1 MB/s, about 5.0s left)``.
+
+    ``what`` (a URL) is followed by a space, never by punctuation, so log viewers link it correctly.
+    """
+    rate = done / elapsed if elapsed > 0 else 0.0
+    if final:
+        log.info("Downloaded %s (%s in %s, %s)", what, human_bytes(done), human_duration(elapsed), human_rate(rate))
+    elif total:
+        left = f", about {human_duration((total - done) / rate)} left" if rate > 0 and total > done else ""
+        log.info(
+            "Downloading %s (%s of %s, %d%%, %s%s)",
+            what,
+            human_bytes(done),
+            human_bytes(total),
+            int(100 * done / total),
+            human_rate(rate),
+            left,
+        )
+    else:
+        log.info("Downloading %s (%s so far, %s)", what, human_bytes(done), human_rate(rate))
 
 
 def _strip_query_secrets(url: str) -> str:

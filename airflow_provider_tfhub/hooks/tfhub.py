@@ -72,7 +72,9 @@ class TFHubHook(BaseHook):
     """Stage and look up TF Hub models with the settings of a ``tfhub`` connection.
 
     :param tfhub_conn_id: connection with optional extras ``cache_dir``, ``load_format``,
-        ``gcp_conn_id`` and the token as password. A missing connection is not an error.
+        ``gcp_conn_id`` and the token as password (an extra ``token``, the form's older field, is
+        still read when the password is empty). A missing connection is not an error; extras that
+        Airflow's form saved as ``null`` or ``""`` count as not set.
     """
 
     conn_name_attr = "tfhub_conn_id"
@@ -163,8 +165,13 @@ class TFHubHook(BaseHook):
         offline: bool | None = None,
         lock_timeout: float | None = None,
         mirrors: Mapping[str, str] | str | None = None,
+        download_connections: int | None = None,
     ) -> dict[str, Any]:
-        """Stage ``handle`` and return the staged-model dict (see ``core.staging.RESULT_KEYS``)."""
+        """Stage ``handle`` and return the staged-model dict (see ``core.staging.RESULT_KEYS``).
+
+        ``download_connections``: parallel ranged connections for big archives (default
+        ``TFHUB_DOWNLOAD_CONNECTIONS`` or 8; 1 downloads with one stream).
+        """
         resolved = self.resolve_cache_dir(cache_dir)
         result = core_stage(
             handle,
@@ -177,6 +184,7 @@ class TFHubHook(BaseHook):
             lock_timeout=settings.resolve_lock_timeout(lock_timeout, self.settings.config_lock_timeout),
             storage_options=self.storage_options(resolved),
             mirrors=self.resolve_mirrors(mirrors),
+            download_connections=download_connections,
         )
         return dict(result)
 

@@ -94,7 +94,7 @@ class TFHubLoadModelOperator(BaseOperator):
         from airflow.sdk.exceptions import AirflowFailException
 
         plan: dict[str, Any] = run_core(loading.build_plan, self._staged_model(), tpu=self.tpu)
-        self.log.info("Loading %s from %s: %s", plan["handle"], plan["path"], plan["reason"])
+        self.log.info("Loading %s from %s (%s)", plan["handle"], plan["path"], plan["reason"])
         try:
             model = run_core(loading.load, plan)
         except ImportError as exc:  # no TensorFlow on this worker: retrying cannot help

@@ -16,6 +16,7 @@ from typing import Any
 from airflow.sdk import BaseOperator
 
 from airflow_provider_tfhub.core import inventory, settings
+from airflow_provider_tfhub.core.units import human_bytes
 from airflow_provider_tfhub.operators.stage import is_literal, run_core
 
 
@@ -82,13 +83,13 @@ class TFHubPruneCacheOperator(BaseOperator):
             lock_timeout=settings.resolve_lock_timeout(self.lock_timeout, hook.settings.config_lock_timeout),
         )
         self.log.info(
-            "%s %d entries and %d superseded revisions (%s) from %s; %s remain%s.",
+            "%s %d entries and %d superseded revisions (%s, %s remain) from %s%s",
             "Would remove" if self.dry_run_only else "Removed",
             len(report["removed"]),
             len(report["removed_revisions"]),
-            inventory.format_size(report["freed_bytes"]),
+            human_bytes(report["freed_bytes"]),
+            human_bytes(report["total_bytes"]),
             storage.location(),
-            inventory.format_size(report["total_bytes"]),
             " (over budget: the rest is kept or locked)" if report["over_budget"] else "",
         )
         return report

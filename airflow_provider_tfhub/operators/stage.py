@@ -16,8 +16,10 @@ from airflow_provider_tfhub.core import settings
 from airflow_provider_tfhub.core.errors import TFHubError
 from airflow_provider_tfhub.core.handles import parse_handle
 from airflow_provider_tfhub.core.mirrors import parse_mirrors
+from airflow_provider_tfhub.core.ranged import connections_from
 from airflow_provider_tfhub.core.staging import check_sha256
 from airflow_provider_tfhub.links import TFHubModelPageLink, TFHubStagedModelLink
+from airflow_provider_tfhub.operators.labels import HANDLE_MAP_INDEX_TEMPLATE, HandleLabelMixin
 
 
 def is_literal(value: object) -> bool:
@@ -37,7 +39,7 @@ def run_core(fn: Any, *args: Any, **kwargs: Any) -> Any:
         raise
 
 
-class TFHubStageModelOperator(BaseOperator):
+class TFHubStageModelOperator(HandleLabelMixin, BaseOperator):
     """Stage a TF Hub model (tfhub.dev, Kaggle, http(s) or gs:// archive, local dir) into the cache.
 
     :param handle: model handle (templated).
@@ -51,6 +53,10 @@ class TFHubStageModelOperator(BaseOperator):
     :param lock_timeout: seconds without progress before another stager's lock is taken over.
     :param mirrors: URL prefix -> mirror prefix (dict or JSON); default from the connection extra
         ``mirrors``, ``TFHUB_MIRRORS`` or ``[tfhub] mirrors``. Only the fetched URL changes.
+    :param map_index_template: label of mapped instances; default: the handle, shortened
+        (``google/nnlm-en-dim50/2``), see :mod:`airflow_provider_tfhub.operators.labels`.
+    :param download_connections: parallel ranged connections for big archives (default
+        ``TFHUB_DOWNLOAD_CONNECTIONS`` or 8); ``1`` downloads with one stream.
 
     Every Asset in ``outlets`` gets an event whose ``extra`` is the staged-model dict.
     """
@@ -71,9 +77,11 @@ class TFHubStageModelOperator(BaseOperator):
         offline: bool | None = None,
         lock_timeout: float | None = None,
         mirrors: dict[str, str] | str | None = None,
+        map_index_template: str | None = HANDLE_MAP_INDEX_TEMPLATE,
+        download_connections: int | None = None,
         **kwargs: Any,
     ) -> None:
-        super().__init__(**kwargs)
+        super().__init__(map_index_template=map_index_template, **kwargs)
         self.handle = handle
         self.cache_dir = cache_dir
         self.tfhub_conn_id = tfhub_conn_id
@@ -85,6 +93,9 @@ class TFHubStageModelOperator(BaseOperator):
         self.mirrors = mirrors
         if isinstance(mirrors, dict) or is_literal(mirrors):
             parse_mirrors(mirrors, setting="The mirrors argument")
+        self.download_connections = download_connections
+        if download_connections is not None:
+            connections_from(download_connections)
         if is_literal(handle):
             parse_handle(handle)
         if is_literal(sha256):
@@ -110,8 +121,13 @@ class TFHubStageModelOperator(BaseOperator):
             offline=self.offline,
             lock_timeout=self.lock_timeout,
             mirrors=self.mirrors or None,
+            download_connections=self.download_connections,
         )
-        self.log.info("%s %s at %s", "Staged" if staged["downloaded"] else "Found", staged["handle"], staged["path"])
+        # A download is logged once, by the core ("Staged <handle> into <path> ..."); the rest here.
+        if staged.get("load_format") == "UNCOMPRESSED":
+            self.log.info("Resolved %s to its uncompressed copy %s", staged["handle"], staged["path"])
+        elif not staged["downloaded"]:
+            self.log.info("Found %s in the cache at %s", staged["handle"], staged["path"])
         emit_asset_events(self, context, staged)
         self._staged_result = staged
         return staged

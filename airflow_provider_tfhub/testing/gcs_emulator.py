@@ -6,7 +6,7 @@ tests (Airflow task runners, the CLI) that need the variables in *their* environ
 just returns the variables and the caller decides where they go. It also fails loudly with the emulator's
 log when it does not come up, and has a CLI for shell scripts (docker demo, CI).
 
-Fidelity notes (fake-gcs-server v1.54.0, see ``gcs_emulator.md``): ``ifGenerationMatch`` is enforced on
+Fidelity notes (fake-gcs-server v1.54.0, see ``docs/gcs_emulator.md``): ``ifGenerationMatch`` is enforced on
 multipart uploads (objects up to 8 MiB with google-cloud-storage's defaults) but **ignored on resumable
 uploads**, deletes, compose and patch; the filesystem backend has no object versioning.
 

@@ -26,11 +26,19 @@ Control endpoints (also used by :class:`HubControl` when the server runs as a su
     POST /_control/faults      {"path" (or "*"), <fault fields of Faults>}
     POST /_control/reset       clear all faults
     POST /_control/reset_stats
+    POST /_control/network     {"bandwidth_bytes_per_s": float|null, "latency_s": float} (the WAN model)
     GET  /_control/stats       JSON statistics (see HubServer.stats)
     GET  /_control/info        {"url", "storage_url", "models", "archives"}
 
 Run as a subprocess: ``python -m airflow_provider_tfhub.testing.hub_server --root DIR [--port N]
-[--port-file F]``; it prints ``READY <url>`` once listening and stops cleanly on SIGTERM/SIGINT.
+[--port-file F] [--bandwidth-per-connection MBPS] [--latency-ms MS]``; it prints ``READY <url>``
+once listening and stops cleanly on SIGTERM/SIGINT.
+
+WAN model: loopback hides what users wait for, so the server can model a real network, for every
+route but ``/_control``: ``latency_s`` is slept before each response (a round trip to a far
+server), and ``bandwidth_bytes_per_s`` caps the body rate of each connection (one TCP stream to a
+CDN or object store rarely gets more than tens of MB/s, whatever the link). Several connections
+each get the cap, which is what makes parallel ranged downloads pay off on real networks.
 
 This module imports only the stdlib (no TensorFlow) so that starting it costs milliseconds.
 """
@@ -136,6 +144,8 @@ class Faults:
     connection after that many body bytes, for ``cut_times`` requests (``None``: every request).
 
     ``no_range``: ignore ``Range``/``If-Range``, never advertise ``Accept-Ranges`` (servers like that exist).
+    ``range_ignored``: advertise ``Accept-Ranges: bytes`` but answer every ``Range`` with 200 and the whole
+    body (misconfigured proxies do).
 
     ``html_instead``: the archive URL answers 200 ``text/html`` (captive portals, login walls).
 
@@ -159,6 +169,7 @@ class Faults:
     truncate_to: int | None = None
     stall_after_bytes: int | None = None
     stall_s: float = 0.0
+    range_ignored: bool = False
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> Faults:
@@ -190,6 +201,7 @@ class _Plan:
     html: bool = False
     cut_after: int | None = None
     no_range: bool = False
+    range_ignored: bool = False
     delay_s: float = 0.0
     rate: float | None = None
     truncate_to: int | None = None
@@ -387,6 +399,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.req_query = split.query
         self.query = parse_qsl(split.query, keep_blank_values=True)
         self._record_this = not self.req_path.startswith("/_control")
+        latency = self.hub.latency_s
+        if self._record_this and latency > 0:
+            time.sleep(latency)
         try:
             self._route()
         except (BrokenPipeError, ConnectionResetError, ConnectionAbortedError, TimeoutError):
@@ -548,7 +563,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
         byte_range: tuple[int, int] | None = None
         range_header = self.headers.get("Range")
-        if range_header and not plan.no_range and self._if_range_ok(etag, last_modified):
+        if range_header and not (plan.no_range or plan.range_ignored) and self._if_range_ok(etag, last_modified):
             try:
                 byte_range = _parse_range(range_header, size)
             except _Unsatisfiable:
@@ -606,6 +621,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         buf = bytearray(CHUNK_SIZE)
         view = memoryview(buf)
         chunk = CHUNK_SIZE
+        cap = self.hub.bandwidth_bytes_per_s
+        if cap:
+            plan = dataclasses.replace(plan, rate=min(plan.rate, cap) if plan.rate else cap)
         if plan.rate:
             chunk = max(1, min(CHUNK_SIZE, int(plan.rate / 20)))  # ~50 ms slices keep the rate smooth
         sent = 0
@@ -686,6 +704,12 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             elif action == "reset_stats":
                 hub.reset_stats()
                 self._send_json(200, {"ok": True})
+            elif action == "network":
+                hub.set_network(
+                    bandwidth_bytes_per_s=payload.get("bandwidth_bytes_per_s"),
+                    latency_s=float(payload.get("latency_s") or 0.0),
+                )
+                self._send_json(200, {"ok": True})
             else:
                 self._send_bytes(404, f"unknown control endpoint {action!r}\n".encode())
         except (KeyError, TypeError, ValueError, OSError) as exc:
@@ -711,11 +735,17 @@ class HubServer:
         root: str | os.PathLike[str] | None = None,
         uncompressed_prefix: str | None = None,
         verbose: bool = False,
+        bandwidth_bytes_per_s: float | None = None,
+        latency_s: float = 0.0,
     ) -> None:
         """``root``: directory scanned at ``start()``; ``DIR/a/b/c.tar.gz`` becomes model ``/a/b/c`` (and
         archive ``/archives/a/b/c.tar.gz``). ``uncompressed_prefix`` (e.g. ``gs://tfhub-modules``) gives those
-        models an uncompressed location ``<prefix>/a/b/c/uncompressed``, the naming tfhub.dev used."""
+        models an uncompressed location ``<prefix>/a/b/c/uncompressed``, the naming tfhub.dev used.
+        ``bandwidth_bytes_per_s`` and ``latency_s``: the WAN model (see the module docstring)."""
         self.host = host
+        self.bandwidth_bytes_per_s: float | None = None
+        self.latency_s = 0.0
+        self.set_network(bandwidth_bytes_per_s=bandwidth_bytes_per_s, latency_s=latency_s)
         self.verbose = verbose
         self._requested_ports = (port, storage_port)
         self._root = Path(root) if root is not None else None
@@ -910,6 +940,20 @@ class HubServer:
         with self._lock:
             return archive.validators()
 
+    # -- network model --------------------------------------------------------------------------------
+
+    def set_network(self, *, bandwidth_bytes_per_s: float | None = None, latency_s: float = 0.0) -> None:
+        """Cap every connection's body rate (None: uncapped) and sleep ``latency_s`` before each response.
+
+        Takes effect for responses that start afterwards; ``set_network()`` restores plain loopback.
+        """
+        if bandwidth_bytes_per_s is not None and bandwidth_bytes_per_s <= 0:
+            raise ValueError(f"bandwidth_bytes_per_s must be positive or None, not {bandwidth_bytes_per_s!r}")
+        if latency_s < 0:
+            raise ValueError(f"latency_s must be >= 0, not {latency_s!r}")
+        self.bandwidth_bytes_per_s = float(bandwidth_bytes_per_s) if bandwidth_bytes_per_s else None
+        self.latency_s = float(latency_s)
+
     # -- faults ---------------------------------------------------------------------------------------
 
     def set_faults(self, path: str, **faults: Any) -> None:
@@ -946,6 +990,7 @@ class HubServer:
                 return plan
             plan.html = f.html_instead
             plan.no_range = f.no_range
+            plan.range_ignored = f.range_ignored
             plan.delay_s = f.delay_s
             plan.rate = f.rate_bytes_per_s
             plan.truncate_to = f.truncate_to
@@ -1072,6 +1117,9 @@ class HubControl:
     def clear_faults(self) -> None:
         self._call("POST", "reset", {})
 
+    def set_network(self, *, bandwidth_bytes_per_s: float | None = None, latency_s: float = 0.0) -> None:
+        self._call("POST", "network", {"bandwidth_bytes_per_s": bandwidth_bytes_per_s, "latency_s": latency_s})
+
     def stats(self) -> dict[str, Any]:
         return cast(dict[str, Any], self._call("GET", "stats"))
 
@@ -1097,8 +1145,12 @@ class HubServerProcess:
         uncompressed_prefix: str | None = None,
         verbose: bool = False,
         startup_timeout: float = 30.0,
+        bandwidth_bytes_per_s: float | None = None,
+        latency_s: float = 0.0,
     ) -> None:
         self.root = root
+        self.bandwidth_bytes_per_s = bandwidth_bytes_per_s
+        self.latency_s = latency_s
         self.port = port
         self.uncompressed_prefix = uncompressed_prefix
         self.verbose = verbose
@@ -1114,6 +1166,10 @@ class HubServerProcess:
             cmd += ["--uncompressed-prefix", self.uncompressed_prefix]
         if self.verbose:
             cmd.append("--verbose")
+        if self.bandwidth_bytes_per_s:
+            cmd += ["--bandwidth-per-connection", f"{self.bandwidth_bytes_per_s / 1e6:g}"]
+        if self.latency_s:
+            cmd += ["--latency-ms", f"{self.latency_s * 1e3:g}"]
         env = dict(os.environ)
         # Make the package importable in the child even when it is not installed (running from a checkout).
         package_parent = str(Path(__file__).resolve().parents[2])
@@ -1186,6 +1242,15 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--uncompressed-prefix", help="e.g. gs://tfhub-modules: 303 answers <prefix>/<path>/uncompressed"
     )
     parser.add_argument("--verbose", action="store_true", help="log every request to stderr")
+    parser.add_argument(
+        "--bandwidth-per-connection",
+        type=float,
+        metavar="MBPS",
+        help="WAN model: cap each connection's body rate at this many MB/s (10^6 bytes; default: uncapped)",
+    )
+    parser.add_argument(
+        "--latency-ms", type=float, default=0.0, help="WAN model: sleep this long before each response (default 0)"
+    )
     return parser.parse_args(argv)
 
 
@@ -1199,6 +1264,8 @@ def main(argv: list[str] | None = None) -> int:
         root=args.root,
         uncompressed_prefix=args.uncompressed_prefix,
         verbose=args.verbose,
+        bandwidth_bytes_per_s=args.bandwidth_per_connection * 1e6 if args.bandwidth_per_connection else None,
+        latency_s=args.latency_ms / 1e3,
     )
     stop = threading.Event()
 

@@ -498,9 +498,10 @@ def check_staged(report: Report, staged: list[tuple[str, dict[str, Any]]], dag_i
     for handle, results in by_handle.items():
         paths = {r.get("path") for r in results}
         key = hashlib.sha1(handle.encode()).hexdigest()
-        want = f"{CACHE_DIR}/{key}"
+        want = f"{CACHE_DIR}/{key}.revisions/"  # one immutable revision of the entry, the same for all
         report.check(
-            paths == {want}, f"{dag_id}: {len(results)} task(s) of {handle} returned {sorted(map(str, paths))}"
+            len(paths) == 1 and str(next(iter(paths))).startswith(want),
+            f"{dag_id}: {len(results)} task(s) of {handle} returned one revision path {sorted(map(str, paths))}",
         )
         got = sum(1 for r in results if r.get("downloaded"))
         report.check(got == downloads, f"{dag_id}: {got} of {len(results)} task(s) of {handle} downloaded")
@@ -733,7 +734,7 @@ def run(args: argparse.Namespace) -> int:
             report.notes.append(overlap_fact(tis, staged, handles[SHARED]))
         with report.guard("sensor XCom"):
             sensor_value = api.xcom(CHECK_DAG, run_id, "wait_cached")
-            shared_path = f"{CACHE_DIR}/{hashlib.sha1(handles[SHARED].encode()).hexdigest()}"
+            shared_path = next(r.get("path") for h, r in staged if h == handles[SHARED])
             sensor_path = sensor_value.get("path") if isinstance(sensor_value, dict) else sensor_value
             report.check(sensor_path == shared_path, f"sensor returned {sensor_path!r}, expected {shared_path!r}")
         deferred, how = sensor_deferral(home, CHECK_DAG, run_id, "wait_cached")

@@ -23,8 +23,8 @@ is instead cut into parts uploaded in parallel (one stream is limited by the ser
 then composed into the final object server side (parallel composite upload).
 google-cloud-storage is imported lazily, so a local cache never pays for it.
 
-Emulator caveats (fake-gcs-server 1.54, our test backend; see ``gcs_emulator.md`` section 3): it
-enforces ``ifGenerationMatch`` only on multipart uploads (which lock objects always are), not on
+Emulator caveats (fake-gcs-server 1.54, our test backend; see "Known gaps" in ``docs/gcs_emulator.md``):
+it enforces ``ifGenerationMatch`` only on multipart uploads (which lock objects always are), not on
 deletes, rewrites or metadata patches; it does not check a declared CRC32C; and a metadata patch
 (:meth:`GCSStorage.touch`) gives the object a new generation, where real GCS bumps only the
 metageneration; and it finalises a resumable upload on a status query instead of answering 308.
@@ -1234,8 +1234,11 @@ class GCSArchiveSource(ArchiveSource):
     The object's generation is its ETag, so ``refresh="if_changed"`` costs one metadata request.
     """
 
-    def __init__(self, handle_url: str, *, storage: Storage | None = None, client: Any = None) -> None:
+    def __init__(
+        self, handle_url: str, *, storage: Storage | None = None, client: Any = None, connections: int | None = None
+    ) -> None:
         self.url = handle_url
+        self.connections = connections  # parallel ranged reads (core/ranged.py); 1: one stream
         self.description = handle_url
         self.bucket_name, self.name = parse_gs_url(handle_url)
         if not self.name:
@@ -1274,7 +1277,11 @@ class GCSArchiveSource(ArchiveSource):
             accept_ranges=True,
         )
         pinned = self.client.bucket(self.bucket_name).blob(self.name, generation=blob.generation)
-        return _GCSStream(pinned, info, self._error)
+        from airflow_provider_tfhub.core.ranged import connections_from, open_gcs_ranged
+
+        crc = base64.b64decode(blob.crc32c) if blob.crc32c else None
+        ranged = open_gcs_ranged(pinned, info, connections_from(self.connections), self._error, expected_crc32c=crc)
+        return ranged if ranged is not None else _GCSStream(pinned, info, self._error)
 
     def _error(self, exc: BaseException) -> BaseException:
         if not _is_gcs_error(exc):

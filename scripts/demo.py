@@ -6,16 +6,28 @@ models, migrates a SQLite metadata DB under a project-local ``AIRFLOW_HOME``, ru
 ``tfhub_prestage`` DAG through ``dag.test()`` and prints the staged paths. Run it again: the
 second run is a cache hit. Set ``TFHUB_DEMO_HANDLES`` (comma-separated) to stage real models
 instead when the machine has internet access.
+
+Airflow's own output of the run (scheduler-like bookkeeping, task runner lines, its deprecation
+warnings) goes to ``.cache/demo/airflow.log``; the terminal gets only the demo's summary, so that a
+successful run shows no line that looks like an error. A failed run says where that log is.
+
+It lives outside the package (not in the wheel) because it needs a source checkout: the example
+DAG under ``dags/`` and the project-local ``.airflow`` and ``.cache`` directories. Run it from the
+repository with ``make demo`` (``python scripts/demo.py``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
+from airflow_provider_tfhub.core.labels import handle_label
+from airflow_provider_tfhub.core.units import human_bytes
 from airflow_provider_tfhub.testing.hub_server import HubServer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -44,14 +56,38 @@ def _build_demo_archives(work: Path) -> dict[str, str]:
     return result
 
 
+@contextlib.contextmanager
+def _output_to(path: Path) -> Iterator[None]:
+    """Send this process's stdout and stderr (file descriptors, so every logger follows) to ``path``."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    try:
+        with open(path, "a") as log:
+            os.dup2(log.fileno(), 1)
+            os.dup2(log.fileno(), 2)
+            try:
+                yield
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os.dup2(saved[0], 1)
+                os.dup2(saved[1], 2)
+    finally:
+        os.close(saved[0])
+        os.close(saved[1])
+
+
 def main() -> int:
     work = REPO / ".cache" / "demo"
     _prepare_environment(work)
-    subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True, capture_output=True)
-
-    from airflow.dag_processing.dagbag import DagBag
+    airflow_log = work / "airflow.log"
+    airflow_log.unlink(missing_ok=True)
+    with open(airflow_log, "w") as log:
+        subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True, stdout=log, stderr=log)
 
     cache_dir = os.environ.get("TFHUB_CACHE_DIR") or str(work / "tfhub_modules")
+    state, staged = "without the DAG", []
     hub = _demo_hub()
     try:
         handles = [h.strip() for h in os.environ.get("TFHUB_DEMO_HANDLES", "").split(",") if h.strip()]
@@ -59,21 +95,28 @@ def main() -> int:
             print("Building the demo models (first run only) and serving them on", hub.url)
             for name, archive in _build_demo_archives(work).items():
                 handles.append(hub.add_model(f"/demo/{name}/1", archive))
-        bag = DagBag(dag_folder=os.environ["AIRFLOW__CORE__DAGS_FOLDER"])
-        dag = bag.get_dag("tfhub_prestage")
-        if dag is None:
-            print(f"DAG tfhub_prestage not found: {bag.import_errors}", file=sys.stderr)
-            return 1
-        dr = dag.test(run_conf={"handles": handles, "cache_dir": cache_dir})
-        staged = _staged_paths(dr)
+        print(f"Running the tfhub_prestage DAG (Airflow's own log: {airflow_log})", flush=True)
+        with _output_to(airflow_log):
+            from airflow.dag_processing.dagbag import DagBag
+
+            bag = DagBag(dag_folder=os.environ["AIRFLOW__CORE__DAGS_FOLDER"])
+            dag = bag.get_dag("tfhub_prestage")
+            if dag is None:
+                print(f"DAG tfhub_prestage not found: {bag.import_errors}", file=sys.stderr)
+            else:
+                dr = dag.test(run_conf={"handles": handles, "cache_dir": cache_dir})
+                state, staged = str(dr.state), _staged_paths(dr)
     finally:
         hub.stop()
-    if dr.state != "success" or not staged:
-        print(f"Demo run ended {dr.state}; see the task logs above.", file=sys.stderr)
+    if state != "success" or not staged:
+        print(f"Demo run ended {state}; the task logs are in {airflow_log}", file=sys.stderr)
         return 1
     print(f"\nStaged models (tensorflow_hub finds them with TFHUB_CACHE_DIR={cache_dir}):")
     for item in staged:
-        print(f"  {item['handle']}\n    -> {item['path']}  ({'downloaded' if item['downloaded'] else 'cache hit'})")
+        how = "downloaded" if item["downloaded"] else "cache hit"
+        size = human_bytes(int(str(item.get("bytes") or 0)))
+        print(f"  stage [{handle_label(item['handle'])}]: {how}, {item.get('files')} files, {size}")
+        print(f"    {item['handle']}\n    -> {item['path']}")
     return 0
 
 
@@ -97,7 +140,8 @@ def _staged_paths(dr: object) -> list[dict[str, object]]:
             task_ids="stage",
             key="return_value",
         )
-        return [XComModel.deserialize_value(row) for row in session.scalars(query).all()]
+        in_map_order = query.order_by(None).order_by(XComModel.map_index)  # get_many sorts newest first
+        return [XComModel.deserialize_value(row) for row in session.scalars(in_map_order)]
 
 
 if __name__ == "__main__":

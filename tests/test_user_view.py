@@ -1,0 +1,286 @@
+"""Issue 15: what an Airflow user sees: the connection form's fields, mapped-task labels, log lines, XComs.
+
+The form is checked here through Airflow's own ``HookMetaService`` (what the UI's ``/ui/connections/
+hook_meta`` endpoint returns); ``make test-ui`` checks the rendered form in a real browser.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import os
+import re
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from airflow_utils import get_dag
+
+from airflow_provider_tfhub.core.labels import handle_label
+from airflow_provider_tfhub.core.staging import stage
+from airflow_provider_tfhub.core.units import human_bytes, human_duration, human_rate
+from airflow_provider_tfhub.hooks.tfhub import TFHubHook
+
+# A URL with punctuation glued to its end: log viewers make that punctuation part of the link.
+GLUED_URL = re.compile(r"(?:https?|gs)://\S*[:.,;)\]]($|\s)")
+
+
+@pytest.mark.parametrize(
+    ("n", "text"),
+    [
+        (0, "0 B"),
+        (999, "999 B"),
+        (1000, "1.0 KB"),
+        (4_213, "4.2 KB"),
+        (12_345, "12.3 KB"),
+        (123_456, "123 KB"),
+        (999_999, "1.0 MB"),
+        (8_500_000, "8.5 MB"),
+        (512_000_000, "512 MB"),
+        (1_350_000_000, "1.35 GB"),
+        (12_300_000_000, "12.3 GB"),
+    ],
+)
+def test_human_bytes(n: int, text: str) -> None:
+    assert human_bytes(n) == text
+
+
+def test_human_rate_and_duration() -> None:
+    assert human_rate(8_500_000) == "8.5 MB/s"
+    assert [human_duration(s) for s in (0.04, 4.25, 12.4, 65, 3_599, 3_661)] == [
+        "0.0s",
+        "4.2s",
+        "12s",
+        "1m 05s",
+        "59m 59s",
+        "1h 01m",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("handle", "label"),
+    [
+        ("https://tfhub.dev/google/nnlm-en-dim50/2", "google/nnlm-en-dim50/2"),
+        (
+            "tfhub.dev/google/imagenet/mobilenet_v2_100_224/feature_vector/5",
+            "google/imagenet/mobilenet_v2_100_224/feature_vector/5",
+        ),
+        ("https://www.kaggle.com/models/google/yamnet/TensorFlow2/yamnet/1", "google/yamnet/TensorFlow2/yamnet/1"),
+        ("http://127.0.0.1:18765/demo/text-embedder/1", "demo/text-embedder/1"),
+        ("https://models.example.com/", "models.example.com"),
+        ("gs://bucket/exports/bert/model.tar.gz", "bert/model.tar.gz"),
+        ("/data/models/bert/", "models/bert"),
+        (None, ""),
+    ],
+)
+def test_handle_label(handle: Any, label: str) -> None:
+    assert handle_label(handle) == label
+
+
+def test_long_handle_label_keeps_its_end() -> None:
+    handle = "https://models.example.com/" + "x" * 80 + "/publisher/model-name/7"
+    label = handle_label(handle, max_len=40)
+    assert len(label) <= 40 and label.startswith("…") and label.endswith("/publisher/model-name/7")
+
+
+# -- logs -------------------------------------------------------------------------------------------
+def test_stage_logs_read_like_sentences(
+    hub: Any, handle_of: Any, cache_dir: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Human sizes, progress with percent/rate/ETA at most every interval, one line per event, no jargon."""
+    handle = handle_of("medium")
+    hub.set_faults("/google/medium/1", rate_bytes_per_s=4_000_000)  # ~2 s for the ~8 MB archive
+    interval = 0.4
+    with caplog.at_level(logging.DEBUG, logger="airflow_provider_tfhub"):
+        result = stage(handle, cache_dir, progress_interval=interval)
+    records = [r for r in caplog.records if r.name.startswith("airflow_provider_tfhub")]
+    info = [r.getMessage() for r in records if r.levelno >= logging.INFO]
+
+    progress = [r for r in records if r.getMessage().startswith("Downloading ")]
+    assert len(progress) >= 2, info
+    unit = r"\d+(\.\d+)? (B|KB|MB|GB)"
+    line = re.compile(rf"^Downloading {re.escape(handle)} \({unit} of {unit}, \d+%, {unit}/s, about \S+ left\)$")
+    assert all(line.match(r.getMessage()) for r in progress), [r.getMessage() for r in progress]
+    gaps = [b.created - a.created for a, b in itertools.pairwise(progress)]
+    assert all(gap >= interval * 0.9 for gap in gaps), gaps  # never more often than the interval
+    percents = [int(re.search(r"(\d+)%", r.getMessage()).group(1)) for r in progress]  # type: ignore[union-attr]
+    assert percents == sorted(percents) and percents[-1] < 100
+
+    done = [m for m in info if m.startswith("Downloaded ")]
+    assert done == [m for m in done if re.match(rf"^Downloaded {re.escape(handle)} \({unit} in \S+, {unit}/s\)$", m)]
+    assert len(done) == 1
+    staged = [m for m in info if m.startswith("Staged ")]
+    assert len(staged) == 1, info  # one line for the event, not "Staged ... into" then "Staged ... at"
+    what = rf"\(\d+ files, {unit} from a {unit} archive in \S+\)"
+    assert re.match(rf"^Staged {re.escape(handle)} into {re.escape(result['path'])} {what}$", staged[0]), staged
+    assert "0.0 MB" not in " ".join(info)
+    assert not any(GLUED_URL.search(m) for m in info), info
+    assert not any(name in m for m in info for name in ("isal", "zlib", "zlib-ng", "stdlib")), info
+    debug = [r.getMessage() for r in records if r.levelno == logging.DEBUG]
+    assert any(m.startswith(f"Decompressed the archive of {handle} with ") for m in debug), debug
+
+
+def test_operator_logs_one_line_per_staging(
+    hub: Any, handle_of: Any, cache_dir: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A download: the core's "Staged ... into ..." only; a cache hit: the operator's "Found ..." only."""
+    from structlog.testing import capture_logs
+
+    from airflow_provider_tfhub.operators.stage import TFHubStageModelOperator
+
+    op = TFHubStageModelOperator(task_id="stage", handle=handle_of("small_a"), cache_dir=cache_dir)
+
+    def lines() -> list[str]:
+        """Log lines (core: stdlib logging; operator: Airflow's structlog) that name the staged path."""
+        with capture_logs() as operator_events, caplog.at_level(logging.INFO):
+            caplog.clear()
+            result = op.execute({})
+        messages = [r.getMessage() for r in caplog.records]
+        messages += [e["event"] % tuple(e.get("positional_args", ())) for e in operator_events]
+        return [m for m in messages if result["path"] in m]
+
+    first, second = lines(), lines()
+    assert len(first) == 1 and first[0].startswith("Staged "), first
+    assert len(second) == 1 and second[0].startswith("Found ") and " in the cache at " in second[0], second
+
+
+def test_prune_operator_log_line(hub: Any, handle_of: Any, cache_dir: str) -> None:
+    from structlog.testing import capture_logs
+
+    from airflow_provider_tfhub.operators.prune import TFHubPruneCacheOperator
+
+    stage(handle_of("small_b"), cache_dir)
+    op = TFHubPruneCacheOperator(task_id="prune", cache_dir=cache_dir, max_total_bytes=1, dry_run=True)
+    with capture_logs() as events:
+        op.execute({})
+    lines = [e["event"] % tuple(e.get("positional_args", ())) for e in events if "remain" in e["event"]]
+    unit = r"\d+(\.\d+)? (B|KB|MB|GB)"
+    assert len(lines) == 1 and re.match(
+        rf"^Would remove 1 entries and 0 superseded revisions \({unit}, {unit} remain\) from \S+", lines[0]
+    ), lines
+    assert not GLUED_URL.search(lines[0]) and not lines[0].endswith((".", ";"))
+
+
+# -- mapped labels and XComs of the example DAG ------------------------------------------------------
+def test_prestage_dag_labels_mapped_tasks_and_pushes_one_xcom_per_task(
+    hub: Any, handle_of: Any, cache_dir: str, capfd: pytest.CaptureFixture[str]
+) -> None:
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    dag = get_dag("tfhub_prestage")
+    handles = [handle_of("small_a"), handle_of("small_b")]
+    dr = dag.test(run_conf={"handles": handles, "cache_dir": cache_dir})
+    assert dr.state == "success"
+    out, err = capfd.readouterr()
+    with create_session() as session:
+        labels = dict(
+            session.execute(
+                select(TaskInstance.map_index, TaskInstance.rendered_map_index).where(
+                    TaskInstance.run_id == dr.run_id, TaskInstance.task_id == "stage"
+                )
+            ).all()
+        )
+        keys = session.scalars(
+            select(XComModel.key).where(XComModel.run_id == dr.run_id, XComModel.task_id == "consume")
+        ).all()
+    assert labels == {0: "google/small_a/1", 1: "google/small_b/1"}
+    assert keys == ["return_value"]  # not one more XCom per handle
+    assert "XCom not found" not in out + err
+
+
+def test_partial_keeps_an_explicit_map_index_template() -> None:
+    from airflow.sdk import DAG
+
+    from airflow_provider_tfhub.operators.stage import TFHubStageModelOperator
+
+    with DAG("labels_check", schedule=None):
+        default = TFHubStageModelOperator.partial(task_id="a").expand(handle=["https://tfhub.dev/a/b/1"])
+        own = TFHubStageModelOperator.partial(task_id="b", map_index_template="{{ task.handle }}").expand(
+            handle=["https://tfhub.dev/a/b/1"]
+        )
+    assert default.map_index_template == "{{ task.handle_label }}"
+    assert own.map_index_template == "{{ task.handle }}"
+
+
+# -- the connection form -----------------------------------------------------------------------------
+def _tfhub_form() -> dict[str, Any]:
+    """What the Add Connection form receives for ``tfhub``, from Airflow's own UI service."""
+    from airflow.api_fastapi.core_api.services.ui.connections import HookMetaService
+
+    HookMetaService.hook_meta_data.cache_clear()
+    (meta,) = [m for m in HookMetaService.hook_meta_data() if m.connection_type == "tfhub"]
+    return json.loads(meta.model_dump_json())
+
+
+def test_connection_form_has_one_token_field_and_no_null_choices() -> None:
+    form = _tfhub_form()
+    standard, extra = form["standard_fields"], form["extra_fields"]
+    assert standard["password"]["title"] == "Token" and not standard["password"]["hidden"]
+    assert "extra 'token'" in standard["password"]["placeholder"]  # the older field, still read
+    assert standard["host"]["placeholder"] == "tfhub.dev"
+    assert all(standard[f]["hidden"] for f in ("login", "port", "url_schema"))
+    titles = [f["schema"]["title"] for f in extra.values()] + [standard["password"]["title"]]
+    assert titles.count("Token") == 1
+    assert set(extra) == {"cache_dir", "load_format", "gcp_conn_id"}
+    for name, field in extra.items():
+        assert field["value"] is None, name  # nothing pre-filled
+        assert None not in (field["schema"].get("enum") or []), name  # no literal "null" choice
+        assert "default" not in field["schema"], name
+        assert field["description"], name
+    assert extra["load_format"]["schema"]["enum"] == ["AUTO", "COMPRESSED", "UNCOMPRESSED"]
+    # Airflow 3.3 shows a conn-field placeholder (and a suggestion list) only from schema.examples.
+    assert "gs://my-bucket/tfhub-modules" in extra["cache_dir"]["schema"]["examples"]
+
+
+@pytest.mark.parametrize(
+    ("conn", "token"),
+    [
+        ({"password": "from-password"}, "from-password"),
+        ({"extra": {"token": "from-extra"}}, "from-extra"),  # connections made before the form change
+        ({"password": "from-password", "extra": {"token": "from-extra"}}, "from-password"),
+        ({"extra": {"cache_dir": None, "load_format": None, "gcp_conn_id": None}}, None),
+    ],
+)
+def test_token_field_and_compatibility(
+    monkeypatch: pytest.MonkeyPatch, conn: dict[str, Any], token: str | None
+) -> None:
+    monkeypatch.setenv("AIRFLOW_CONN_TFHUB_DEFAULT", json.dumps({"conn_type": "tfhub", **conn}))
+    monkeypatch.setenv("TFHUB_CACHE_DIR", "/from/env")
+    hook = TFHubHook()
+    assert hook.get_token() == token
+    assert hook.resolve_cache_dir() == "/from/env"  # a null the form wrote means "not set"
+
+
+# -- make demo --------------------------------------------------------------------------------------
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_demo_prints_only_its_summary(tmp_path: Path) -> None:
+    """A successful ``make demo`` shows no error or warning line; Airflow's own output goes to a log file."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    home = tmp_path / "airflow"
+    env = {
+        **os.environ,
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home}/airflow.db",
+        "TFHUB_CACHE_DIR": str(tmp_path / "cache"),
+        "TFHUB_DEMO_PORT": str(port),
+    }
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "demo.py")], env=env, capture_output=True, text=True, timeout=600
+    )
+    printed = out.stdout + out.stderr
+    assert out.returncode == 0, printed
+    assert re.search(r"^  stage \[demo/text-embedder/1\]: downloaded, \d+ files, [\d.]+ KB$", out.stdout, re.M), printed
+    assert not re.search(r"error|warning", printed, re.IGNORECASE), printed
+    log = re.search(r"Airflow's own log: (\S+)\)", out.stdout)
+    assert log and "Staged http://" in Path(log.group(1)).read_text()

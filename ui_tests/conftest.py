@@ -1,0 +1,227 @@
+"""``make test-ui``: Airflow's real UI (api-server on 127.0.0.1, SQLite, a temp AIRFLOW_HOME) in headless Chromium.
+
+Session fixtures, in order: a migrated metadata DB; the api-server, started at once; while it boots,
+a finished ``tfhub_prestage`` run whose mapped ``stage`` tasks staged two models from the loopback
+hub (run by ``dag.test()`` in a subprocess, so the run is real and no scheduler is needed); a
+Chromium driven by Selenium. Every
+process started here is stopped by its PID (its process group) at the end. Screenshots go to
+``ui_tests/screenshots/`` (git-ignored).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCREENSHOTS = Path(os.environ.get("TFHUB_UI_SCREENSHOTS", ROOT / "ui_tests" / "screenshots"))
+MODELS_CACHE = ROOT / ".cache" / "ui-test-models"
+CHROMIUM = os.environ.get("TFHUB_UI_CHROMIUM", "/usr/bin/chromium")
+CHROMEDRIVER = os.environ.get("TFHUB_UI_CHROMEDRIVER", "/usr/bin/chromedriver")
+#: the demo hub's model paths -> build_saved_model kwargs (the labels the grid must show follow from these)
+MODELS = {"/demo/text-embedder/1": {"scale": 2.0, "offset": 1.0}, "/demo/image-features/1": {"scale": 0.5}}
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def airflow_env() -> Iterator[dict[str, str]]:
+    home = tempfile.mkdtemp(prefix="tfhub-ui-airflow-")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "TFHUB_"))}
+    env.update(
+        {
+            "AIRFLOW_HOME": home,
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home}/airflow.db",
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
+            "AIRFLOW__API__HOST": "127.0.0.1",
+            "AIRFLOW__API__PORT": str(free_port()),
+            "AIRFLOW__API__WORKERS": "1",
+            "NO_GCE_CHECK": "true",
+            "TF_CPP_MIN_LOG_LEVEL": "2",
+            "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
+        }
+    )
+    subprocess.run(
+        [sys.executable, "-m", "airflow", "db", "migrate"],
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    shutil.rmtree(SCREENSHOTS, ignore_errors=True)  # only this run's pictures
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    try:
+        yield env
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def _build_archives() -> dict[str, str]:
+    """The demo SavedModels (TensorFlow, in a subprocess, cached between runs) -> archive paths."""
+    code = (
+        "import json, sys\n"
+        "from airflow_provider_tfhub.testing.models import cached_model_archive\n"
+        "specs = json.loads(sys.argv[2])\n"
+        "print(json.dumps({p: str(cached_model_archive(sys.argv[1], p.strip('/').replace('/', '-'), **kw))"
+        " for p, kw in specs.items()}))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(MODELS_CACHE), json.dumps(MODELS)],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+    )
+    result: dict[str, str] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result
+
+
+RUN_DAG = """
+import json, sys
+from airflow.dag_processing.dagbag import DagBag
+conf = json.loads(sys.argv[1])
+dag = DagBag(dag_folder=conf.pop("dags_folder")).get_dag("tfhub_prestage")
+dr = dag.test(run_conf=conf)
+print("RESULT " + json.dumps({"run_id": dr.run_id, "state": str(dr.state)}))
+"""
+
+
+@pytest.fixture(scope="session")
+def mapped_run(
+    airflow_env: dict[str, str], api_server_process: Any, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Any]:
+    """A finished ``tfhub_prestage`` run: its mapped ``stage`` staged the demo models from the loopback hub."""
+    from airflow_provider_tfhub.testing.hub_server import HubServer
+
+    archives = _build_archives()
+    hub = HubServer().start()
+    try:
+        handles = [hub.add_model(path, archives[path]) for path in MODELS]
+        conf = {
+            "handles": handles,
+            "cache_dir": str(tmp_path_factory.mktemp("cache")),
+            "dags_folder": airflow_env["AIRFLOW__CORE__DAGS_FOLDER"],
+        }
+        log = Path(airflow_env["AIRFLOW_HOME"]) / "dag-test.log"
+        with open(log, "w") as out:
+            subprocess.run(
+                [sys.executable, "-c", RUN_DAG, json.dumps(conf)],
+                env=airflow_env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                check=False,
+                timeout=600,
+            )
+    finally:
+        hub.stop()
+    lines = [line for line in log.read_text().splitlines() if line.startswith("RESULT ")]
+    assert lines, f"dag.test() did not finish; see the end of its log:\n{log.read_text()[-3000:]}"
+    result: dict[str, Any] = json.loads(lines[-1][len("RESULT ") :])
+    assert result["state"] == "success", log.read_text()[-3000:]
+    result["handles"] = handles
+    return result
+
+
+@pytest.fixture(scope="session")
+def api_server_process(airflow_env: dict[str, str]) -> Iterator[subprocess.Popen[bytes]]:
+    """``airflow api-server`` on 127.0.0.1 (one worker), started early: it boots while the DAG runs."""
+    with open(Path(airflow_env["AIRFLOW_HOME"]) / "api-server.log", "w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "airflow", "api-server", "-H", "127.0.0.1", "-p", airflow_env["AIRFLOW__API__PORT"]],
+            env=airflow_env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: its workers are stopped with it, by this PID
+        )
+    try:
+        yield proc
+    finally:
+        _stop_group(proc)
+
+
+@pytest.fixture(scope="session")
+def api_server(
+    airflow_env: dict[str, str], api_server_process: subprocess.Popen[bytes], mapped_run: dict[str, Any]
+) -> str:
+    """The api-server's base URL once it answers (and the mapped run it shows has finished)."""
+    base = f"http://127.0.0.1:{airflow_env['AIRFLOW__API__PORT']}"
+    deadline = time.monotonic() + 180
+    while True:
+        try:
+            with urllib.request.urlopen(f"{base}/api/v2/monitor/health", timeout=5) as resp:
+                if resp.status == 200:
+                    return base
+        except (urllib.error.URLError, OSError):
+            pass
+        if api_server_process.poll() is not None or time.monotonic() > deadline:
+            text = (Path(airflow_env["AIRFLOW_HOME"]) / "api-server.log").read_text()
+            pytest.fail(f"api-server did not come up on {base}:\n{text[-3000:]}")
+        time.sleep(1)
+
+
+def _stop_group(proc: subprocess.Popen[Any]) -> None:
+    """SIGTERM the process group led by ``proc`` (we started it with start_new_session), then SIGKILL."""
+    for sig, wait in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=wait)
+        except subprocess.TimeoutExpired:
+            continue
+        try:  # the leader is gone; its workers may still be exiting
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(1)
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Any]:
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--window-size=1400,1000",
+    ):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver.implicitly_wait(0)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def screenshot(driver: Any, name: str) -> Path:
+    path = SCREENSHOTS / f"{name}.png"
+    driver.save_screenshot(str(path))
+    return path
