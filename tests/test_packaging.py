@@ -180,7 +180,17 @@ def _imports(path: Path) -> set[str]:
 
 
 # Optional features: imported lazily, where the feature is used, from the extra that installs them.
-OPTIONAL = {"tensorflow": "tensorflow", "isal": "fast", "zlib_ng": "fast", "airflow.providers.google": "google"}
+OPTIONAL = {
+    "tensorflow": "tensorflow",
+    "isal": "fast",
+    "zlib_ng": "fast",
+    "airflow.providers.google": "google",
+    # lineage: only inside get_openlineage_facets_on_complete, which only the OpenLineage provider calls
+    "airflow.providers.openlineage": "openlineage",
+    "airflow.providers.common.compat.openlineage": "openlineage",
+    "openlineage": "openlineage",
+    "attrs": "openlineage",
+}
 
 
 def _optional_extra(module: str) -> str | None:
