@@ -284,3 +284,24 @@ def test_demo_prints_only_its_summary(tmp_path: Path) -> None:
     assert not re.search(r"error|warning", printed, re.IGNORECASE), printed
     log = re.search(r"Airflow's own log: (\S+)\)", out.stdout)
     assert log and "Staged http://" in Path(log.group(1)).read_text()
+
+
+def test_export_tasks_are_labelled_by_the_model_they_export(tmp_path: Path) -> None:
+    from airflow.sdk import DAG
+
+    from airflow_provider_tfhub.operators.export import TFHubExportForServingOperator
+
+    staged = {"handle": "https://tfhub.dev/google/nnlm-en-dim50/2", "path": str(tmp_path)}
+    with DAG("export_labels_check", schedule=None):
+        mapped = TFHubExportForServingOperator.partial(
+            task_id="mapped", base_path=str(tmp_path), model_name="nnlm"
+        ).expand(staged=[staged])
+        by_staged = TFHubExportForServingOperator(
+            task_id="by_staged", staged=staged, base_path=str(tmp_path), model_name="nnlm"
+        )
+        by_handle = TFHubExportForServingOperator(
+            task_id="by_handle", handle="https://tfhub.dev/google/spice/2", base_path=str(tmp_path), model_name="s"
+        )
+    assert mapped.map_index_template == by_staged.map_index_template == "{{ task.handle_label }}"
+    assert by_staged.handle_label == "google/nnlm-en-dim50/2"
+    assert by_handle.handle_label == "google/spice/2"

@@ -18,7 +18,9 @@ from airflow_provider_tfhub.core import export as core_export
 from airflow_provider_tfhub.core import settings
 from airflow_provider_tfhub.core.errors import ConfigurationError
 from airflow_provider_tfhub.core.handles import parse_handle
+from airflow_provider_tfhub.core.labels import handle_label
 from airflow_provider_tfhub.links import TFHubModelPageLink, TFHubStagedModelLink
+from airflow_provider_tfhub.operators.labels import HANDLE_MAP_INDEX_TEMPLATE
 from airflow_provider_tfhub.operators.stage import emit_asset_events, is_literal, result_of, run_core
 
 
@@ -41,6 +43,13 @@ class TFHubExportForServingOperator(BaseOperator):
     ui_color = "#e0f0ff"
     operator_extra_links = (TFHubModelPageLink(), TFHubStagedModelLink())
 
+    @property
+    def handle_label(self) -> str:
+        """Mapped instances are labelled by the model they export (``google/nnlm-en-dim50/2``)."""
+        staged = self.staged if isinstance(self.staged, Mapping) else {}
+        handle = self.handle or staged.get("handle")
+        return handle_label(handle) if handle else str(self.model_name)
+
     def __init__(
         self,
         *,
@@ -53,9 +62,10 @@ class TFHubExportForServingOperator(BaseOperator):
         overwrite: bool = False,
         tfhub_conn_id: str = "tfhub_default",
         cache_dir: str | None = None,
+        map_index_template: str | None = HANDLE_MAP_INDEX_TEMPLATE,
         **kwargs: Any,
     ) -> None:
-        super().__init__(**kwargs)
+        super().__init__(map_index_template=map_index_template, **kwargs)
         if staged is None and not handle:
             raise ConfigurationError(
                 "TFHubExportForServingOperator needs staged= (a stage task's output) or handle= (to stage first)."
