@@ -26,7 +26,10 @@ class TFHubModelCachedSensor(BaseTFHubCacheSensor):
     trigger_class = TFHubModelCachedTrigger
 
     def poke(self, context: Any) -> bool | PokeReturnValue:
-        entry = read_entry(self.storage(), cached_handle(self.handle), adopt=False)
+        from airflow_provider_tfhub.operators.stage import run_core
+
+        # A permanent error (missing bucket, denied access) fails without retries, as when deferred.
+        entry = run_core(lambda: read_entry(self.storage(), cached_handle(self.handle), adopt=False))
         if entry is None:
             self.log.info("%s is not staged yet.", self.handle)
             return False

@@ -7,8 +7,9 @@ client (:func:`~airflow_provider_tfhub.core.async_probe.acheck_for_update`). Rea
 ``asyncio.to_thread``; building a ``gs://`` storage may read the Google connection with the sync
 API, so that runs under asgiref's ``sync_to_async``, as the Google provider's async hooks do.
 
-Events are ``{"status": "success", ...}`` or ``{"status": "error", "message": ...}``; the sensors'
-``execute_complete`` turns them into the XCom value or a task failure.
+Events are ``{"status": "success", ...}`` or ``{"status": "error", "message": ..., "permanent": bool}``;
+the sensors' ``execute_complete`` turns them into the XCom value or a task failure, without retries
+when ``permanent`` (a 404, a bad handle, a missing bucket: exactly what fails at once in poke mode).
 """
 
 from __future__ import annotations
@@ -25,6 +26,18 @@ from airflow_provider_tfhub.core.errors import TFHubError
 from airflow_provider_tfhub.core.handles import parse_handle
 from airflow_provider_tfhub.core.staging import read_entry
 from airflow_provider_tfhub.core.storage import Storage, open_storage
+
+
+def error_event(handle: str, exc: BaseException) -> TriggerEvent:
+    """The error event for ``exc``: its message and whether retrying can help (``permanent``).
+
+    Core errors say so themselves (:attr:`TFHubError.permanent`); anything else (a bug, an
+    unexpected transport error) is treated as transient, so Airflow's retries still apply.
+    """
+    permanent = isinstance(exc, TFHubError) and exc.permanent
+    return TriggerEvent(
+        {"status": "error", "handle": handle, "message": f"{type(exc).__name__}: {exc}", "permanent": permanent}
+    )
 
 
 class _CacheTrigger(BaseTrigger):
@@ -88,7 +101,7 @@ class TFHubModelCachedTrigger(_CacheTrigger):
                 self.log.debug("%s is not staged in %s yet.", self.handle, storage.location())
                 await asyncio.sleep(self.poll_interval)
         except Exception as exc:
-            yield TriggerEvent({"status": "error", "handle": self.handle, "message": f"{type(exc).__name__}: {exc}"})
+            yield error_event(self.handle, exc)
 
 
 class TFHubModelUpdatedTrigger(_CacheTrigger):
@@ -117,4 +130,4 @@ class TFHubModelUpdatedTrigger(_CacheTrigger):
                     self.log.debug("%s unchanged upstream (%s).", self.handle, check.reason)
                 await asyncio.sleep(self.poll_interval)
         except Exception as exc:
-            yield TriggerEvent({"status": "error", "handle": self.handle, "message": f"{type(exc).__name__}: {exc}"})
+            yield error_event(self.handle, exc)
