@@ -1,6 +1,7 @@
 """Triggers behind the deferrable TF Hub sensors: wait in the triggerer, not in a worker slot.
 
-Only async I/O runs on the triggerer's event loop: the connection comes from
+Only async I/O runs on the triggerer's event loop (``tests/test_triggerer_loop.py`` runs them under
+asyncio debug mode with a 0.1 s slow-callback threshold): the connection comes from
 ``TFHubHook.aget_settings()`` (``aget_connection``), the update probe uses ``httpx``'s async
 client (:func:`~airflow_provider_tfhub.core.async_probe.acheck_for_update`). Reading the cache
 (a few small local files or GCS objects through the blocking storage clients) runs in a thread via
@@ -15,6 +16,7 @@ when ``permanent`` (a 404, a bad handle, a missing bucket: exactly what fails at
 from __future__ import annotations
 
 import asyncio
+import importlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -38,6 +40,16 @@ def error_event(handle: str, exc: BaseException) -> TriggerEvent:
     return TriggerEvent(
         {"status": "error", "handle": handle, "message": f"{type(exc).__name__}: {exc}", "permanent": permanent}
     )
+
+
+def _import_hook_module() -> Any:
+    """Import the hook (and what ``aget_connection`` imports lazily) in a worker thread."""
+    for lazy in ("airflow.sdk.execution_time.supervisor",):
+        try:
+            importlib.import_module(lazy)
+        except ImportError:  # another Airflow layout: then it is not lazily imported either
+            pass
+    return importlib.import_module("airflow_provider_tfhub.hooks.tfhub")
 
 
 class _CacheTrigger(BaseTrigger):
@@ -68,13 +80,14 @@ class _CacheTrigger(BaseTrigger):
         )
 
     async def _settings_and_storage(self) -> tuple[Any, Storage]:
-        from airflow_provider_tfhub.hooks.tfhub import TFHubHook
-
-        hook = TFHubHook(tfhub_conn_id=self.tfhub_conn_id)
+        # The hook module pulls in the staging core on first use: import it off the loop (a cold
+        # import held a triggerer's loop for ~0.2-0.4 s). Local storages touch the disk: a thread too.
+        module = await asyncio.to_thread(_import_hook_module)
+        hook = module.TFHubHook(tfhub_conn_id=self.tfhub_conn_id)
         hub = await hook.aget_settings()
         cache_dir = settings.resolve_cache_dir(self.cache_dir, hub.cache_dir, hub.config_cache_dir)
         if not cache_dir.startswith("gs://"):
-            return hub, open_storage(cache_dir)
+            return hub, await asyncio.to_thread(open_storage, cache_dir)
         from asgiref.sync import sync_to_async
 
         storage: Storage = await sync_to_async(hook.open_storage)(cache_dir)
