@@ -22,7 +22,7 @@ from airflow_provider_tfhub.core.errors import (
     InvalidHandleError,
     OfflineError,
 )
-from airflow_provider_tfhub.core.extract import extract_archive
+from airflow_provider_tfhub.core.extract import check_max_files, extract_archive
 from airflow_provider_tfhub.core.handles import (
     COMPRESSED_FORMAT_QUERY,
     Handle,
@@ -88,13 +88,15 @@ def stage(
     storage_options: dict[str, Any] | None = None,
     max_extracted_bytes: int | None = None,
     progress_interval: float = 5.0,
+    max_extracted_files: int | None = None,
 ) -> dict[str, Any]:
     """Stage ``handle`` into ``cache_dir`` and return the staged-model dict (see :data:`RESULT_KEYS`).
 
     ``cache_dir=None`` means ``TFHUB_CACHE_DIR`` or tensorflow_hub's default. ``sha256`` pins the
     archive; a mismatch fails permanently and leaves nothing behind. ``refresh`` is ``never``
     (a cached model costs no request), ``if_changed`` (one conditional request) or ``always``.
-    ``offline`` (or ``TFHUB_OFFLINE=1``) forbids any network access.
+    ``offline`` (or ``TFHUB_OFFLINE=1``) forbids any network access. ``max_extracted_files``
+    caps the files and directories an archive may create (default ``TFHUB_MAX_EXTRACTED_FILES``).
     """
     parsed = parse_handle(handle)
     fmt = settings.resolve_load_format(load_format)
@@ -126,6 +128,7 @@ def stage(
         retry=retry or RetryPolicy.from_env(),
         max_extracted_bytes=max_extracted_bytes,
         progress_interval=progress_interval,
+        max_extracted_files=None if max_extracted_files is None else check_max_files(max_extracted_files),
     ).run(refresh=mode, offline=offline)
 
 
@@ -217,6 +220,7 @@ class Stager:
         retry: RetryPolicy,
         max_extracted_bytes: int | None,
         progress_interval: float,
+        max_extracted_files: int | None = None,
     ) -> None:
         self.storage = storage
         self.handle = handle
@@ -226,6 +230,7 @@ class Stager:
         self.lock_timeout = lock_timeout
         self.retry = retry
         self.max_extracted_bytes = max_extracted_bytes
+        self.max_extracted_files = max_extracted_files
         self.progress_interval = progress_interval
         self.uid = new_uid()
 
@@ -286,7 +291,13 @@ class Stager:
         started = time.monotonic()
         sink = self.storage.open_sink(self.names.model, self.names.tmp(self.uid), replace=replace)
         try:
-            stats = extract_archive(stream, sink, source=self.handle.handle, max_bytes=self.max_extracted_bytes)
+            stats = extract_archive(
+                stream,
+                sink,
+                source=self.handle.handle,
+                max_bytes=self.max_extracted_bytes,
+                max_files=self.max_extracted_files,
+            )
             stream.drain()
             digest = stream.sha256
             if self.sha256 is not None and digest != self.sha256:

@@ -145,8 +145,13 @@ class TFHubHook(BaseHook):
         refresh: str | None = "never",
         offline: bool | None = None,
         lock_timeout: float | None = None,
+        max_extracted_files: int | None = None,
     ) -> dict[str, Any]:
-        """Stage ``handle`` and return the staged-model dict (see ``core.staging.RESULT_KEYS``)."""
+        """Stage ``handle`` and return the staged-model dict (see ``core.staging.RESULT_KEYS``).
+
+        ``max_extracted_files`` caps the files and directories the archive may create (default
+        ``TFHUB_MAX_EXTRACTED_FILES``, else 100000).
+        """
         resolved = self.resolve_cache_dir(cache_dir)
         return core_stage(
             handle,
@@ -158,6 +163,7 @@ class TFHubHook(BaseHook):
             offline=offline,
             lock_timeout=settings.resolve_lock_timeout(lock_timeout, self.settings.config_lock_timeout),
             storage_options=self.storage_options(resolved),
+            max_extracted_files=max_extracted_files,
         )
 
     def is_cached(self, handle: str, cache_dir: str | None = None) -> bool:

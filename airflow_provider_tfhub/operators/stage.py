@@ -14,6 +14,7 @@ from airflow.sdk import BaseOperator
 
 from airflow_provider_tfhub.core import settings
 from airflow_provider_tfhub.core.errors import TFHubError
+from airflow_provider_tfhub.core.extract import check_max_files
 from airflow_provider_tfhub.core.handles import parse_handle
 from airflow_provider_tfhub.core.staging import check_sha256
 
@@ -47,6 +48,8 @@ class TFHubStageModelOperator(BaseOperator):
     :param refresh: ``never`` (default), ``if_changed`` or ``always``.
     :param offline: no network at all; a cache miss fails (default: ``TFHUB_OFFLINE``).
     :param lock_timeout: seconds without progress before another stager's lock is taken over.
+    :param max_extracted_files: most files and directories the archive may create (default
+        ``TFHUB_MAX_EXTRACTED_FILES``, else 100000); more fails without retries, leaving nothing behind.
 
     Every Asset in ``outlets`` gets an event whose ``extra`` is the staged-model dict.
     """
@@ -65,6 +68,7 @@ class TFHubStageModelOperator(BaseOperator):
         refresh: str = "never",
         offline: bool | None = None,
         lock_timeout: float | None = None,
+        max_extracted_files: int | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -76,6 +80,9 @@ class TFHubStageModelOperator(BaseOperator):
         self.refresh = refresh
         self.offline = offline
         self.lock_timeout = lock_timeout
+        self.max_extracted_files = max_extracted_files
+        if max_extracted_files is not None:
+            check_max_files(max_extracted_files)
         if is_literal(handle):
             parse_handle(handle)
         if is_literal(sha256):
@@ -100,6 +107,7 @@ class TFHubStageModelOperator(BaseOperator):
             refresh=self.refresh,
             offline=self.offline,
             lock_timeout=self.lock_timeout,
+            max_extracted_files=self.max_extracted_files,
         )
         self.log.info("%s %s at %s", "Staged" if staged["downloaded"] else "Found", staged["handle"], staged["path"])
         emit_asset_events(self, context, staged)

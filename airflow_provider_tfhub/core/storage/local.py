@@ -20,7 +20,7 @@ from typing import BinaryIO
 
 import google_crc32c
 
-from airflow_provider_tfhub.core.errors import CacheError, DiskFullError
+from airflow_provider_tfhub.core.errors import ArchiveError, CacheError, DiskFullError
 from airflow_provider_tfhub.core.storage.base import FileRecord, ObjectStat, Storage, TreeSink
 
 _DISK_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
@@ -308,11 +308,22 @@ class LocalTreeSink(TreeSink):
                     crc_b64 = base64.b64encode(crc.digest()).decode("ascii")
                     self._manifest[relpath] = FileRecord(size=written, crc32c=crc_b64)
             except OSError as exc:
-                self._error = disk_error(exc, os.path.join(self.final, relpath))
+                member = str(value) if kind == "dir" else relpath
+                self._error = _name_error(exc, member) or disk_error(exc, os.path.join(self.final, member))
             except BaseException as exc:
                 self._error = exc
         if handle is not None:
             handle.close()
+
+
+def _name_error(exc: OSError, member: str) -> ArchiveError | None:
+    """A path the filesystem refuses as too long is the archive's fault: say which member, not "space"."""
+    if exc.errno != errno.ENAMETOOLONG:
+        return None
+    return ArchiveError(
+        f"Archive member {member!r} makes a path too long for the cache filesystem ({os.strerror(exc.errno)}); "
+        "repack the archive with shorter names, or use a cache_dir with a shorter path."
+    )
 
 
 class _Aborted(Exception):
