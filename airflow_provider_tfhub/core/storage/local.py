@@ -20,6 +20,7 @@ from typing import BinaryIO
 
 import google_crc32c
 
+from airflow_provider_tfhub.core.durability import fsync_dir, fsync_enabled, fsync_tree
 from airflow_provider_tfhub.core.errors import ArchiveError, CacheError, DiskFullError
 from airflow_provider_tfhub.core.storage.base import FileRecord, ObjectStat, Storage, TreeSink
 
@@ -237,6 +238,15 @@ class LocalTreeSink(TreeSink):
 
     def commit(self, *, replace: bool = False) -> bool:
         self.finish()
+        durable = fsync_enabled()
+        if durable:
+            fsync_tree(self.tmp)  # data and entries on disk before the name says "complete"
+        published = self._publish(replace=replace)
+        if published and durable:
+            fsync_dir(os.path.dirname(self.final))  # the rename itself
+        return published
+
+    def _publish(self, *, replace: bool) -> bool:
         if replace and os.path.isdir(self.final):
             if _exchange(self.tmp, self.final):
                 shutil.rmtree(self.tmp, ignore_errors=True)  # now holds the old tree
