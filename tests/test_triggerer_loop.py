@@ -82,8 +82,15 @@ def test_triggers_never_block_the_event_loop(
         ("updated", {"handle": remote, "cache_dir": gcs_cache, "poll_interval": 0.05}),
     ]
 
-    result = run_triggers(specs, env)
-
-    assert [e["status"] for e in result["events"]] == ["success"] * 4, result["events"]
-    assert all(e["reason"].startswith("ETag changed") for e in result["events"][2:]), result["events"]
-    assert result["slow"] == [], "\n".join(result["slow"])
+    # A fresh interpreter each time; a second one only if the first saw a slow step: what this test
+    # guards against (cold imports, CA loading, sync config reads on the loop) blocks in every cold
+    # start, while a 2-core CI host shared with other jobs can stretch one step past 0.1 s now and then.
+    runs = []
+    for _ in range(2):
+        result = run_triggers(specs, env)
+        assert [e["status"] for e in result["events"]] == ["success"] * 4, result["events"]
+        assert all(e["reason"].startswith("ETag changed") for e in result["events"][2:]), result["events"]
+        runs.append(result["slow"])
+        if not result["slow"]:
+            break
+    assert runs[-1] == [], "\n\n".join("\n".join(slow) for slow in runs)

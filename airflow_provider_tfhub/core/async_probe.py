@@ -204,17 +204,19 @@ async def acheck_for_update(
 
 
 def _async_client(timeout: float) -> Any:
-    """A new ``httpx.AsyncClient``, built in a worker thread (never on a triggerer's loop).
-
-    Building one loads the CA bundle into an SSL context (tens of ms, more on a busy host), and
-    the first request imports anyio's asyncio backend and TLS streams lazily (~0.1-0.3 s cold):
-    both happen here, so the loop only ever awaits.
-    """
+    """A new ``httpx.AsyncClient``, built in a worker thread (never on a triggerer's loop):
+    building one loads the CA bundle into an SSL context (tens of ms, more on a busy host)."""
     import httpx
 
-    for module in _LAZY_TRANSPORT_MODULES:
-        importlib.import_module(module)
     return httpx.AsyncClient(timeout=timeout, follow_redirects=False)
+
+
+def preload_transport() -> None:
+    """Import httpx and what its first request imports lazily (anyio's asyncio backend, TLS
+    streams: ~0.1-0.3 s cold). Triggers call it when their module is imported, so a trigger's
+    first poll never imports on the event loop."""
+    for module in ("httpx", *_LAZY_TRANSPORT_MODULES):
+        importlib.import_module(module)
 
 
 _LAZY_TRANSPORT_MODULES = (

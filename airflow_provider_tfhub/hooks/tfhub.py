@@ -87,7 +87,9 @@ class TFHubHook(BaseHook):
             conn = await self.aget_connection(self.tfhub_conn_id)
         except AirflowNotFoundException:
             conn = None
-        return _settings_from(conn)
+        import asyncio
+
+        return await asyncio.to_thread(_settings_from, conn)  # reads [tfhub] config: may touch airflow.cfg
 
     def _connection(self) -> Any | None:
         from airflow.sdk.exceptions import AirflowNotFoundException

@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
+from asgiref.sync import sync_to_async
 
 from airflow_provider_tfhub.core import settings
 from airflow_provider_tfhub.core.async_probe import acheck_for_update
@@ -28,6 +29,27 @@ from airflow_provider_tfhub.core.errors import TFHubError
 from airflow_provider_tfhub.core.handles import parse_handle
 from airflow_provider_tfhub.core.staging import read_entry
 from airflow_provider_tfhub.core.storage import Storage, open_storage
+from airflow_provider_tfhub.hooks.tfhub import TFHubHook
+
+
+def _preload() -> None:
+    """Import now what ``run()`` would otherwise import lazily on the triggerer's loop.
+
+    The triggerer imports a trigger's module once, by its classpath, and yields to other triggers
+    right after ("loading the trigger class could have been expensive"): that is the place for the
+    cost, not a trigger's first poll. Covered: the async HTTP transport (httpx, anyio's asyncio
+    backend and TLS streams) and what ``aget_connection`` imports on first use.
+    """
+    from airflow_provider_tfhub.core.async_probe import preload_transport
+
+    preload_transport()
+    try:
+        importlib.import_module("airflow.sdk.execution_time.supervisor")
+    except ImportError:  # another Airflow layout: then it is not imported lazily either
+        pass
+
+
+_preload()
 
 
 def error_event(handle: str, exc: BaseException) -> TriggerEvent:
@@ -40,16 +62,6 @@ def error_event(handle: str, exc: BaseException) -> TriggerEvent:
     return TriggerEvent(
         {"status": "error", "handle": handle, "message": f"{type(exc).__name__}: {exc}", "permanent": permanent}
     )
-
-
-def _import_hook_module() -> Any:
-    """Import the hook (and what ``aget_connection`` imports lazily) in a worker thread."""
-    for lazy in ("airflow.sdk.execution_time.supervisor",):
-        try:
-            importlib.import_module(lazy)
-        except ImportError:  # another Airflow layout: then it is not lazily imported either
-            pass
-    return importlib.import_module("airflow_provider_tfhub.hooks.tfhub")
 
 
 class _CacheTrigger(BaseTrigger):
@@ -80,16 +92,14 @@ class _CacheTrigger(BaseTrigger):
         )
 
     async def _settings_and_storage(self) -> tuple[Any, Storage]:
-        # The hook module pulls in the staging core on first use: import it off the loop (a cold
-        # import held a triggerer's loop for ~0.2-0.4 s). Local storages touch the disk: a thread too.
-        module = await asyncio.to_thread(_import_hook_module)
-        hook = module.TFHubHook(tfhub_conn_id=self.tfhub_conn_id)
+        # Everything run() needs was imported with this module (see _preload): a cold import inside
+        # run() held a triggerer's loop for ~0.2-0.4 s, and one in a thread still holds the import
+        # lock and the GIL. Local storages touch the disk: a thread.
+        hook = TFHubHook(tfhub_conn_id=self.tfhub_conn_id)
         hub = await hook.aget_settings()
         cache_dir = settings.resolve_cache_dir(self.cache_dir, hub.cache_dir, hub.config_cache_dir)
         if not cache_dir.startswith("gs://"):
             return hub, await asyncio.to_thread(open_storage, cache_dir)
-        from asgiref.sync import sync_to_async
-
         storage: Storage = await sync_to_async(hook.open_storage)(cache_dir)
         return hub, storage
 
