@@ -45,8 +45,10 @@ class RelayCA:
     leaf_key: Path
 
 
-def make_test_ca(directory: Path) -> RelayCA:
-    """Write a CA (valid 2 days) and a leaf for :data:`ALLOWED_HOSTS` signed by it into ``directory``."""
+def make_test_ca(directory: Path, hosts: frozenset[str] = ALLOWED_HOSTS) -> RelayCA:
+    """Write a CA (valid 2 days) and a leaf for ``hosts`` (names or IP addresses) signed by it into ``directory``."""
+    import ipaddress
+
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -85,13 +87,13 @@ def make_test_ca(directory: Path) -> RelayCA:
     leaf_key = ec.generate_private_key(ec.SECP256R1())
     leaf_cert = (
         x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "www.googleapis.com")]))
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, sorted(hosts)[0])]))
         .issuer_name(ca_name)
         .public_key(leaf_key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now)
         .not_valid_after(until)
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(h) for h in sorted(ALLOWED_HOSTS)]), critical=False)
+        .add_extension(x509.SubjectAlternativeName([_san(h, ipaddress, x509) for h in sorted(hosts)]), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .add_extension(
@@ -110,6 +112,13 @@ def make_test_ca(directory: Path) -> RelayCA:
         )
     )
     return files
+
+
+def _san(host: str, ipaddress: Any, x509: Any) -> Any:
+    try:
+        return x509.IPAddress(ipaddress.ip_address(host))
+    except ValueError:
+        return x509.DNSName(host)
 
 
 @dataclass

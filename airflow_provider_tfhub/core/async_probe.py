@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import importlib
 import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -190,8 +191,9 @@ async def acheck_for_update(
     url = with_format_query(mirrors_mod.rewrite(parsed.handle, mirrors), COMPRESSED_FORMAT_QUERY)
     scope = TokenScope.for_url(url)  # the handle's URL, or its mirror's
     headers = probe_headers(cached)
+    new_client = await asyncio.to_thread(_async_client, timeout)
     try:
-        async with httpx.AsyncClient(timeout=timeout, follow_redirects=False) as client:
+        async with new_client as client:
             for _ in range(MAX_REDIRECTS + 1):
                 hop = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity", **headers}
                 hop.update(auth_headers(scope, url, token))
@@ -207,6 +209,32 @@ async def acheck_for_update(
             "check the network or the handle."
         ) from exc
     raise DownloadError(f"Too many redirects for {parsed.handle!r}.", permanent=True)
+
+
+def _async_client(timeout: float) -> Any:
+    """A new ``httpx.AsyncClient``, built in a worker thread (never on a triggerer's loop):
+    building one loads the CA bundle into an SSL context (tens of ms, more on a busy host)."""
+    import httpx
+
+    return httpx.AsyncClient(timeout=timeout, follow_redirects=False)
+
+
+def preload_transport() -> None:
+    """Import httpx and what its first request imports lazily (anyio's asyncio backend, TLS
+    streams: ~0.1-0.3 s cold). Triggers call it when their module is imported, so a trigger's
+    first poll never imports on the event loop."""
+    for module in ("httpx", *_LAZY_TRANSPORT_MODULES):
+        importlib.import_module(module)
+
+
+_LAZY_TRANSPORT_MODULES = (
+    "anyio._backends._asyncio",
+    "anyio._core._synchronization",
+    "anyio._core._tasks",
+    "anyio._core._sockets",
+    "anyio.streams.tls",
+    "httpcore._backends.anyio",
+)
 
 
 def _remote(handle: str) -> Handle:

@@ -26,14 +26,19 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from airflow_provider_tfhub.core.errors import ArchiveError
+from airflow_provider_tfhub.core.errors import ArchiveError, ConfigurationError
 from airflow_provider_tfhub.core.storage.base import MODEL_MARKERS, TreeSink
 from airflow_provider_tfhub.core.transfer import CHUNK_SIZE
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_EXTRACTED_BYTES = 256 * 1024**3  # TFHUB_MAX_EXTRACTED_BYTES overrides
+#: Files and directories an archive may create (TFHUB_MAX_EXTRACTED_FILES overrides): real models
+#: have tens to a few thousand; 200,000 empty files in a 1.2 MB archive cost 31 s and 200,000 inodes.
+DEFAULT_MAX_EXTRACTED_FILES = 100_000
 DEFAULT_MAX_MEMBERS = 1_000_000
+#: Longest name of one path component on Linux filesystems (ext4, xfs, ...), in bytes.
+NAME_MAX = 255
 
 #: Largest decompressed block handed on at once: bounds memory whatever the compression ratio.
 BLOCK_SIZE = 1 << 20
@@ -56,6 +61,25 @@ class ExtractStats:
 def max_extracted_bytes_from_env() -> int:
     text = os.environ.get("TFHUB_MAX_EXTRACTED_BYTES", "").strip()
     return int(text) if text.isdigit() else DEFAULT_MAX_EXTRACTED_BYTES
+
+
+def max_extracted_files_from_env() -> int:
+    """``TFHUB_MAX_EXTRACTED_FILES`` (a positive integer), else :data:`DEFAULT_MAX_EXTRACTED_FILES`."""
+    text = os.environ.get("TFHUB_MAX_EXTRACTED_FILES", "").strip()
+    if not text:
+        return DEFAULT_MAX_EXTRACTED_FILES
+    return check_max_files(text, "TFHUB_MAX_EXTRACTED_FILES")
+
+
+def check_max_files(value: object, name: str = "max_extracted_files") -> int:
+    """``value`` as a positive number of files, or a :class:`ConfigurationError` naming ``name``."""
+    try:
+        number = int(str(value).strip())
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise ConfigurationError(f"{name}={value!r} is not a positive number of files (default 100000).")
+    return number
 
 
 def gzip_decoder() -> tuple[Callable[[], Any], str]:
@@ -334,16 +358,20 @@ def extract_archive(
     source: str,
     max_bytes: int | None = None,
     max_members: int = DEFAULT_MAX_MEMBERS,
+    max_files: int | None = None,
 ) -> ExtractStats:
     """Stream-extract ``raw`` (compressed archive bytes) into ``sink``; validate it is a model.
 
     ``raw`` is an :class:`~airflow_provider_tfhub.core.transfer.ArchiveStream` or any readable
     binary file object; it is read to its end, so its hash covers the whole archive.
+    ``max_files`` caps the files and directories created (default ``TFHUB_MAX_EXTRACTED_FILES``).
     """
     limit = max_extracted_bytes_from_env() if max_bytes is None else max_bytes
+    file_limit = max_extracted_files_from_env() if max_files is None else check_max_files(max_files)
     try:
         blocks, decoder = decompressed_blocks(raw, source)
-        files, total, names = _extract_members(_TarReader(blocks, source), sink, source, limit, max_members)
+        reader = _TarReader(blocks, source)
+        files, total, names = _extract_members(reader, sink, source, limit, max_members, file_limit)
     except (EOFError, zlib.error, lzma.LZMAError) as exc:  # decoders' errors are translated in _decompress
         raise _corrupt(source, exc) from exc
     _check_model(names, source)
@@ -351,15 +379,26 @@ def extract_archive(
 
 
 def _extract_members(
-    reader: _TarReader, sink: TreeSink, source: str, limit: int, max_members: int
+    reader: _TarReader, sink: TreeSink, source: str, limit: int, max_members: int, max_files: int
 ) -> tuple[int, int, set[str]]:
     files = total = members = 0
     names: set[str] = set()
+    tree = _TreeShape(source)
     while (member := reader.next_member()) is not None:
         members += 1
         if members > max_members:
             raise ArchiveError(f"{source!r} has more than {max_members} members; refusing to extract it.")
         rel = member_relpath(member.name)
+        if rel is not None:
+            _check_name_lengths(member.name, rel, source)
+            if member.isdir() or member.isreg():
+                tree.add(member.name, rel, is_dir=member.isdir())
+                if tree.created > max_files:
+                    raise ArchiveError(
+                        f"Archive member {member.name!r} is file or directory number {tree.created} of {source!r}, "
+                        f"past the limit of {max_files} (TFHUB_MAX_EXTRACTED_FILES / max_extracted_files); real "
+                        "models have far fewer. Raise the limit only if this model really has that many files."
+                    )
         if member.isdir():
             if rel:
                 sink.add_dir(rel)
@@ -382,6 +421,62 @@ def _extract_members(
         names.add(rel)
     reader.drain(_MAX_TRAILING)
     return files, total, names
+
+
+class _TreeShape:
+    """The files and directories an archive creates so far, to refuse file/directory conflicts early.
+
+    A file member whose name is (or is inside) an earlier file, or a directory member named like an
+    earlier file, cannot be extracted; saying which member and why beats a filesystem error.
+    ``created`` counts every file and directory that extraction creates (implied parents too).
+    """
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.files: set[str] = set()
+        self.dirs: set[str] = set()
+
+    @property
+    def created(self) -> int:
+        return len(self.files) + len(self.dirs)
+
+    def add(self, name: str, rel: str, *, is_dir: bool) -> None:
+        parts = rel.split("/")
+        for depth in range(1, len(parts)):
+            parent = "/".join(parts[:depth])
+            if parent in self.files:
+                raise ArchiveError(
+                    f"Archive member {name!r} of {self.source!r} needs {parent!r} to be a directory, but an earlier "
+                    f"member made {parent!r} a file; the archive is malformed (a file and a directory share a "
+                    "name): repack it."
+                )
+            self.dirs.add(parent)
+        if is_dir:
+            if rel in self.files:
+                raise ArchiveError(
+                    f"Archive member {name!r} of {self.source!r} is a directory, but an earlier member is a file of "
+                    "the same name; the archive is malformed (a file and a directory share a name): repack it."
+                )
+            self.dirs.add(rel)
+        else:
+            if rel in self.dirs:
+                raise ArchiveError(
+                    f"Archive member {name!r} of {self.source!r} is a file, but an earlier member made it a "
+                    "directory; the archive is malformed (a file and a directory share a name): repack it."
+                )
+            self.files.add(rel)
+
+
+def _check_name_lengths(name: str, rel: str, source: str) -> None:
+    """Refuse names no filesystem can hold, naming the member (not "check permissions and space")."""
+    for part in rel.split("/"):
+        size = len(part.encode("utf8", "surrogateescape"))
+        if size > NAME_MAX:
+            raise ArchiveError(
+                f"Archive member {name!r} of {source!r} has a path component of {size} bytes "
+                f"({part[:40]!r}...); filesystems allow at most {NAME_MAX} bytes per name, so it cannot be "
+                "extracted: repack the archive with shorter names."
+            )
 
 
 def _corrupt(source: str, exc: BaseException) -> ArchiveError:

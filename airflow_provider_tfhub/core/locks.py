@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from airflow_provider_tfhub.core.errors import LockTimeoutError
+from airflow_provider_tfhub.core.errors import LockTimeoutError, TFHubError
 from airflow_provider_tfhub.core.layout import LockOwner, lock_content, parse_lock_content
 from airflow_provider_tfhub.core.storage.base import Storage
 
@@ -114,12 +114,19 @@ class CacheLock:
             self._beat.join()
             self._beat = None
         if self._token is not None:
-            # Delete only our own generation: a lock taken over meanwhile belongs to its new holder.
-            if not self.storage.delete(self.name, token=self._token):
-                current = self.storage.stat(self.name)
-                if current is not None and self.storage.read_bytes(self.name) == self.content:
-                    self.storage.delete(self.name, token=current.token)  # our lease write whose answer was lost
-            self._token = None
+            token, self._token = self._token, None
+            try:
+                # Delete only our own generation: a lock taken over meanwhile belongs to its new holder.
+                if not self.storage.delete(self.name, token=token):
+                    current = self.storage.stat(self.name)
+                    if current is not None and self.storage.read_bytes(self.name) == self.content:
+                        self.storage.delete(self.name, token=current.token)  # our lease write whose answer was lost
+            except TFHubError as exc:
+                # Best effort: the lease is no longer renewed, so the lock expires for waiters anyway; the
+                # error that ended the staging (often the same unreachable storage) must not be masked.
+                log.warning(
+                    "Could not release %s (%s); it expires with its lease.", self.storage.location(self.name), exc
+                )
 
     def __enter__(self) -> CacheLock:
         self.acquire()

@@ -26,7 +26,7 @@ from airflow_provider_tfhub.core.errors import (
     InvalidHandleError,
     OfflineError,
 )
-from airflow_provider_tfhub.core.extract import extract_archive
+from airflow_provider_tfhub.core.extract import check_max_files, extract_archive
 from airflow_provider_tfhub.core.handles import (
     COMPRESSED_FORMAT_QUERY,
     Handle,
@@ -82,6 +82,7 @@ def stage(
     progress_interval: float = 5.0,
     mirrors: Mapping[str, str] | str | None = None,
     download_connections: int | None = None,
+    max_extracted_files: int | None = None,
 ) -> StagedModel:
     """Stage ``handle`` into ``cache_dir`` and return the staged-model dict (see :data:`RESULT_KEYS`).
 
@@ -92,6 +93,8 @@ def stage(
     mirror prefix; default ``TFHUB_MIRRORS``) rewrites only the URL that is fetched.
     ``download_connections`` (or ``TFHUB_DOWNLOAD_CONNECTIONS``, default 8) fetches big archives as
     parallel ranged parts; ``1`` downloads with one stream.
+    ``offline`` (or ``TFHUB_OFFLINE=1``) forbids any network access. ``max_extracted_files``
+    caps the files and directories an archive may create (default ``TFHUB_MAX_EXTRACTED_FILES``).
     """
     parsed = parse_handle(handle)
     mirror_map = mirrors_mod.resolve_mirrors(mirrors)
@@ -127,6 +130,7 @@ def stage(
         progress_interval=progress_interval,
         mirrors=mirror_map,
         download_connections=connections,
+        max_extracted_files=None if max_extracted_files is None else check_max_files(max_extracted_files),
     ).run(refresh=mode, offline=offline)
 
 
@@ -205,6 +209,7 @@ class Stager:
         progress_interval: float,
         mirrors: Mapping[str, str] | None = None,
         download_connections: int | None = None,
+        max_extracted_files: int | None = None,
     ) -> None:
         self.storage = storage
         self.handle = handle
@@ -214,6 +219,7 @@ class Stager:
         self.lock_timeout = lock_timeout
         self.retry = retry
         self.max_extracted_bytes = max_extracted_bytes
+        self.max_extracted_files = max_extracted_files
         self.progress_interval = progress_interval
         self.download_connections = download_connections
         self.uid = new_uid()
@@ -313,7 +319,13 @@ class Stager:
         rev = new_revision_id()
         sink = self.storage.open_sink(self.names.revision(rev), self.names.tmp(self.uid))
         try:
-            stats = extract_archive(stream, sink, source=self.handle.handle, max_bytes=self.max_extracted_bytes)
+            stats = extract_archive(
+                stream,
+                sink,
+                source=self.handle.handle,
+                max_bytes=self.max_extracted_bytes,
+                max_files=self.max_extracted_files,
+            )
             stream.drain()
             digest = stream.sha256
             if self.sha256 is not None and digest != self.sha256:

@@ -102,7 +102,9 @@ class TFHubHook(BaseHook):
             conn = await self.aget_connection(self.tfhub_conn_id)
         except AirflowNotFoundException:
             conn = None
-        return _settings_from(conn)
+        import asyncio
+
+        return await asyncio.to_thread(_settings_from, conn)  # reads [tfhub] config: may touch airflow.cfg
 
     def _connection(self) -> Any | None:
         from airflow.sdk.exceptions import AirflowNotFoundException
@@ -166,11 +168,15 @@ class TFHubHook(BaseHook):
         lock_timeout: float | None = None,
         mirrors: Mapping[str, str] | str | None = None,
         download_connections: int | None = None,
+        max_extracted_files: int | None = None,
     ) -> dict[str, Any]:
         """Stage ``handle`` and return the staged-model dict (see ``core.staging.RESULT_KEYS``).
 
         ``download_connections``: parallel ranged connections for big archives (default
         ``TFHUB_DOWNLOAD_CONNECTIONS`` or 8; 1 downloads with one stream).
+
+        ``max_extracted_files`` caps the files and directories the archive may create (default
+        ``TFHUB_MAX_EXTRACTED_FILES``, else 100000).
         """
         resolved = self.resolve_cache_dir(cache_dir)
         result = core_stage(
@@ -185,6 +191,7 @@ class TFHubHook(BaseHook):
             storage_options=self.storage_options(resolved),
             mirrors=self.resolve_mirrors(mirrors),
             download_connections=download_connections,
+            max_extracted_files=max_extracted_files,
         )
         return dict(result)
 

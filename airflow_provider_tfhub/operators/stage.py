@@ -14,6 +14,7 @@ from airflow.sdk import BaseOperator
 
 from airflow_provider_tfhub.core import settings
 from airflow_provider_tfhub.core.errors import TFHubError
+from airflow_provider_tfhub.core.extract import check_max_files
 from airflow_provider_tfhub.core.handles import parse_handle
 from airflow_provider_tfhub.core.mirrors import parse_mirrors
 from airflow_provider_tfhub.core.ranged import connections_from
@@ -57,6 +58,8 @@ class TFHubStageModelOperator(HandleLabelMixin, BaseOperator):
         (``google/nnlm-en-dim50/2``), see :mod:`airflow_provider_tfhub.operators.labels`.
     :param download_connections: parallel ranged connections for big archives (default
         ``TFHUB_DOWNLOAD_CONNECTIONS`` or 8); ``1`` downloads with one stream.
+    :param max_extracted_files: most files and directories the archive may create (default
+        ``TFHUB_MAX_EXTRACTED_FILES``, else 100000); more fails without retries, leaving nothing behind.
 
     Every Asset in ``outlets`` gets an event whose ``extra`` is the staged-model dict.
     """
@@ -79,6 +82,7 @@ class TFHubStageModelOperator(HandleLabelMixin, BaseOperator):
         mirrors: dict[str, str] | str | None = None,
         map_index_template: str | None = HANDLE_MAP_INDEX_TEMPLATE,
         download_connections: int | None = None,
+        max_extracted_files: int | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(map_index_template=map_index_template, **kwargs)
@@ -96,6 +100,9 @@ class TFHubStageModelOperator(HandleLabelMixin, BaseOperator):
         self.download_connections = download_connections
         if download_connections is not None:
             connections_from(download_connections)
+        self.max_extracted_files = max_extracted_files
+        if max_extracted_files is not None:
+            check_max_files(max_extracted_files)
         if is_literal(handle):
             parse_handle(handle)
         if is_literal(sha256):
@@ -122,6 +129,7 @@ class TFHubStageModelOperator(HandleLabelMixin, BaseOperator):
             lock_timeout=self.lock_timeout,
             mirrors=self.mirrors or None,
             download_connections=self.download_connections,
+            max_extracted_files=self.max_extracted_files,
         )
         # A download is logged once, by the core ("Staged <handle> into <path> ..."); the rest here.
         if staged.get("load_format") == "UNCOMPRESSED":

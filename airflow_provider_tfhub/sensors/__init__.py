@@ -117,11 +117,19 @@ class BaseTFHubCacheSensor(BaseSensorOperator):
         )
 
     def execute_complete(self, context: Any, event: dict[str, Any] | None = None) -> Any:
-        from airflow.sdk.exceptions import AirflowException
+        """The XCom value of a success event; an error event fails the task.
+
+        A permanent error (``event["permanent"]``: 404, bad handle, missing bucket) raises
+        ``AirflowFailException`` (no retries, as in poke mode); any other error is retried.
+        """
+        from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
         if not event or event.get("status") != "success":
             message = (event or {}).get("message", "no event")
-            raise AirflowException(f"{self.task_id}: waiting for {self.handle} failed: {message}")
+            text = f"{self.task_id}: waiting for {self.handle} failed: {message}"
+            if (event or {}).get("permanent"):
+                raise AirflowFailException(text)
+            raise AirflowException(text)
         return self.event_value(event)
 
     def event_value(self, event: dict[str, Any]) -> Any:

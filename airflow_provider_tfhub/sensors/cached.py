@@ -26,7 +26,10 @@ class TFHubModelCachedSensor(BaseTFHubCacheSensor):
     trigger_class = TFHubModelCachedTrigger
 
     def poke(self, context: Any) -> bool | PokeReturnValue:
-        entry = lookup_entry(self.storage(), cached_handle(self.handle))
+        from airflow_provider_tfhub.operators.stage import run_core
+
+        # A permanent error (missing bucket, denied access) fails without retries, as when deferred.
+        entry = run_core(lambda: lookup_entry(self.storage(), cached_handle(self.handle)))
         if entry is None:
             self.log.info("%s is not staged yet.", self.handle)
             return False

@@ -1,23 +1,27 @@
 """Triggers behind the deferrable TF Hub sensors: wait in the triggerer, not in a worker slot.
 
-Only async I/O runs on the triggerer's event loop: the connection comes from
+Only async I/O runs on the triggerer's event loop (``tests/test_triggerer_loop.py`` runs them under
+asyncio debug mode with a 0.1 s slow-callback threshold): the connection comes from
 ``TFHubHook.aget_settings()`` (``aget_connection``), the update probe uses ``httpx``'s async
 client (:func:`~airflow_provider_tfhub.core.async_probe.acheck_for_update`). Reading the cache
 (a few small local files or GCS objects through the blocking storage clients) runs in a thread via
 ``asyncio.to_thread``; building a ``gs://`` storage may read the Google connection with the sync
 API, so that runs under asgiref's ``sync_to_async``, as the Google provider's async hooks do.
 
-Events are ``{"status": "success", ...}`` or ``{"status": "error", "message": ...}``; the sensors'
-``execute_complete`` turns them into the XCom value or a task failure.
+Events are ``{"status": "success", ...}`` or ``{"status": "error", "message": ..., "permanent": bool}``;
+the sensors' ``execute_complete`` turns them into the XCom value or a task failure, without retries
+when ``permanent`` (a 404, a bad handle, a missing bucket: exactly what fails at once in poke mode).
 """
 
 from __future__ import annotations
 
 import asyncio
+import importlib
 from collections.abc import AsyncIterator
 from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
+from asgiref.sync import sync_to_async
 
 from airflow_provider_tfhub.core import settings
 from airflow_provider_tfhub.core.async_probe import acheck_for_update
@@ -25,6 +29,39 @@ from airflow_provider_tfhub.core.errors import TFHubError
 from airflow_provider_tfhub.core.handles import parse_handle
 from airflow_provider_tfhub.core.staging import lookup_entry
 from airflow_provider_tfhub.core.storage import Storage, open_storage
+from airflow_provider_tfhub.hooks.tfhub import TFHubHook
+
+
+def _preload() -> None:
+    """Import now what ``run()`` would otherwise import lazily on the triggerer's loop.
+
+    The triggerer imports a trigger's module once, by its classpath, and yields to other triggers
+    right after ("loading the trigger class could have been expensive"): that is the place for the
+    cost, not a trigger's first poll. Covered: the async HTTP transport (httpx, anyio's asyncio
+    backend and TLS streams) and what ``aget_connection`` imports on first use.
+    """
+    from airflow_provider_tfhub.core.async_probe import preload_transport
+
+    preload_transport()
+    try:
+        importlib.import_module("airflow.sdk.execution_time.supervisor")
+    except ImportError:  # another Airflow layout: then it is not imported lazily either
+        pass
+
+
+_preload()
+
+
+def error_event(handle: str, exc: BaseException) -> TriggerEvent:
+    """The error event for ``exc``: its message and whether retrying can help (``permanent``).
+
+    Core errors say so themselves (:attr:`TFHubError.permanent`); anything else (a bug, an
+    unexpected transport error) is treated as transient, so Airflow's retries still apply.
+    """
+    permanent = isinstance(exc, TFHubError) and exc.permanent
+    return TriggerEvent(
+        {"status": "error", "handle": handle, "message": f"{type(exc).__name__}: {exc}", "permanent": permanent}
+    )
 
 
 class _CacheTrigger(BaseTrigger):
@@ -55,15 +92,14 @@ class _CacheTrigger(BaseTrigger):
         )
 
     async def _settings_and_storage(self) -> tuple[Any, Storage]:
-        from airflow_provider_tfhub.hooks.tfhub import TFHubHook
-
+        # Everything run() needs was imported with this module (see _preload): a cold import inside
+        # run() held a triggerer's loop for ~0.2-0.4 s, and one in a thread still holds the import
+        # lock and the GIL. Local storages touch the disk: a thread.
         hook = TFHubHook(tfhub_conn_id=self.tfhub_conn_id)
         hub = await hook.aget_settings()
         cache_dir = settings.resolve_cache_dir(self.cache_dir, hub.cache_dir, hub.config_cache_dir)
         if not cache_dir.startswith("gs://"):
-            return hub, open_storage(cache_dir)
-        from asgiref.sync import sync_to_async
-
+            return hub, await asyncio.to_thread(open_storage, cache_dir)
         storage: Storage = await sync_to_async(hook.open_storage)(cache_dir)
         return hub, storage
 
@@ -88,7 +124,7 @@ class TFHubModelCachedTrigger(_CacheTrigger):
                 self.log.debug("%s is not staged in %s yet.", self.handle, storage.location())
                 await asyncio.sleep(self.poll_interval)
         except Exception as exc:
-            yield TriggerEvent({"status": "error", "handle": self.handle, "message": f"{type(exc).__name__}: {exc}"})
+            yield error_event(self.handle, exc)
 
 
 class TFHubModelUpdatedTrigger(_CacheTrigger):
@@ -119,4 +155,4 @@ class TFHubModelUpdatedTrigger(_CacheTrigger):
                     self.log.debug("%s unchanged upstream (%s).", self.handle, check.reason)
                 await asyncio.sleep(self.poll_interval)
         except Exception as exc:
-            yield TriggerEvent({"status": "error", "handle": self.handle, "message": f"{type(exc).__name__}: {exc}"})
+            yield error_event(self.handle, exc)

@@ -77,7 +77,14 @@ _MAX_COMPOSE_SOURCES = 32  # GCS limit per compose request
 _MAX_COMPONENTS = 1024  # GCS limit of components of one composite object
 _COMPOSITE_DIR = ".composite-parts/"  # under the sink's tmp prefix, so every cleanup of tmp removes parts
 _UPLOAD_ATTEMPTS = 5
-_UPLOAD_TIMEOUT = (60.0, 600.0)  # connect, and waiting for GCS to answer once the body is sent
+#: Seconds a GCS request may go without progress (no byte sent or received) before it is abandoned.
+DEFAULT_STALL_TIMEOUT = 60.0
+#: Slowest rate at which GCS is expected to digest a request's payload once it has all of it
+#: (checksums, replication): the wait for an answer grows by 1 s per this many bytes.
+_SERVER_BYTES_PER_S = 32 * MiB
+#: A request that stalled this many times is given up at once: GCS (or the path to it) is not
+#: answering, and the lock should go to a stager that can reach it rather than wait out retries.
+_MAX_STALLS = 2
 #: A hit records "last used" at most this often per entry: GCS allows ~1 mutation/s per object.
 DEFAULT_TOUCH_INTERVAL = 600.0
 LAST_USED_KEY = "tfhub-last-used"
@@ -117,6 +124,16 @@ def _is_gcs_error(exc: BaseException) -> bool:
     return module.startswith(("google.", "requests", "urllib3")) or isinstance(exc, ConnectionError | TimeoutError)
 
 
+def _is_timeout(exc: BaseException) -> bool:
+    """A request that got no progress within its timeout (requests, urllib3, api_core, socket)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, TimeoutError) or "Timeout" in type(seen).__name__:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 def _is_status(exc: BaseException, *statuses: int) -> bool:
     return _is_gcs_error(exc) and _status(exc) in statuses
 
@@ -145,6 +162,10 @@ class GCSStorage(Storage):
         charges early deletion of the parts (Nearline, Coldline, Archive) or whose retention policy
         forbids deleting them.
     :param touch_interval: minimum seconds between two "last used" updates of one object.
+    :param stall_timeout: seconds a request may make no progress before it is abandoned (and
+        retried a bounded number of times); every request's timeout is sized from it and its
+        payload (:meth:`timeout_for`), so a stalled GCS connection holds a stager (and its lock)
+        for a bounded time, never the 600 s of a fixed upload timeout.
     """
 
     atomic_publish = False
@@ -162,6 +183,7 @@ class GCSStorage(Storage):
         resume_window: int = DEFAULT_RESUME_WINDOW,
         composite_part_bytes: int | None = None,
         touch_interval: float = DEFAULT_TOUCH_INTERVAL,
+        stall_timeout: float = DEFAULT_STALL_TIMEOUT,
     ) -> None:
         bucket, prefix = parse_gs_url(cache_dir)
         super().__init__(f"gs://{bucket}/{prefix}" if prefix else f"gs://{bucket}")
@@ -190,11 +212,31 @@ class GCSStorage(Storage):
         self.resume_window = int(resume_window)
         self.composite_part_bytes = int(composite_part_bytes)
         self.touch_interval = float(touch_interval)
+        if float(stall_timeout) <= 0:
+            raise ConfigurationError(f"stall_timeout={stall_timeout!r} must be a positive number of seconds.")
+        self.stall_timeout = float(stall_timeout)
         self._client = client
         self._credentials = credentials
         self._project = project
         self._client_lock = threading.Lock()
         self._bucket: Any = None
+
+    # -- request limits ----------------------------------------------------------------------------
+    def timeout_for(self, payload_bytes: int = 0) -> tuple[float, float]:
+        """``(connect, read)`` seconds for a request carrying ``payload_bytes``.
+
+        The read timeout bounds every wait on the socket (each send of the body and the wait for
+        the answer): ``stall_timeout`` plus 1 s per :data:`_SERVER_BYTES_PER_S` of payload, the time
+        GCS may need to digest a large body before it answers.
+        """
+        return (min(15.0, self.stall_timeout), self.stall_timeout + max(0, payload_bytes) / _SERVER_BYTES_PER_S)
+
+    @property
+    def retry(self) -> Any:
+        """The client's default retry, with its total time bounded by the stall timeout."""
+        from google.cloud.storage.retry import DEFAULT_RETRY
+
+        return DEFAULT_RETRY.with_timeout(min(120.0, 3 * self.stall_timeout))
 
     # -- client ----------------------------------------------------------------------------------
     @property
@@ -268,7 +310,13 @@ class GCSStorage(Storage):
                 f"GCS rejected the credentials {where} ({exc}); fix the tfhub connection's gcp_conn_id or the "
                 "Application Default Credentials."
             )
-        err = CacheError(f"GCS request failed {where}: {type(exc).__name__}: {exc}")
+        if _is_timeout(exc):
+            err = CacheError(
+                f"GCS stopped answering while {what} in {self.location()} (no progress for {self.stall_timeout:.0f}s, "
+                f"{type(exc).__name__}); gave up so that the lock is released and another stager can take over."
+            )
+        else:
+            err = CacheError(f"GCS request failed {where}: {type(exc).__name__}: {exc}")
         err.permanent = False  # 5xx, 429, timeouts, connection resets: a later attempt may work
         return err
 
@@ -304,7 +352,7 @@ class GCSStorage(Storage):
     # -- small objects -----------------------------------------------------------------------------
     def read_bytes(self, name: str) -> bytes | None:
         try:
-            return bytes(self.blob(name).download_as_bytes())
+            return bytes(self.blob(name).download_as_bytes(timeout=self.timeout_for(), retry=self.retry))
         except Exception as exc:
             if _is_status(exc, 404):
                 return None
@@ -314,7 +362,7 @@ class GCSStorage(Storage):
         """Content and generation of ``name`` from one request (a consistent pair)."""
         blob = self.blob(name)
         try:
-            data = bytes(blob.download_as_bytes())
+            data = bytes(blob.download_as_bytes(timeout=self.timeout_for(), retry=self.retry))
         except Exception as exc:
             if _is_status(exc, 404):
                 return None, None
@@ -322,11 +370,11 @@ class GCSStorage(Storage):
         return data, str(blob.generation) if blob.generation is not None else None
 
     def write_bytes(self, name: str, data: bytes) -> None:
-        from google.cloud.storage.retry import DEFAULT_RETRY
-
         try:
             # One upload is atomic on GCS: readers see the old or the new object, never a part.
-            self.blob(name).upload_from_string(data, content_type=_content_type(name), retry=DEFAULT_RETRY)
+            self.blob(name).upload_from_string(
+                data, content_type=_content_type(name), retry=self.retry, timeout=self.timeout_for(len(data))
+            )
         except Exception as exc:
             self.fail_with(exc, f"writing {name}")
 
@@ -346,7 +394,10 @@ class GCSStorage(Storage):
     def create_exclusive(self, name: str, data: bytes) -> str | None:
         blob = self.blob(name)
         try:
-            blob.upload_from_string(data, content_type="text/plain", if_generation_match=0)
+            # Conditional writes are idempotent, so the client's retry applies; ours bounds its total time.
+            blob.upload_from_string(
+                data, content_type="text/plain", if_generation_match=0, timeout=self.timeout_for(), retry=self.retry
+            )
         except Exception as exc:
             if not _is_status(exc, 412):
                 self.fail_with(exc, f"creating {name}")
@@ -359,7 +410,13 @@ class GCSStorage(Storage):
     def refresh_lease(self, name: str, token: str, data: bytes) -> str | None:
         blob = self.blob(name)
         try:
-            blob.upload_from_string(data, content_type="text/plain", if_generation_match=int(token))
+            blob.upload_from_string(
+                data,
+                content_type="text/plain",
+                if_generation_match=int(token),
+                timeout=self.timeout_for(),
+                retry=self.retry,
+            )
         except Exception as exc:
             if not _is_status(exc, 412, 404):
                 self.fail_with(exc, f"renewing {name}")
@@ -378,7 +435,7 @@ class GCSStorage(Storage):
                 if current is None or current.token != token:
                     return False
         try:
-            self.blob(name).delete(**kwargs)
+            self.blob(name).delete(timeout=self.timeout_for(), **kwargs)
             return True
         except Exception as exc:
             if _is_status(exc, 404, 412):
@@ -387,7 +444,7 @@ class GCSStorage(Storage):
 
     def _get(self, name: str) -> Any:
         try:
-            return self.bucket.get_blob(self.key(name))
+            return self.bucket.get_blob(self.key(name), timeout=self.timeout_for(), retry=self.retry)
         except Exception as exc:
             self.fail_with(exc, f"reading {name}")
 
@@ -422,14 +479,16 @@ class GCSStorage(Storage):
     # -- trees -----------------------------------------------------------------------------------
     def has_file(self, name: str) -> bool:
         try:
-            return bool(self.blob(name).exists())
+            return bool(self.blob(name).exists(timeout=self.timeout_for(), retry=self.retry))
         except Exception as exc:
             self.fail_with(exc, f"checking {name}")
 
     def _list(self, prefix: str, **kwargs: Any) -> Iterator[Any]:
         """Blobs under the object-name ``prefix``; a missing bucket lists as empty, like a missing local root."""
         try:
-            yield from self.client.list_blobs(self.bucket_name, prefix=prefix, **kwargs)
+            yield from self.client.list_blobs(
+                self.bucket_name, prefix=prefix, timeout=self.timeout_for(), retry=self.retry, **kwargs
+            )
         except Exception as exc:
             if _is_status(exc, 404):
                 return
@@ -470,7 +529,7 @@ class GCSStorage(Storage):
 
     def _delete_key(self, key: str) -> None:
         try:
-            self.bucket.blob(key).delete()
+            self.bucket.blob(key).delete(timeout=self.timeout_for(), retry=self.retry)
         except Exception as exc:
             if not _is_status(exc, 404):
                 self.fail_with(exc, f"deleting {key}")
@@ -795,8 +854,6 @@ class GCSTreeSink(TreeSink):
             self.uploaded_bytes += size
 
     def _upload_small(self, relpath: str, key: str, data: bytes, crc: str, cost: int) -> None:
-        from google.cloud.storage.retry import DEFAULT_RETRY
-
         try:
             if self._aborted.is_set() or self._error is not None:
                 return
@@ -804,7 +861,13 @@ class GCSTreeSink(TreeSink):
             # Declaring our CRC32C makes real GCS reject a corrupted body (fake-gcs-server does not
             # check it, but reports the CRC32C of what it stored, which _record compares).
             blob.crc32c = crc
-            blob.upload_from_string(data, content_type="application/octet-stream", checksum=None, retry=DEFAULT_RETRY)
+            blob.upload_from_string(
+                data,
+                content_type="application/octet-stream",
+                checksum=None,
+                retry=self.storage.retry,
+                timeout=self.storage.timeout_for(len(data)),
+            )
             self._record(relpath, len(data), crc, blob.crc32c, blob.size)
         finally:
             self._budget.release(cost)
@@ -835,7 +898,7 @@ class GCSTreeSink(TreeSink):
         query = urllib.parse.urlencode({"uploadType": "media", "name": name})
         url = f"{_get_host_name(storage.client._connection)}/upload/storage/v1{bucket.path}/o?{query}"
         try:
-            attempt = 0
+            attempt = stalls = 0
             while True:
                 self._check()
                 failure: BaseException
@@ -844,7 +907,7 @@ class GCSTreeSink(TreeSink):
                         url,
                         data=_ChunksBody(self, chunks, size),
                         headers={"Content-Type": "application/octet-stream"},
-                        timeout=_UPLOAD_TIMEOUT,
+                        timeout=storage.timeout_for(size),
                     )
                     if response.status_code in (200, 201):
                         stored = int(response.json().get("size", -1))
@@ -859,7 +922,8 @@ class GCSTreeSink(TreeSink):
                 except (requests.ConnectionError, requests.Timeout) as exc:
                     failure = exc
                 attempt += 1
-                if attempt >= _UPLOAD_ATTEMPTS:
+                stalls += _is_timeout(failure)
+                if attempt >= _UPLOAD_ATTEMPTS or stalls >= _MAX_STALLS:
                     raise failure
                 log.warning("Upload of a part of %s failed (%s); sending it again.", relpath, failure)
                 time.sleep(min(0.5 * 2**attempt, 10.0))
@@ -1079,7 +1143,7 @@ class _StreamedUpload:
 
         session = self.storage.client._http
         url = self._new_session()
-        start, attempt = 0, 0
+        start, attempt, stalls = 0, 0, 0
         try:
             while True:
                 failure: BaseException
@@ -1088,7 +1152,7 @@ class _StreamedUpload:
                         url,
                         data=_Body(self, start),
                         headers={"Content-Range": f"bytes {start}-{self.size - 1}/{self.size}"},
-                        timeout=_UPLOAD_TIMEOUT,
+                        timeout=self.storage.timeout_for(self.size - start),
                     )
                     if response.status_code in (200, 201):
                         return dict(response.json())
@@ -1098,7 +1162,8 @@ class _StreamedUpload:
                 except (requests.ConnectionError, requests.Timeout) as exc:
                     failure = exc
                 attempt += 1
-                if attempt >= _UPLOAD_ATTEMPTS:
+                stalls += _is_timeout(failure)
+                if attempt >= _UPLOAD_ATTEMPTS or stalls >= _MAX_STALLS:
                     raise failure
                 time.sleep(min(0.5 * 2**attempt, 10.0))
                 log.warning("Upload of %s interrupted (%s); resuming.", self.relpath, failure)
@@ -1113,12 +1178,14 @@ class _StreamedUpload:
             raise
 
     def _new_session(self) -> str:
-        from google.cloud.storage.retry import DEFAULT_RETRY
-
         blob = self.storage.bucket.blob(self.key)
         return str(
             blob.create_resumable_upload_session(
-                content_type="application/octet-stream", size=self.size, checksum=None, retry=DEFAULT_RETRY
+                content_type="application/octet-stream",
+                size=self.size,
+                checksum=None,
+                retry=self.storage.retry,
+                timeout=self.storage.timeout_for(),
             )
         )
 
@@ -1128,7 +1195,7 @@ class _StreamedUpload:
             return 0, None
         try:
             response = self.storage.client._http.put(
-                url, data=b"", headers={"Content-Range": f"bytes */{self.size}"}, timeout=_UPLOAD_TIMEOUT
+                url, data=b"", headers={"Content-Range": f"bytes */{self.size}"}, timeout=self.storage.timeout_for()
             )
         except Exception as exc:
             log.debug("Status of the upload of %s unknown: %s", self.relpath, exc)
@@ -1142,7 +1209,7 @@ class _StreamedUpload:
 
     def _cancel(self, url: str) -> None:
         try:
-            self.storage.client._http.delete(url, timeout=_UPLOAD_TIMEOUT)
+            self.storage.client._http.delete(url, timeout=self.storage.timeout_for())
         except Exception as exc:
             log.debug("Could not cancel the upload of %s: %s", self.relpath, exc)
 

@@ -20,7 +20,8 @@ from typing import BinaryIO
 
 import google_crc32c
 
-from airflow_provider_tfhub.core.errors import CacheError, DiskFullError
+from airflow_provider_tfhub.core.durability import fsync_dir, fsync_enabled, fsync_tree
+from airflow_provider_tfhub.core.errors import ArchiveError, CacheError, DiskFullError
 from airflow_provider_tfhub.core.storage.base import FileRecord, ObjectStat, Storage, TreeSink
 
 _DISK_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
@@ -72,10 +73,16 @@ class LocalStorage(Storage):
     def write_bytes(self, name: str, data: bytes) -> None:
         path = self.location(name)
         tmp = f"{path}.tmp{uuid.uuid4().hex}"  # tensorflow_hub's atomic-write naming
+        durable = fsync_enabled()
         try:
             with open(tmp, "wb") as f:
                 f.write(data)
+                if durable:  # metadata is a switch: its content must be on disk before its name
+                    f.flush()
+                    os.fsync(f.fileno())
             os.replace(tmp, path)
+            if durable:
+                fsync_dir(os.path.dirname(path))
         except OSError as exc:
             _silent_unlink(tmp)
             raise disk_error(exc, path) from exc
@@ -218,6 +225,8 @@ class LocalStorage(Storage):
         try:
             shutil.copytree(source, staging, symlinks=False, copy_function=_link_or_copy)
             os.makedirs(os.path.dirname(final), exist_ok=True)
+            if fsync_enabled():
+                fsync_tree(staging)
             os.rename(staging, final)
         except OSError as exc:
             shutil.rmtree(staging, ignore_errors=True)
@@ -238,8 +247,10 @@ class LocalStorage(Storage):
                     os.rename(link, path)
                     link = f"{link}.old"
                 shutil.rmtree(link, ignore_errors=True)
-                return
-            os.replace(link, path)
+            else:
+                os.replace(link, path)
+            if fsync_enabled():
+                fsync_dir(os.path.dirname(path))
         except OSError as exc:
             _silent_unlink(link)
             raise disk_error(exc, path) from exc
@@ -296,6 +307,15 @@ class LocalTreeSink(TreeSink):
             os.makedirs(os.path.dirname(self.final), exist_ok=True)
         except OSError as exc:
             raise disk_error(exc, self.final) from exc
+        durable = fsync_enabled()
+        if durable:
+            fsync_tree(self.tmp)  # data and entries on disk before the name says "complete"
+        published = self._publish(replace=replace)
+        if published and durable:
+            fsync_dir(os.path.dirname(self.final))  # the rename itself
+        return published
+
+    def _publish(self, *, replace: bool) -> bool:
         if replace and os.path.isdir(self.final):
             if _exchange(self.tmp, self.final):
                 shutil.rmtree(self.tmp, ignore_errors=True)  # now holds the old tree
@@ -367,11 +387,22 @@ class LocalTreeSink(TreeSink):
                     crc_b64 = base64.b64encode(crc.digest()).decode("ascii")
                     self._manifest[relpath] = FileRecord(size=written, crc32c=crc_b64)
             except OSError as exc:
-                self._error = disk_error(exc, os.path.join(self.final, relpath))
+                member = str(value) if kind == "dir" else relpath
+                self._error = _name_error(exc, member) or disk_error(exc, os.path.join(self.final, member))
             except BaseException as exc:
                 self._error = exc
         if handle is not None:
             handle.close()
+
+
+def _name_error(exc: OSError, member: str) -> ArchiveError | None:
+    """A path the filesystem refuses as too long is the archive's fault: say which member, not "space"."""
+    if exc.errno != errno.ENAMETOOLONG:
+        return None
+    return ArchiveError(
+        f"Archive member {member!r} makes a path too long for the cache filesystem ({os.strerror(exc.errno)}); "
+        "repack the archive with shorter names, or use a cache_dir with a shorter path."
+    )
 
 
 class _Aborted(Exception):
