@@ -58,14 +58,18 @@ def _as_dict(result: Mapping[str, Any]) -> dict[str, Any]:
     return dict(result)
 
 
-def _cmd_stage(args: argparse.Namespace) -> int:
-    result = _stage_from_args(args)
-    if args.json:
+def print_record(result: Mapping[str, Any], *, as_json: bool) -> None:
+    """A result dict as JSON (``--json``) or as aligned ``key  value`` lines: one format for every command."""
+    if as_json:
         print(json.dumps(result, indent=2, sort_keys=True))
     else:
         width = max(len(k) for k in result)
         for key, value in result.items():
             print(f"{key:<{width}}  {value}")
+
+
+def _cmd_stage(args: argparse.Namespace) -> int:
+    print_record(_stage_from_args(args), as_json=args.json)
     return 0
 
 

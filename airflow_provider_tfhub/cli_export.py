@@ -8,7 +8,6 @@ TensorFlow. Prints the export record (``--json`` for scripts): ``export_path``, 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from typing import Any
 
@@ -35,7 +34,7 @@ def add_subcommands(subparsers: Any) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from airflow_provider_tfhub.cli import _stage_from_args
+    from airflow_provider_tfhub.cli import _stage_from_args, print_record
 
     staged = _stage_from_args(args)
     result = export_for_serving(
@@ -47,10 +46,5 @@ def cmd_export(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         lock_timeout=settings.resolve_lock_timeout(None, os.environ.get("AIRFLOW__TFHUB__LOCK_TIMEOUT")),
     )
-    if args.json:
-        print(json.dumps(result, indent=2, sort_keys=True))
-    else:
-        width = max(len(k) for k in result)
-        for key, value in result.items():
-            print(f"{key:<{width}}  {value}")
+    print_record(result, as_json=args.json)
     return 0

@@ -15,16 +15,16 @@ import json
 import os
 import subprocess
 import sys
-import tarfile
 import textwrap
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import gcs_helpers
 import pytest
+from test_refresh import Version, versions
+from test_stage_local import run_py
 
 from airflow_provider_tfhub.core.handles import cache_key
 from airflow_provider_tfhub.core.inventory import list_entries, prune, verify
@@ -32,7 +32,6 @@ from airflow_provider_tfhub.core.layout import EntryNames, encode_meta
 from airflow_provider_tfhub.core.staging import lookup_entry, stage
 from airflow_provider_tfhub.core.storage.gcs import GCSStorage
 from airflow_provider_tfhub.core.storage.local import LocalStorage
-from airflow_provider_tfhub.testing.models import make_archive
 
 PY = sys.executable
 MODEL_PATH = "/google/revisioned/1"
@@ -41,27 +40,7 @@ V1_Y, V2_Y = 1.0, 5.0  # zeros * 2 + offset
 gcs_emulator = gcs_helpers.gcs_emulator
 gcs_env = gcs_helpers.gcs_env
 gcs_cache = gcs_helpers.gcs_cache
-
-
-@dataclass(frozen=True)
-class Version:
-    archive: Path
-    files: dict[str, bytes]
-
-
-@pytest.fixture(scope="session")
-def versions(model_archives: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Version]:
-    root = tmp_path_factory.mktemp("revisions")
-    result = {}
-    for tag, name in (("v1", "demo_v1"), ("v2", "demo_v2")):
-        src = root / tag / "model"
-        src.mkdir(parents=True)
-        with tarfile.open(model_archives[name]) as tar:
-            tar.extractall(src, filter="data")
-        archive = make_archive(src, root / tag / "model.tar.gz")
-        files = {p.relative_to(src).as_posix(): p.read_bytes() for p in src.rglob("*") if p.is_file()}
-        result[tag] = Version(archive, files)
-    return result
+versions = versions  # the v1/v2 models of the refresh tests (v2 adds 4 to the output)
 
 
 @pytest.fixture
@@ -73,18 +52,6 @@ def handle(hub: Any, versions: dict[str, Version]) -> str:
 def tree(path: str | Path) -> dict[str, bytes]:
     root = Path(path)
     return {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()}
-
-
-def run_py(code: str, env: dict[str, str] | None = None, timeout: float = 300) -> str:
-    proc = subprocess.run(
-        [PY, "-c", textwrap.dedent(code)],
-        env={**os.environ, **(env or {})},
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc.stdout
 
 
 def hub_load_y(handle: str, cache: str | Path) -> float:
