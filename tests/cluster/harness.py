@@ -546,7 +546,9 @@ def check_bucket(report: Report, endpoint: str, handles: Iterable[str]) -> None:
     names = list_bucket(endpoint, BUCKET)
     top = Counter(name.removeprefix(PREFIX + "/").split("/", 1)[0] for name in names)
     expected = {k for key in keys for k in (key, f"{key}.revisions", f"{key}.descriptor.txt", f"{key}.meta.json")}
-    leftovers = sorted(set(top) - expected)
+    # The alias index (``.alias.<sha1(url)>.<sha1(handle)>.json``) names entries of this cache only.
+    index = {n for n in top if n.startswith(".alias.") and n.endswith(".json") and n.split(".")[3] in keys}
+    leftovers = sorted(set(top) - expected - index)
     missing = sorted(expected - set(top))
     report.check(
         not leftovers, "bucket: no lock, temp or stray object" + (f" (found {leftovers})" if leftovers else "")
