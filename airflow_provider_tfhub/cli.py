@@ -35,7 +35,7 @@ def cli_mirrors() -> dict[str, str]:
 
 
 def _stage_from_args(args: argparse.Namespace, *, load_format: str | None = None) -> dict[str, Any]:
-    return _as_dict(
+    return dict(
         stage(
             args.handle,
             cli_cache_dir(args.cache_dir),
@@ -52,10 +52,6 @@ def _stage_from_args(args: argparse.Namespace, *, load_format: str | None = None
             mirrors=cli_mirrors(),
         )
     )
-
-
-def _as_dict(result: Mapping[str, Any]) -> dict[str, Any]:
-    return dict(result)
 
 
 def print_record(result: Mapping[str, Any], *, as_json: bool) -> None:

@@ -41,7 +41,7 @@ from gcs_helpers import (
 from airflow_provider_tfhub.core.errors import CacheError, ConfigurationError, DownloadError
 from airflow_provider_tfhub.core.handles import cache_key
 from airflow_provider_tfhub.core.layout import EntryNames, decode_meta, parse_lock_content
-from airflow_provider_tfhub.core.staging import is_cached, read_entry, stage, tree_of
+from airflow_provider_tfhub.core.staging import is_cached, lookup_entry, stage, tree_of
 from airflow_provider_tfhub.core.storage import open_storage
 from airflow_provider_tfhub.core.storage.gcs import GCSArchiveSource, GCSStorage, GCSTreeSink
 
@@ -698,7 +698,7 @@ def test_sigkill_holder_is_taken_over_and_readers_never_see_a_partial_model(
         mine = GCSStorage(gcs_cache)
         while not stop.is_set():
             try:
-                entry = read_entry(mine, handle)
+                entry = lookup_entry(mine, handle)
                 if entry is not None:
                     meta = decode_meta(mine.read_bytes(names.meta)) or {}
                     listing = dict(mine.list_tree(tree_of(names, meta)))
@@ -731,7 +731,7 @@ def test_sigkill_holder_is_taken_over_and_readers_never_see_a_partial_model(
     # (a miss for it), and we see no entry.
     assert not storage.tree_is_nonempty(names.model)
     assert not any(r.endswith("saved_model.pb") for r in partial)
-    assert read_entry(storage, handle) is None and observed == []
+    assert lookup_entry(storage, handle) is None and observed == []
 
     hub.clear_faults()
     waiter = result_of(run_stage_subprocess(handle, gcs_cache, gcs_env, lock_timeout=3))

@@ -23,7 +23,7 @@ from airflow_provider_tfhub.core.errors import ConfigurationError, InvalidHandle
 from airflow_provider_tfhub.core.inventory import list_entries, parse_age, parse_size, prune, verify
 from airflow_provider_tfhub.core.layout import EntryNames, new_uid
 from airflow_provider_tfhub.core.locks import CacheLock
-from airflow_provider_tfhub.core.staging import read_entry, stage
+from airflow_provider_tfhub.core.staging import lookup_entry, stage
 from airflow_provider_tfhub.core.storage.local import LocalStorage
 
 NAMES = ("demo_v1", "small_a", "small_b", "demo_v2")  # oldest use first in ``cache``
@@ -243,7 +243,7 @@ def test_prune_removes_least_recently_used_entries_until_under_budget(
     assert report["total_bytes"] == budget and report["over_budget"] is False
     assert names_of(cache_dir, keys["demo_v1"]) == [] and names_of(cache_dir, keys["small_a"]) == []
     assert {k["key"] for k in report["kept"]} == {keys["small_b"], keys["demo_v2"]}
-    assert read_entry(LocalStorage(cache_dir), cache["demo_v2"]["handle"]) is not None
+    assert lookup_entry(LocalStorage(cache_dir), cache["demo_v2"]["handle"]) is not None
     json.dumps(report)  # the operator's XCom
 
     hub.reset_stats()
@@ -300,7 +300,7 @@ def test_prune_never_touches_an_entry_a_live_stager_holds(cache: dict[str, dict[
         assert Path(cache_dir, EntryNames(busy["cache_key"]).lock).read_bytes() == lock.content
     finally:
         lock.release()
-    assert read_entry(storage, busy["handle"]) is not None
+    assert lookup_entry(storage, busy["handle"]) is not None
     assert len(report["removed"]) == 3
 
 
@@ -321,7 +321,7 @@ def test_prune_keeps_a_fresh_lock_of_another_host_but_cleans_an_old_one(
     assert not old_lock.exists()
     (cleaned,) = report["cleaned"]
     assert cleaned["name"] == old_lock.name and "stale lock" in cleaned["reason"]
-    assert report["removed"] == [] and read_entry(storage, old["handle"]) is not None
+    assert report["removed"] == [] and lookup_entry(storage, old["handle"]) is not None
 
 
 def test_prune_cleans_up_after_a_dead_stager(cache: dict[str, dict[str, Any]], cache_dir: str) -> None:

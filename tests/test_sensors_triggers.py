@@ -23,7 +23,7 @@ from airflow_utils import get_dag, xcom
 
 from airflow_provider_tfhub.core.errors import ConfigurationError, InvalidHandleError
 from airflow_provider_tfhub.core.layout import EntryNames
-from airflow_provider_tfhub.core.staging import read_entry, stage
+from airflow_provider_tfhub.core.staging import lookup_entry, stage
 from airflow_provider_tfhub.core.storage.local import LocalStorage
 from airflow_provider_tfhub.sensors.cached import TFHubModelCachedSensor
 from airflow_provider_tfhub.sensors.updated import TFHubModelUpdatedSensor
@@ -241,7 +241,7 @@ def test_updated_sensor_sends_one_conditional_request_per_poke(
     assert value["handle"] == handle and value["path"] == cached["path"] and value["cached_etag"] == cached["etag"]
     c = counters(hub)
     assert (c["compressed"], c["archive_full"], c["archive_range"]) == (1, 0, 1) and c["bytes_sent"] <= 1
-    assert read_entry(LocalStorage(cache_dir), handle) is not None  # the sensor changes nothing
+    assert lookup_entry(LocalStorage(cache_dir), handle) is not None  # the sensor changes nothing
     json.dumps(value)
 
 

@@ -170,12 +170,6 @@ def tree_of(names: EntryNames, meta: dict[str, Any]) -> str:
     return names.revision(str(rev)) if rev else names.model
 
 
-def read_entry(storage: Storage, handle: str, *, adopt: bool = False, lock_is_ours: bool = False) -> StagedModel | None:
-    """Deprecated name of :func:`lookup_entry` (adoption now happens only under the entry's lock)."""
-    del adopt, lock_is_ours
-    return lookup_entry(storage, handle)
-
-
 def uncompressed_result(parsed: Handle, location: str) -> StagedModel:
     """The staged-model dict for UNCOMPRESSED mode: the model is read in place, nothing is cached."""
     return staged_model(
