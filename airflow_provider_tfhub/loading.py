@@ -16,7 +16,6 @@ the environment says nothing, inside :func:`detect_tpu`).
 from __future__ import annotations
 
 import os
-import re
 import socket
 import threading
 import urllib.parse
@@ -24,6 +23,7 @@ from collections.abc import Mapping
 from typing import Any, Literal
 
 from airflow_provider_tfhub.core.errors import ConfigurationError
+from airflow_provider_tfhub.core.handles import url_scheme
 
 __all__ = [
     "IO_DEVICE",
@@ -59,9 +59,6 @@ TpuSetting = bool | Literal["auto"]
 
 #: Variables TensorFlow's TPU resolver reads a TPU name from whenever they are present, even if blank.
 _RESOLVER_NAME_VARS = ("TPU_NAME", "KUBE_GOOGLE_CLOUD_TPU_ENDPOINTS")
-
-_SCHEME_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
-
 
 # -- the decision ------------------------------------------------------------------------------------
 
@@ -130,10 +127,8 @@ def is_plan(value: object) -> bool:
 
 def _scheme(path: str) -> str | None:
     """The URL scheme of ``path`` (lower case), None for a plain path; ``file://`` counts as a plain path."""
-    match = _SCHEME_RE.match(path)
-    if match is None or match.group(1).lower() == "file":
-        return None
-    return match.group(1).lower()
+    scheme = url_scheme(path)
+    return None if scheme in ("", "file") else scheme
 
 
 def build_plan(staged: Mapping[str, Any], *, tpu: object = "auto") -> dict[str, Any]:

@@ -27,6 +27,7 @@ from airflow_provider_tfhub.core import mirrors as mirrors_mod
 from airflow_provider_tfhub.core.errors import DownloadError, InvalidHandleError
 from airflow_provider_tfhub.core.handles import COMPRESSED_FORMAT_QUERY, Handle, parse_handle, with_format_query
 from airflow_provider_tfhub.core.layout import utc_now
+from airflow_provider_tfhub.core.responses import html_page_error, is_permanent
 from airflow_provider_tfhub.core.storage.base import Storage
 from airflow_provider_tfhub.core.token_scope import TokenScope, auth_headers
 from airflow_provider_tfhub.core.transfer import (
@@ -40,8 +41,6 @@ from airflow_provider_tfhub.core.transfer import (
     RetryPolicy,
     redact_error,
 )
-
-_TRANSIENT = {408, 429, 500, 502, 503, 504}
 
 
 @dataclass(frozen=True)
@@ -105,14 +104,9 @@ def compare(cached: Mapping[str, Any], status: int, headers: Mapping[str, str], 
             last_modified or cached.get("last_modified"),
             cached.get("archive_bytes"),
         )
-    ctype = headers.get("Content-Type", "").split(";")[0].strip().lower()
-    if ctype in ("text/html", "application/xhtml+xml"):
-        raise DownloadError(
-            f"{description!r} returned an HTML page instead of a model archive; use the model's handle or a "
-            "direct .tar.gz URL, and set a token in the tfhub connection if the hub needs one.",
-            permanent=True,
-            status=status,
-        )
+    html = html_page_error(description, headers.get("Content-Type"), status)
+    if html is not None:
+        raise html
     size = _total_size(status, headers)
 
     def verdict(changed: bool, reason: str) -> UpdateCheck:
@@ -274,7 +268,7 @@ def _raise_for_status(status: int, description: str) -> None:
     hint = STATUS_HINTS.get(status, "the server could not answer the update check")
     raise DownloadError(
         f"{description!r} answered HTTP {status}: {hint}.",
-        permanent=status < 500 and status not in _TRANSIENT,
+        permanent=is_permanent(status),
         status=status,
     )
 

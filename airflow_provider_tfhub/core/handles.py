@@ -63,6 +63,12 @@ def cache_key(handle: str) -> str:
     return hashlib.sha1(handle.encode("utf8")).hexdigest()
 
 
+def url_scheme(text: str) -> str:
+    """The ``scheme://`` of ``text`` in lower case ('' for a plain path): the one definition of a scheme."""
+    match = _SCHEME_RE.match(text)
+    return match.group(1).lower() if match else ""
+
+
 def is_archive_name(path: str) -> bool:
     return path.lower().endswith(ARCHIVE_SUFFIXES)
 
@@ -79,8 +85,7 @@ def parse_handle(text: object) -> Handle:
     if lowered.startswith(_SCHEMELESS_HOSTS):
         handle = "https://" + handle
         lowered = handle.lower()
-    match = _SCHEME_RE.match(handle)
-    scheme = match.group(1).lower() if match else ""
+    scheme = url_scheme(handle)
     if scheme in ("http", "https"):
         _check_http_handle(handle)
         return Handle(handle, "http")

@@ -34,10 +34,13 @@ from airflow_provider_tfhub.core.layout import (
     WRITE_TMP_RE,
     EntryNames,
     decode_meta,
+    find_marker,
+    is_complete,
     new_uid,
+    tree_of,
 )
-from airflow_provider_tfhub.core.locks import DEFAULT_LOCK_TIMEOUT, CacheLock, judge_lock
-from airflow_provider_tfhub.core.storage.base import MODEL_MARKERS, ObjectStat, Storage
+from airflow_provider_tfhub.core.locks import DEFAULT_LOCK_TIMEOUT, CacheLock, LockState, judge_lock
+from airflow_provider_tfhub.core.storage.base import ObjectStat, Storage
 
 log = logging.getLogger(__name__)
 
@@ -133,16 +136,6 @@ def format_size(n: int | None) -> str:
 
 
 @dataclass
-class LockInfo:
-    """A lock file as found: who holds it and whether that holder is gone."""
-
-    content: str
-    stale: bool
-    reason: str
-    token: str
-
-
-@dataclass
 class _Revision:
     """One revision dir of an entry, as found."""
 
@@ -184,7 +177,7 @@ class _Entry:
     write_leftovers: list[str] = field(default_factory=list)
     meta: dict[str, Any] | None = None
     handle: str | None = None
-    lock: LockInfo | None = None
+    lock: LockState | None = None
     marker: str | None = None
     model_bytes: int = 0
     model_files: int = 0
@@ -207,8 +200,7 @@ class _Entry:
     @property
     def tree(self) -> str:
         """Where the current model lives: its revision, or the model dir of an older release's entry."""
-        rev = self.current_revision
-        return self.names.revision(rev) if rev else self.names.model
+        return tree_of(self.names, self.meta)
 
     def superseded(self) -> list[_Revision]:
         return [r for r in self.revisions.values() if not r.current]
@@ -216,9 +208,7 @@ class _Entry:
     @property
     def complete(self) -> bool:
         """A hit for the stager: metadata plus its marker, or a tensorflow_hub-filled dir (no lock)."""
-        if self.has_meta:
-            return self.marker is not None
-        return self.marker is not None and self.lock is None
+        return is_complete(self.meta if self.has_meta else None, self.marker, locked=self.lock is not None)
 
     @property
     def state(self) -> str:
@@ -324,9 +314,7 @@ def _fill(storage: Storage, entry: _Entry, lock_timeout: float, now: float) -> N
         for _rel, size in storage.list_tree(entry.tree):
             entry.model_files += 1
             entry.model_bytes += size
-        wanted = (entry.meta or {}).get("marker")
-        candidates = (wanted,) if wanted else MODEL_MARKERS
-        entry.marker = next((m for m in candidates if storage.has_file(f"{entry.tree}/{m}")), None)
+        entry.marker = find_marker(storage, entry.tree, entry.meta)
         if entry.marker is not None:
             st = storage.stat(f"{entry.tree}/{entry.marker}")
             if st is not None:
@@ -391,12 +379,9 @@ def _descriptor_handle(data: bytes | None) -> str | None:
     return None
 
 
-def read_lock(storage: Storage, names: EntryNames, timeout: float, *, now: float | None = None) -> LockInfo | None:
+def read_lock(storage: Storage, names: EntryNames, timeout: float, *, now: float | None = None) -> LockState | None:
     """The entry's lock and whether its holder is gone, by :class:`CacheLock`'s own rules, read-only."""
-    state = judge_lock(storage, names.lock, timeout, tmp_name=names.tmp, now=now)
-    if state is None:
-        return None
-    return LockInfo(state.content, state.stale, state.reason, state.token)
+    return judge_lock(storage, names.lock, timeout, tmp_name=names.tmp, now=now)
 
 
 # -- verify -------------------------------------------------------------------------------------------

@@ -42,8 +42,11 @@ from airflow_provider_tfhub.core.layout import (
     decode_meta,
     descriptor_text,
     encode_meta,
+    find_marker,
+    is_complete,
     new_revision_id,
     new_uid,
+    tree_of,
     utc_now,
 )
 from airflow_provider_tfhub.core.locks import CacheLock
@@ -156,18 +159,12 @@ def lookup_entry(storage: Storage, handle: str) -> StagedModel | None:
 
 
 def complete_meta(storage: Storage, names: EntryNames) -> dict[str, Any] | None:
-    """The entry's metadata when the tree it names is complete (the completeness rule), else None."""
+    """The entry's metadata when the tree it names is complete (:func:`~.layout.is_complete`), else None."""
     meta = decode_meta(storage.read_bytes(names.meta))
     if meta is None:
         return None
-    marker = meta.get("marker") or "saved_model.pb"
-    return meta if storage.has_file(f"{tree_of(names, meta)}/{marker}") else None
-
-
-def tree_of(names: EntryNames, meta: dict[str, Any]) -> str:
-    """Where the model of ``meta`` lives: its revision, or the model dir of an entry from an older release."""
-    rev = meta.get("revision")
-    return names.revision(str(rev)) if rev else names.model
+    marker = find_marker(storage, tree_of(names, meta), meta)
+    return meta if is_complete(meta, marker, locked=False) else None
 
 
 def uncompressed_result(parsed: Handle, location: str) -> StagedModel:

@@ -5,8 +5,6 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-import time
-import urllib.parse
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
@@ -15,18 +13,15 @@ from typing import TYPE_CHECKING, Any, cast
 import google_crc32c
 
 from airflow_provider_tfhub.core.errors import CacheError
-from airflow_provider_tfhub.core.storage.base import MODEL_MARKERS, FileRecord, TreeSink
-from airflow_provider_tfhub.core.storage.gcs._client import _TRANSIENT_STATUS, _is_status, _is_timeout
+from airflow_provider_tfhub.core.storage.base import MODEL_MARKERS, FileRecord, SinkAborted, TreeSink
+from airflow_provider_tfhub.core.storage.gcs._client import is_status
 from airflow_provider_tfhub.core.storage.gcs.upload import (
     _CANCEL,
-    _MAX_STALLS,
-    _UPLOAD_ATTEMPTS,
-    _Aborted,
     _ByteBudget,
-    _ChunksBody,
     _crc_b64,
     _End,
     _StreamedUpload,
+    upload_part,
 )
 
 if TYPE_CHECKING:
@@ -191,7 +186,7 @@ class GCSTreeSink(TreeSink):
 
     def _check(self) -> None:
         if self._aborted.is_set():
-            raise _Aborted()
+            raise SinkAborted()
         if self._error is not None:
             raise self._error
 
@@ -205,7 +200,7 @@ class GCSTreeSink(TreeSink):
     def _guard(self, fn: Callable[..., None], *args: Any) -> None:
         try:
             fn(*args)
-        except _Aborted:
+        except SinkAborted:
             pass
         except BaseException as exc:
             self._fail(self.storage.error(exc, f"uploading {args[0]}", object_level=True))
@@ -247,7 +242,7 @@ class GCSTreeSink(TreeSink):
             self._record(relpath, upload.end.size, upload.end.crc32c, info.get("crc32c"), info.get("size"))
         except BaseException as exc:
             if not upload.stopped:
-                if not isinstance(exc, _Aborted):
+                if not isinstance(exc, SinkAborted):
                     self._fail(self.storage.error(exc, f"uploading {relpath}", object_level=True))  # stop producer
                 self._drain(q)
             raise
@@ -255,48 +250,7 @@ class GCSTreeSink(TreeSink):
             self._budget.release(reserve)
 
     def _upload_part(self, relpath: str, name: str, chunks: list[bytes], size: int) -> None:
-        """Upload one part in a single media request (the fastest kind), re-sent whole on transient failures."""
-        import requests
-        from google.api_core import exceptions as api_exceptions
-        from google.cloud.storage.blob import _get_host_name
-
-        storage = self.storage
-        bucket = storage.bucket
-        query = urllib.parse.urlencode({"uploadType": "media", "name": name})
-        url = f"{_get_host_name(storage.client._connection)}/upload/storage/v1{bucket.path}/o?{query}"
-        try:
-            attempt = stalls = 0
-            while True:
-                self._check()
-                failure: BaseException
-                try:
-                    response = storage.client._http.post(
-                        url,
-                        data=_ChunksBody(self, chunks, size),
-                        headers={"Content-Type": "application/octet-stream"},
-                        timeout=storage.timeout_for(size),
-                    )
-                    if response.status_code in (200, 201):
-                        stored = int(response.json().get("size", -1))
-                        if stored != size:
-                            raise CacheError(
-                                f"GCS stored {stored} bytes of a {size}-byte part of {relpath!r} ({name}); stage again."
-                            )
-                        return
-                    failure = api_exceptions.from_http_response(response)
-                    if response.status_code not in _TRANSIENT_STATUS:
-                        raise failure
-                except (requests.ConnectionError, requests.Timeout) as exc:
-                    failure = exc
-                attempt += 1
-                stalls += _is_timeout(failure)
-                if attempt >= _UPLOAD_ATTEMPTS or stalls >= _MAX_STALLS:
-                    raise failure
-                log.warning("Upload of a part of %s failed (%s); sending it again.", relpath, failure)
-                time.sleep(min(0.5 * 2**attempt, 10.0))
-        finally:
-            chunks.clear()  # the pool keeps a task's arguments until it returns
-            self._budget.release(size)
+        upload_part(self, relpath, name, chunks, size)
 
     def _compose_parts(self, relpath: str, key: str, names: list[str], parts: list[Future[None]], end: _End) -> None:
         """Compose the parts into ``key`` (in stages of 32), check the whole file's CRC32C, delete the parts.
@@ -386,7 +340,7 @@ class GCSTreeSink(TreeSink):
             if replace:
                 new = {self._final_key + rel for rel in manifest}
                 self._delete(sorted(old - new))
-        except _Aborted as exc:
+        except SinkAborted as exc:
             raise CacheError(f"Staging into {storage.location(self.final)} was aborted.") from exc
         except Exception as exc:
             storage.fail_with(exc, f"publishing {self.final}", object_level=True)
@@ -414,7 +368,7 @@ class GCSTreeSink(TreeSink):
                 if token is None:
                     return True
         except Exception as exc:
-            if create_only and _is_status(exc, 412):
+            if create_only and is_status(exc, 412):
                 with self._lock:
                     self._written.discard(dst)
                 return False

@@ -10,8 +10,9 @@ from typing import Any
 
 from airflow_provider_tfhub.core.errors import ConfigurationError, DownloadError
 from airflow_provider_tfhub.core.gcs_credentials import make_client, principal
+from airflow_provider_tfhub.core.responses import is_permanent
 from airflow_provider_tfhub.core.storage.base import Storage
-from airflow_provider_tfhub.core.storage.gcs._client import _TRANSIENT_STATUS, _is_gcs_error, _status
+from airflow_provider_tfhub.core.storage.gcs._client import client_credentials, is_gcs_error, status_of
 from airflow_provider_tfhub.core.storage.gcs.storage import GCSStorage, parse_gs_url
 from airflow_provider_tfhub.core.transfer import (
     CHUNK_SIZE,
@@ -78,13 +79,13 @@ class GCSArchiveSource(ArchiveSource):
         return ranged if ranged is not None else _GCSStream(pinned, info, self._error)
 
     def _error(self, exc: BaseException) -> BaseException:
-        if not _is_gcs_error(exc):
+        if not is_gcs_error(exc):
             return exc
-        status = _status(exc)
+        status = status_of(exc)
         if status == 404:
             return DownloadError(f"Model archive {self.url!r} does not exist; check the handle.", permanent=True)
         if status in (401, 403):
-            who = principal(getattr(self._client, "_credentials", None)) or "the caller"
+            who = principal(client_credentials(self._client)) or "the caller"
             return DownloadError(
                 f"Permission denied reading {self.url!r} for {who}: grant it storage.objects.get on "
                 f"gs://{self.bucket_name}, or set gcp_conn_id in the tfhub connection.",
@@ -93,7 +94,7 @@ class GCSArchiveSource(ArchiveSource):
             )
         return DownloadError(
             f"Reading {self.url!r} failed: {type(exc).__name__}: {exc}.",
-            permanent=status is not None and status < 500 and status not in _TRANSIENT_STATUS,
+            permanent=is_permanent(status),
             status=status,
         )
 

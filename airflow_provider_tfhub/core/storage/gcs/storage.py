@@ -12,7 +12,13 @@ from typing import Any, BinaryIO, NoReturn, cast
 from airflow_provider_tfhub.core.errors import CacheError, ConfigurationError
 from airflow_provider_tfhub.core.gcs_credentials import emulator_host, make_client, principal
 from airflow_provider_tfhub.core.storage.base import MODEL_MARKERS, ObjectStat, Storage, TreeSink
-from airflow_provider_tfhub.core.storage.gcs._client import _is_gcs_error, _is_status, _is_timeout, _status
+from airflow_provider_tfhub.core.storage.gcs._client import (
+    client_credentials,
+    is_gcs_error,
+    is_status,
+    is_timeout,
+    status_of,
+)
 from airflow_provider_tfhub.core.storage.gcs.sink import GCSTreeSink
 
 log = logging.getLogger(__name__)
@@ -195,9 +201,9 @@ class GCSStorage(Storage):
         bucket-level request (listing, upload) means the bucket is missing; with ``object_level``
         (copying or finishing an object) the bucket is checked before saying so.
         """
-        if not _is_gcs_error(exc):
+        if not is_gcs_error(exc):
             return exc
-        status = _status(exc)
+        status = status_of(exc)
         where = f"{what} in {self.location()}"
         if status == 404 and (not object_level or not self._bucket_exists()):
             return CacheError(
@@ -209,7 +215,7 @@ class GCSStorage(Storage):
             err.permanent = False
             return err
         if status == 403:
-            who = principal(getattr(self._client, "_credentials", None) or self._credentials) or "the caller"
+            who = principal(client_credentials(self._client) or self._credentials) or "the caller"
             return CacheError(
                 f"Permission denied {where} for {who}: grant it storage.objects.create/get/list/delete/update "
                 f"on gs://{self.bucket_name} (e.g. roles/storage.objectUser), or use another cache_dir or "
@@ -220,7 +226,7 @@ class GCSStorage(Storage):
                 f"GCS rejected the credentials {where} ({exc}); fix the tfhub connection's gcp_conn_id or the "
                 "Application Default Credentials."
             )
-        if _is_timeout(exc):
+        if is_timeout(exc):
             err = CacheError(
                 f"GCS stopped answering while {what} in {self.location()} (no progress for {self.stall_timeout:.0f}s, "
                 f"{type(exc).__name__}); gave up so that the lock is released and another stager can take over."
@@ -236,7 +242,7 @@ class GCSStorage(Storage):
                 break
             return True
         except Exception as exc:
-            return not _is_status(exc, 404)
+            return not is_status(exc, 404)
 
     def fail_with(self, exc: BaseException, what: str, *, object_level: bool = False) -> NoReturn:
         """Raise :meth:`error` of ``exc`` (``exc`` itself when it is not a GCS failure)."""
@@ -264,7 +270,7 @@ class GCSStorage(Storage):
         try:
             return bytes(self.blob(name).download_as_bytes(timeout=self.timeout_for(), retry=self.retry))
         except Exception as exc:
-            if _is_status(exc, 404):
+            if is_status(exc, 404):
                 return None
             self.fail_with(exc, f"reading {name}")
 
@@ -274,7 +280,7 @@ class GCSStorage(Storage):
         try:
             data = bytes(blob.download_as_bytes(timeout=self.timeout_for(), retry=self.retry))
         except Exception as exc:
-            if _is_status(exc, 404):
+            if is_status(exc, 404):
                 return None, None
             self.fail_with(exc, f"reading {name}")
         return data, str(blob.generation) if blob.generation is not None else None
@@ -296,7 +302,7 @@ class GCSStorage(Storage):
                 data, content_type=_content_type(name), if_generation_match=int(token) if token else 0
             )
         except Exception as exc:
-            if _is_status(exc, 412):
+            if is_status(exc, 412):
                 return None
             self.fail_with(exc, f"writing {name}")
         return str(blob.generation)
@@ -309,7 +315,7 @@ class GCSStorage(Storage):
                 data, content_type="text/plain", if_generation_match=0, timeout=self.timeout_for(), retry=self.retry
             )
         except Exception as exc:
-            if not _is_status(exc, 412):
+            if not is_status(exc, 412):
                 self.fail_with(exc, f"creating {name}")
             # The client retries conditional uploads; if an earlier attempt of ours went through but its
             # answer was lost, the object holds our (unique) content: then it is ours.
@@ -328,7 +334,7 @@ class GCSStorage(Storage):
                 retry=self.retry,
             )
         except Exception as exc:
-            if not _is_status(exc, 412, 404):
+            if not is_status(exc, 412, 404):
                 self.fail_with(exc, f"renewing {name}")
             current, generation = self._read_with_generation(name)
             return generation if current == data else None
@@ -348,7 +354,7 @@ class GCSStorage(Storage):
             self.blob(name).delete(timeout=self.timeout_for(), **kwargs)
             return True
         except Exception as exc:
-            if _is_status(exc, 404, 412):
+            if is_status(exc, 404, 412):
                 return False
             self.fail_with(exc, f"deleting {name}")
 
@@ -373,7 +379,7 @@ class GCSStorage(Storage):
             blob.metadata = {LAST_USED_KEY: f"{time.time():.3f}"}
             blob.patch()
         except Exception as exc:  # read-only shared caches and mutation rate limits must not fail a hit
-            if not _is_gcs_error(exc):
+            if not is_gcs_error(exc):
                 raise
             log.debug("Could not record use of %s: %s", self.location(name), exc)
 
@@ -400,7 +406,7 @@ class GCSStorage(Storage):
                 self.bucket_name, prefix=prefix, timeout=self.timeout_for(), retry=self.retry, **kwargs
             )
         except Exception as exc:
-            if _is_status(exc, 404):
+            if is_status(exc, 404):
                 return
             self.fail_with(exc, f"listing {prefix or '/'}")
 
@@ -441,7 +447,7 @@ class GCSStorage(Storage):
         try:
             self.bucket.blob(key).delete(timeout=self.timeout_for(), retry=self.retry)
         except Exception as exc:
-            if not _is_status(exc, 404):
+            if not is_status(exc, 404):
                 self.fail_with(exc, f"deleting {key}")
 
     def list_root(self, prefix: str = "") -> list[str]:
@@ -453,7 +459,7 @@ class GCSStorage(Storage):
                 names.update(blob.name[len(base) :] for blob in page)
                 names.update(p[len(base) :].rstrip("/") for p in page.prefixes)
         except Exception as exc:
-            if not _is_status(exc, 404):
+            if not is_status(exc, 404):
                 self.fail_with(exc, "listing the cache")
         names.discard("")
         return sorted(names)

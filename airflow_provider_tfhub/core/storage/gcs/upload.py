@@ -13,17 +13,92 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
 from airflow_provider_tfhub.core.errors import CacheError
-from airflow_provider_tfhub.core.storage.gcs._client import _TRANSIENT_STATUS, _is_timeout
+from airflow_provider_tfhub.core.responses import is_transient
+from airflow_provider_tfhub.core.storage.base import SinkAborted
+from airflow_provider_tfhub.core.storage.gcs._client import http_session, is_timeout, media_upload_url
+from airflow_provider_tfhub.core.transfer import RetryPolicy
 
 if TYPE_CHECKING:
+    import requests
+
     from airflow_provider_tfhub.core.storage.gcs.sink import GCSTreeSink
 
 log = logging.getLogger(__name__)
 
-_UPLOAD_ATTEMPTS = 5
+#: Retries of one upload request (a part, or a streamed file's request): RetryPolicy's full jitter,
+#: so parallel uploads that failed together do not retry in lockstep.
+UPLOAD_RETRY = RetryPolicy(attempts=5, backoff=0.5, max_backoff=10.0)
 #: A request that stalled this many times is given up at once: GCS (or the path to it) is not
 #: answering, and the lock should go to a stager that can reach it rather than wait out retries.
 _MAX_STALLS = 2
+
+
+def send_with_retries(
+    send: Callable[[], requests.Response],
+    *,
+    what: str,
+    policy: RetryPolicy = UPLOAD_RETRY,
+    resume: Callable[[], dict[str, Any] | None] | None = None,
+) -> dict[str, Any]:
+    """Call ``send`` until GCS answers 200/201; return the object resource it answered with.
+
+    Dropped connections, timeouts and transient statuses are retried up to ``policy.attempts``
+    tries with the policy's backoff and jitter, but a request that stalled :data:`_MAX_STALLS`
+    times is given up at once. ``resume`` runs before each retry; it may return the finished
+    object (GCS had all the bytes after all) or prepare the next ``send``.
+    """
+    import requests
+    from google.api_core import exceptions as api_exceptions
+
+    attempt = stalls = 0
+    while True:
+        failure: BaseException
+        try:
+            response = send()
+            if response.status_code in (200, 201):
+                return dict(response.json())
+            failure = api_exceptions.from_http_response(response)
+            if not is_transient(response.status_code):
+                raise failure
+        except (requests.ConnectionError, requests.Timeout) as exc:
+            failure = exc
+        stalls += is_timeout(failure)
+        if attempt + 1 >= policy.attempts or stalls >= _MAX_STALLS:
+            raise failure
+        log.warning("%s failed (%s); sending it again.", what, failure)
+        time.sleep(policy.delay(attempt))
+        attempt += 1
+        if resume is not None:
+            done = resume()
+            if done is not None:
+                return done
+
+
+def upload_part(sink: GCSTreeSink, relpath: str, name: str, chunks: list[bytes], size: int) -> None:
+    """Upload one part of ``relpath`` as object ``name`` in a single media request (the fastest kind).
+
+    A failed request is sent again whole from ``chunks``, which stay charged to the sink's budget
+    until GCS stored them.
+    """
+    storage = sink.storage
+    url = media_upload_url(storage.client, storage.bucket, name)
+
+    def send() -> requests.Response:
+        sink._check()
+        return http_session(storage.client).post(
+            url,
+            data=_ChunksBody(sink, chunks, size),
+            headers={"Content-Type": "application/octet-stream"},
+            timeout=storage.timeout_for(size),
+        )
+
+    try:
+        stored = int(send_with_retries(send, what=f"Upload of a part of {relpath}").get("size", -1))
+        if stored != size:
+            raise CacheError(f"GCS stored {stored} bytes of a {size}-byte part of {relpath!r} ({name}); stage again.")
+    finally:
+        chunks.clear()  # the pool keeps a task's arguments until it returns
+        sink._budget.release(size)
 
 
 def _crc_b64(checksum: Any) -> str:
@@ -75,10 +150,6 @@ class _End:
 _CANCEL = object()
 
 
-class _Aborted(Exception):
-    """The sink was aborted while a transfer was running; never escapes to users."""
-
-
 class _CannotResume(CacheError):
     """GCS kept less of an interrupted upload than we still hold: only a new staging can send it again."""
 
@@ -109,47 +180,37 @@ class _StreamedUpload:
         self.taken = 0  # bytes taken from the queue
         self.end: _End | None = None
         self.stopped = False  # the producer's last item (end or cancel) was received
+        self.url = ""  # the resumable session
+        self.start = 0  # the offset the next request sends from
 
     def run(self) -> dict[str, Any]:
         """Send the file; return the object resource GCS answered with."""
-        import requests
-        from google.api_core import exceptions as api_exceptions
-
-        session = self.storage.client._http
-        url = self._new_session()
-        start, attempt, stalls = 0, 0, 0
+        self.url = self._new_session()
+        self.start = 0
         try:
-            while True:
-                failure: BaseException
-                try:
-                    response = session.put(
-                        url,
-                        data=_Body(self, start),
-                        headers={"Content-Range": f"bytes {start}-{self.size - 1}/{self.size}"},
-                        timeout=self.storage.timeout_for(self.size - start),
-                    )
-                    if response.status_code in (200, 201):
-                        return dict(response.json())
-                    failure = api_exceptions.from_http_response(response)
-                    if response.status_code not in _TRANSIENT_STATUS:
-                        raise failure
-                except (requests.ConnectionError, requests.Timeout) as exc:
-                    failure = exc
-                attempt += 1
-                stalls += _is_timeout(failure)
-                if attempt >= _UPLOAD_ATTEMPTS or stalls >= _MAX_STALLS:
-                    raise failure
-                time.sleep(min(0.5 * 2**attempt, 10.0))
-                log.warning("Upload of %s interrupted (%s); resuming.", self.relpath, failure)
-                start, done = self._persisted(url)
-                if done is not None:
-                    return done
-                self._check_resumable(start)
-                if start == 0:
-                    url = self._new_session()  # nothing kept, or GCS could not say: start over
+            return send_with_retries(self._send, what=f"Upload of {self.relpath}", resume=self._resume)
         except BaseException:
-            self._cancel(url)
+            self._cancel(self.url)
             raise
+
+    def _send(self) -> requests.Response:
+        return http_session(self.storage.client).put(
+            self.url,
+            data=_Body(self, self.start),
+            headers={"Content-Range": f"bytes {self.start}-{self.size - 1}/{self.size}"},
+            timeout=self.storage.timeout_for(self.size - self.start),
+        )
+
+    def _resume(self) -> dict[str, Any] | None:
+        """After a failed request: continue from what GCS kept (its object when it had it all)."""
+        start, done = self._persisted(self.url)
+        if done is not None:
+            return done
+        self._check_resumable(start)
+        self.start = start
+        if start == 0:
+            self.url = self._new_session()  # nothing kept, or GCS could not say: start over
+        return None
 
     def _new_session(self) -> str:
         blob = self.storage.bucket.blob(self.key)
@@ -168,7 +229,7 @@ class _StreamedUpload:
         if self.storage.emulated:
             return 0, None
         try:
-            response = self.storage.client._http.put(
+            response = http_session(self.storage.client).put(
                 url, data=b"", headers={"Content-Range": f"bytes */{self.size}"}, timeout=self.storage.timeout_for()
             )
         except Exception as exc:
@@ -183,7 +244,7 @@ class _StreamedUpload:
 
     def _cancel(self, url: str) -> None:
         try:
-            self.storage.client._http.delete(url, timeout=self.storage.timeout_for())
+            http_session(self.storage.client).delete(url, timeout=self.storage.timeout_for())
         except Exception as exc:
             log.debug("Could not cancel the upload of %s: %s", self.relpath, exc)
 
@@ -211,7 +272,7 @@ class _StreamedUpload:
             item = self.q.get()
             if item is _CANCEL:
                 self.stopped = True
-                raise _Aborted()
+                raise SinkAborted()
             if isinstance(item, _End):
                 self.stopped = True
                 self.end = item
@@ -262,5 +323,5 @@ class _ChunksBody:
     def __iter__(self) -> Iterator[bytes]:
         for chunk in list(self.chunks):
             if self.sink._aborted.is_set():
-                raise _Aborted()
+                raise SinkAborted()
             yield chunk
