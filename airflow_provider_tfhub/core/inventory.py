@@ -25,7 +25,7 @@ from typing import Any
 
 import google_crc32c
 
-from airflow_provider_tfhub.core.errors import ConfigurationError, InvalidHandleError, LockTimeoutError
+from airflow_provider_tfhub.core.errors import InvalidHandleError, LockTimeoutError
 from airflow_provider_tfhub.core.handles import parse_handle
 from airflow_provider_tfhub.core.layout import (
     ENTRY_RE,
@@ -41,6 +41,7 @@ from airflow_provider_tfhub.core.layout import (
 )
 from airflow_provider_tfhub.core.locks import DEFAULT_LOCK_TIMEOUT, CacheLock, LockState, judge_lock
 from airflow_provider_tfhub.core.storage.base import ObjectStat, Storage
+from airflow_provider_tfhub.core.units import format_age, format_size, parse_age, parse_size
 
 log = logging.getLogger(__name__)
 
@@ -52,84 +53,6 @@ COMPLETE, PARTIAL, LOCKED = "complete", "partial", "locked"
 
 _CHUNK = 1 << 20
 # Leftovers of an atomic small-file write (``<name>.tmp<hex>``, tensorflow_hub's naming, and ours).
-
-
-# -- parsing of user input ----------------------------------------------------------------------------
-
-_SIZE_UNITS = {
-    "": 1,
-    "b": 1,
-    "k": 1024,
-    "kib": 1024,
-    "kb": 1000,
-    "m": 1024**2,
-    "mib": 1024**2,
-    "mb": 1000**2,
-    "g": 1024**3,
-    "gib": 1024**3,
-    "gb": 1000**3,
-    "t": 1024**4,
-    "tib": 1024**4,
-    "tb": 1000**4,
-}
-_AGE_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-_NUMBER_UNIT_RE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([a-zA-Z]*)\s*$")
-
-
-def parse_size(value: object) -> int:
-    """Bytes from ``10G``, ``512M``, ``1.5GB``, ``2048`` (or an int).
-
-    ``K/M/G/T`` and ``KiB/MiB/GiB/TiB`` are powers of 1024 (what ``du -h`` shows); ``KB/MB/GB/TB``
-    are powers of 1000 (what disk vendors and GCS billing use). Case does not matter.
-    """
-    if isinstance(value, bool):
-        raise ConfigurationError(f"Size {value!r} is not a size; use bytes or a suffix like 512M, 10G, 1.5GB.")
-    if isinstance(value, int | float):
-        number, unit = float(value), ""
-    else:
-        match = _NUMBER_UNIT_RE.match(str(value))
-        if not match or match.group(2).lower() not in _SIZE_UNITS:
-            raise ConfigurationError(
-                f"Size {value!r} is not understood; use bytes or a number with K, M, G, T (1024-based) "
-                "or KB, MB, GB, TB (1000-based), e.g. 512M, 10G, 1.5GB."
-            )
-        number, unit = float(match.group(1)), match.group(2).lower()
-    if number < 0:
-        raise ConfigurationError(f"Size {value!r} must not be negative.")
-    return int(number * _SIZE_UNITS[unit])
-
-
-def parse_age(value: object) -> float:
-    """Seconds from ``7d``, ``12h``, ``30m``, ``90s``, ``2w``, ``3600`` (or a number or a timedelta)."""
-    if isinstance(value, datetime.timedelta):
-        seconds = value.total_seconds()
-    elif isinstance(value, bool):
-        raise ConfigurationError(f"Age {value!r} is not an age; use seconds or 90s, 30m, 12h, 7d, 2w.")
-    elif isinstance(value, int | float):
-        seconds = float(value)
-    else:
-        match = _NUMBER_UNIT_RE.match(str(value))
-        if not match or match.group(2).lower() not in _AGE_UNITS:
-            raise ConfigurationError(
-                f"Age {value!r} is not understood; use seconds or a number with s, m, h, d or w, e.g. 90s, "
-                "30m, 12h, 7d."
-            )
-        seconds = float(match.group(1)) * _AGE_UNITS[match.group(2).lower()]
-    if seconds < 0:
-        raise ConfigurationError(f"Age {value!r} must not be negative.")
-    return seconds
-
-
-def format_size(n: int | None) -> str:
-    """``1.5G``-style (1024-based), the inverse of :func:`parse_size` for display."""
-    if n is None:
-        return "-"
-    size = float(n)
-    for unit in ("B", "K", "M", "G", "T"):
-        if size < 1024 or unit == "T":
-            return f"{size:.0f}{unit}" if unit == "B" else f"{size:.1f}{unit}"
-        size /= 1024
-    return f"{n}B"  # pragma: no cover - loop always returns
 
 
 # -- listing ------------------------------------------------------------------------------------------
@@ -562,7 +485,7 @@ def prune(
     for entry in candidates:
         idle = now - entry.last_used
         if max_age_s is not None and idle > max_age_s:
-            pruner.remove(entry, f"unused for {_duration(idle)} (max age {_duration(max_age_s)})")
+            pruner.remove(entry, f"unused for {format_age(idle)} (max age {format_age(max_age_s)})")
         else:
             survivors.append(entry)
 
@@ -654,8 +577,8 @@ class _Pruner:
             if rev.meta is None:
                 victims.append((rev, "revision dir without metadata (left by an interrupted stager)"))
             elif grace is not None and rev.superseded_since is not None and now - rev.superseded_since >= grace:
-                idle = _duration(now - rev.superseded_since)
-                victims.append((rev, f"superseded {idle} ago (grace {_duration(grace)})"))
+                idle = format_age(now - rev.superseded_since)
+                victims.append((rev, f"superseded {idle} ago (grace {format_age(grace)})"))
         if not victims:
             return
         lock = None if self.dry_run else self._lock(entry)
@@ -801,10 +724,3 @@ def _key_of(handle: str) -> str:
 
 def _iso(ts: float) -> str:
     return datetime.datetime.fromtimestamp(ts, datetime.timezone.utc).isoformat(timespec="seconds")
-
-
-def _duration(seconds: float) -> str:
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{seconds / size:.1f}{unit}"
-    return f"{seconds:.0f}s"
