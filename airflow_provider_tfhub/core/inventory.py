@@ -21,7 +21,7 @@ import re
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypedDict
 
 import google_crc32c
 
@@ -40,6 +40,7 @@ from airflow_provider_tfhub.core.layout import (
     tree_of,
 )
 from airflow_provider_tfhub.core.locks import DEFAULT_LOCK_TIMEOUT, CacheLock, LockState, judge_lock
+from airflow_provider_tfhub.core.records import EntryMeta, RevisionMeta
 from airflow_provider_tfhub.core.storage.base import ObjectStat, Storage
 from airflow_provider_tfhub.core.units import format_age, format_size, parse_age, parse_size
 
@@ -64,7 +65,7 @@ class _Revision:
 
     rev: str
     current: bool = False
-    meta: dict[str, Any] | None = None
+    meta: RevisionMeta | None = None
     size: int = 0
     files: int = 0
     meta_bytes: int = 0
@@ -98,7 +99,7 @@ class _Entry:
     has_meta: bool = False
     tmp_dirs: list[str] = field(default_factory=list)
     write_leftovers: list[str] = field(default_factory=list)
-    meta: dict[str, Any] | None = None
+    meta: EntryMeta | None = None
     handle: str | None = None
     lock: LockState | None = None
     marker: str | None = None
@@ -429,6 +430,50 @@ def _crc32c(storage: Storage, name: str) -> str | None:
 # -- prune --------------------------------------------------------------------------------------------
 
 
+class PrunedEntry(TypedDict):
+    """A whole entry in a prune report (``removed`` or ``kept``)."""
+
+    handle: str | None
+    key: str
+    path: str
+    size: int
+    last_used: str | None
+    reason: str
+
+
+class PrunedRevision(TypedDict):
+    """A superseded revision removed by prune (the entry and its current revision stay)."""
+
+    handle: str | None
+    key: str
+    revision: str
+    path: str
+    size: int
+    reason: str
+
+
+class CleanedItem(TypedDict):
+    """A leftover of a dead stager removed from an entry that stays: stale lock, tmp dir, small-file write."""
+
+    key: str
+    name: str
+    size: int
+    reason: str
+
+
+class PruneReport(TypedDict):
+    """What :func:`prune` removed (or would remove): the prune operator's XCom, ``tfhub-cache prune --json``."""
+
+    removed: list[PrunedEntry]
+    removed_revisions: list[PrunedRevision]
+    cleaned: list[CleanedItem]
+    kept: list[PrunedEntry]
+    freed_bytes: int
+    total_bytes: int
+    over_budget: bool
+    dry_run: bool
+
+
 def prune(
     storage: Storage,
     *,
@@ -438,7 +483,7 @@ def prune(
     dry_run: bool = False,
     lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
     superseded_max_age: float | str | None = DEFAULT_SUPERSEDED_MAX_AGE,
-) -> dict[str, Any]:
+) -> PruneReport:
     """Make the cache small again; return what was (or, with ``dry_run``, would be) removed.
 
     In this order: leftovers of dead stagers (stale locks, their ``.tmp`` dirs, half-written
@@ -502,16 +547,7 @@ def prune(
             pruner.keep(entry, "within limits")
 
     remaining = sum(e.size for e in entries if e.key not in pruner.removed_keys)
-    return {
-        "removed": pruner.removed,
-        "removed_revisions": pruner.removed_revisions,
-        "cleaned": pruner.cleaned,
-        "kept": pruner.kept,
-        "freed_bytes": pruner.freed,
-        "total_bytes": remaining,
-        "over_budget": budget is not None and remaining > budget,
-        "dry_run": dry_run,
-    }
+    return pruner.report(total_bytes=remaining, over_budget=budget is not None and remaining > budget)
 
 
 class _Pruner:
@@ -522,23 +558,36 @@ class _Pruner:
         self.dry_run = dry_run
         self.lock_timeout = lock_timeout
         self.uid = new_uid()
-        self.removed: list[dict[str, Any]] = []
-        self.removed_revisions: list[dict[str, Any]] = []
-        self.kept: list[dict[str, Any]] = []
-        self.cleaned: list[dict[str, Any]] = []
+        self.removed: list[PrunedEntry] = []
+        self.removed_revisions: list[PrunedRevision] = []
+        self.kept: list[PrunedEntry] = []
+        self.cleaned: list[CleanedItem] = []
         self.removed_keys: set[str] = set()
         self.kept_keys: set[str] = set()
         self.freed = 0
 
-    def _row(self, entry: _Entry, reason: str) -> dict[str, Any]:
-        return {
-            "handle": entry.handle,
-            "key": entry.key,
-            "path": self.storage.location(entry.key),
-            "size": entry.size,
-            "last_used": _iso(entry.last_used) if entry.last_used else None,
-            "reason": reason,
-        }
+    def report(self, *, total_bytes: int, over_budget: bool) -> PruneReport:
+        """The one builder of a :class:`PruneReport`."""
+        return PruneReport(
+            removed=self.removed,
+            removed_revisions=self.removed_revisions,
+            cleaned=self.cleaned,
+            kept=self.kept,
+            freed_bytes=self.freed,
+            total_bytes=total_bytes,
+            over_budget=over_budget,
+            dry_run=self.dry_run,
+        )
+
+    def _row(self, entry: _Entry, reason: str, *, size: int | None = None) -> PrunedEntry:
+        return PrunedEntry(
+            handle=entry.handle,
+            key=entry.key,
+            path=self.storage.location(entry.key),
+            size=entry.size if size is None else size,
+            last_used=_iso(entry.last_used) if entry.last_used else None,
+            reason=reason,
+        )
 
     def keep(self, entry: _Entry, reason: str) -> None:
         self.kept.append(self._row(entry, reason))
@@ -560,7 +609,7 @@ class _Pruner:
                 freed = self._delete_entry(entry)
             finally:
                 lock.release()
-        self.removed.append({**self._row(entry, reason), "size": freed})
+        self.removed.append(self._row(entry, reason, size=freed))
         self.removed_keys.add(entry.key)
         self.freed += freed
         log.info("%s %s (%s): %s.", "Would remove" if self.dry_run else "Removed", entry.key, entry.handle, reason)
@@ -602,14 +651,14 @@ class _Pruner:
                 del entry.revisions[rev.rev]
                 self.freed += freed
                 self.removed_revisions.append(
-                    {
-                        "handle": entry.handle,
-                        "key": entry.key,
-                        "revision": rev.rev,
-                        "path": self.storage.location(names.revision(rev.rev)),
-                        "size": freed,
-                        "reason": reason,
-                    }
+                    PrunedRevision(
+                        handle=entry.handle,
+                        key=entry.key,
+                        revision=rev.rev,
+                        path=self.storage.location(names.revision(rev.rev)),
+                        size=freed,
+                        reason=reason,
+                    )
                 )
                 log.info(
                     "%s revision %s of %s: %s.",
@@ -650,13 +699,13 @@ class _Pruner:
         if stale_lock:
             assert entry.lock is not None
             reason = f"stale lock of {entry.lock.content}: {entry.lock.reason}"
-            self.cleaned.append({"key": entry.key, "name": entry.names.lock, "size": 0, "reason": reason})
+            self.cleaned.append(CleanedItem(key=entry.key, name=entry.names.lock, size=0, reason=reason))
             entry.lock = None
         for tmp, size in tmp_freed.items():
-            self.cleaned.append({"key": entry.key, "name": tmp, "size": size, "reason": "tmp dir of a dead stager"})
+            self.cleaned.append(CleanedItem(key=entry.key, name=tmp, size=size, reason="tmp dir of a dead stager"))
             self.freed += size
         for name in leftovers:
-            self.cleaned.append({"key": entry.key, "name": name, "size": 0, "reason": "unfinished small-file write"})
+            self.cleaned.append(CleanedItem(key=entry.key, name=name, size=0, reason="unfinished small-file write"))
         entry.tmp_dirs, entry.tmp_bytes = [], 0
 
     def _older_than_timeout(self, name: str, now: float) -> bool:

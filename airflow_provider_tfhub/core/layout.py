@@ -27,8 +27,9 @@ import socket
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
+from airflow_provider_tfhub.core.records import EntryMeta
 from airflow_provider_tfhub.core.storage.base import MODEL_MARKERS, Storage
 
 META_VERSION = 2
@@ -121,12 +122,12 @@ def utc_now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
-def encode_meta(meta: dict[str, Any]) -> bytes:
+def encode_meta(meta: Mapping[str, Any]) -> bytes:
     return json.dumps({**meta, "format_version": META_VERSION}, indent=1, sort_keys=True).encode("utf8")
 
 
-def decode_meta(data: bytes | None) -> dict[str, Any] | None:
-    """Parse metadata; anything unreadable counts as absent (the entry is then not trusted)."""
+def decode_meta(data: bytes | None) -> EntryMeta | None:
+    """Parse entry or revision metadata; anything unreadable counts as absent (the entry is then not trusted)."""
     if not data:
         return None
     try:
@@ -135,7 +136,7 @@ def decode_meta(data: bytes | None) -> dict[str, Any] | None:
         return None
     if not isinstance(meta, dict) or "handle" not in meta:
         return None
-    return meta
+    return cast(EntryMeta, meta)
 
 
 # -- the completeness rule ------------------------------------------------------------------------------

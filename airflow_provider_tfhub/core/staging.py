@@ -51,7 +51,16 @@ from airflow_provider_tfhub.core.layout import (
 )
 from airflow_provider_tfhub.core.locks import CacheLock
 from airflow_provider_tfhub.core.ranged import connections_from
-from airflow_provider_tfhub.core.records import RESULT_KEYS, StagedModel, staged_model
+from airflow_provider_tfhub.core.records import (
+    RESULT_KEYS,
+    EntryMeta,
+    ManifestRecord,
+    RevisionMeta,
+    StagedModel,
+    entry_meta,
+    revision_meta,
+    staged_model,
+)
 from airflow_provider_tfhub.core.storage import Storage, open_storage
 from airflow_provider_tfhub.core.storage.base import MODEL_MARKERS
 from airflow_provider_tfhub.core.transfer import (
@@ -158,7 +167,7 @@ def lookup_entry(storage: Storage, handle: str) -> StagedModel | None:
     return None if meta is None else _result(storage, names, meta, downloaded=False)
 
 
-def complete_meta(storage: Storage, names: EntryNames) -> dict[str, Any] | None:
+def complete_meta(storage: Storage, names: EntryNames) -> EntryMeta | None:
     """The entry's metadata when the tree it names is complete (:func:`~.layout.is_complete`), else None."""
     meta = decode_meta(storage.read_bytes(names.meta))
     if meta is None:
@@ -272,8 +281,8 @@ class Stager:
     def _entry(self) -> StagedModel | None:
         return lookup_entry(self.storage, self.handle.text)
 
-    def _meta(self) -> dict[str, Any]:
-        return decode_meta(self.storage.read_bytes(self.names.meta)) or {}
+    def _meta(self) -> EntryMeta:
+        return decode_meta(self.storage.read_bytes(self.names.meta)) or EntryMeta()
 
     def _settle(self, current: StagedModel) -> StagedModel:
         """Under the lock: convert an entry of an older release into a revision, repair an unfinished switch."""
@@ -327,32 +336,32 @@ class Stager:
             manifest = sink.finish()
             info = stream.info
             staged_at = utc_now()
-            fetched = {
-                "source_url": info.url,
-                "etag": info.etag,
-                "last_modified": info.last_modified,
-                "checked_at": staged_at,
-                "mirror": self._mirror_url(),
-                "page_urls": self._page_urls(),
-            }
+            fetched = revision_meta(
+                source_url=info.url,
+                etag=info.etag,
+                last_modified=info.last_modified,
+                checked_at=staged_at,
+                mirror=self._mirror_url(),
+                page_urls=self._page_urls(),
+            )
             same = self._revision_with_sha(digest)
             if same is not None:
                 sink.abort()  # the same archive as a revision we have: reuse it, no second copy
                 reused = self._reuse(same, fetched, previous=previous)
                 aliases.record(self.storage, self.handle.text, self._page_urls())
                 return reused
-            meta = {
-                "handle": self.handle.text,
-                "revision": rev,
-                "sha256": digest,
-                "archive_bytes": stream.bytes_read,
-                "files": stats.files,
-                "bytes": stats.bytes,
-                "marker": next(m for m in MODEL_MARKERS if m in manifest),
-                "staged_at": staged_at,
-                "manifest": {rel: {"size": r.size, "crc32c": r.crc32c} for rel, r in sorted(manifest.items())},
-                **fetched,
-            }
+            meta = revision_meta(
+                fetched,
+                handle=self.handle.text,
+                revision=rev,
+                sha256=digest,
+                archive_bytes=stream.bytes_read,
+                files=stats.files,
+                bytes=stats.bytes,
+                marker=next(m for m in MODEL_MARKERS if m in manifest),
+                staged_at=staged_at,
+                manifest={rel: ManifestRecord(size=r.size, crc32c=r.crc32c) for rel, r in sorted(manifest.items())},
+            )
             if not sink.commit():
                 raise DownloadError(f"Revision {rev} of {self.handle.text!r} already exists; retrying.")
         except BaseException:
@@ -375,25 +384,26 @@ class Stager:
         refreshed = previous is not None and previous["revision"] != rev
         return _result(self.storage, self.names, meta, downloaded=True, refreshed=refreshed)
 
-    def _revision_with_sha(self, digest: str) -> dict[str, Any] | None:
+    def _revision_with_sha(self, digest: str) -> RevisionMeta | None:
         """The metadata of a complete revision of this entry whose archive had ``digest``, if any."""
         current = self._meta()
         if current.get("revision") and current.get("sha256") == digest:
             return current
         for rev in revision_ids(self.storage, self.names):
             meta = decode_meta(self.storage.read_bytes(self.names.revision_meta(rev)))
-            marker = (meta or {}).get("marker") or "saved_model.pb"
-            if meta and meta.get("sha256") == digest and self.storage.has_file(f"{self.names.revision(rev)}/{marker}"):
+            if meta is None or meta.get("sha256") != digest:
+                continue
+            if is_complete(meta, find_marker(self.storage, self.names.revision(rev), meta), locked=False):
                 return meta
         return None
 
-    def _reuse(self, meta: dict[str, Any], fetched: dict[str, Any], *, previous: StagedModel | None) -> StagedModel:
+    def _reuse(self, meta: RevisionMeta, fetched: RevisionMeta, *, previous: StagedModel | None) -> StagedModel:
         rev = str(meta["revision"])
-        merged = {k: v for k, v in meta.items() if k not in ("superseded_at", "view")}
-        merged.update(fetched)
+        merged = revision_meta(meta, **fetched)
         prev_rev = previous.get("revision") if previous else None
         if prev_rev == rev:
-            self._write_entry_meta({**self._meta(), **fetched})
+            current = self._meta()
+            self._write_entry_meta(entry_meta(current, view=current.get("view"), **fetched))
             log.info("%s is unchanged (same archive sha256); kept revision %s.", self.handle.text, rev)
             return _result(self.storage, self.names, self._meta(), downloaded=True, refreshed=False)
         self.storage.write_bytes(self.names.revision_meta(rev), encode_meta(merged))
@@ -401,7 +411,7 @@ class Stager:
         log.info("%s is again the archive of revision %s; switched back to it.", self.handle.text, rev)
         return _result(self.storage, self.names, merged, downloaded=True, refreshed=previous is not None)
 
-    def _switch(self, meta: dict[str, Any], *, previous_rev: str | None) -> None:
+    def _switch(self, meta: RevisionMeta, *, previous_rev: str | None) -> None:
         """Make ``meta``'s revision current: metadata first (our readers), then the tensorflow_hub view.
 
         The metadata write carries a precondition (the generation read under the lock), so a stager
@@ -409,19 +419,17 @@ class Stager:
         ``superseded_at``, which starts its grace period.
         """
         rev = str(meta["revision"])
-        entry = {**meta, "view": previous_rev if previous_rev != rev else rev}
-        entry.pop("superseded_at", None)
+        entry = entry_meta(meta, view=previous_rev if previous_rev != rev else rev)
         self._write_entry_meta(entry)
         self.storage.publish_view(self.names.model, self.names.revision(rev), self.names.tmp(new_uid()))
-        entry["view"] = rev
-        self._write_entry_meta(entry)
+        self._write_entry_meta(entry_meta(entry, view=rev))
         if previous_rev and previous_rev != rev:
             old = decode_meta(self.storage.read_bytes(self.names.revision_meta(previous_rev)))
             if old is not None and not old.get("superseded_at"):
-                old["superseded_at"] = utc_now()
-                self.storage.write_bytes(self.names.revision_meta(previous_rev), encode_meta(old))
+                superseded = revision_meta(old, superseded_at=utc_now())
+                self.storage.write_bytes(self.names.revision_meta(previous_rev), encode_meta(superseded))
 
-    def _write_entry_meta(self, meta: dict[str, Any]) -> None:
+    def _write_entry_meta(self, meta: EntryMeta) -> None:
         token = self.storage.write_bytes_if(self.names.meta, encode_meta(meta), token=self._meta_token)
         if token is None:
             raise CacheError(
@@ -433,8 +441,8 @@ class Stager:
     def _not_modified(self, current: StagedModel | None) -> StagedModel:
         assert current is not None
         self._check_pin(current)
-        meta = self._meta()
-        meta["checked_at"] = utc_now()
+        recorded = self._meta()
+        meta = entry_meta(recorded, view=recorded.get("view"), checked_at=utc_now())
         self._write_entry_meta(meta)
         log.info("%s is unchanged upstream (304); kept revision %s.", self.handle.text, meta.get("revision"))
         return _result(self.storage, self.names, meta, downloaded=False, refreshed=False)
@@ -456,35 +464,30 @@ class Stager:
             if recorded is not None:
                 self._switch(recorded, previous_rev=rev)
                 return _result(self.storage, self.names, recorded, downloaded=False)
-        meta: dict[str, Any] = {
-            "handle": self.handle.text,
-            "source_url": None,
-            "sha256": None,
-            "archive_bytes": None,
-            "etag": None,
-            "last_modified": None,
-            "marker": marker,
-            "staged_at": _mtime_iso(self.storage, self.names.model, marker),
-            "checked_at": None,
-            "adopted_from": "tensorflow_hub",
-            "manifest": {},
-        }
+        meta = revision_meta(
+            handle=self.handle.text,
+            source_url=None,
+            sha256=None,
+            archive_bytes=None,
+            etag=None,
+            last_modified=None,
+            marker=marker,
+            staged_at=_mtime_iso(self.storage, self.names.model, marker),
+            checked_at=None,
+            adopted_from="tensorflow_hub",
+            manifest={},
+        )
         return self._convert(meta, "Adopted tensorflow_hub's")
 
-    def _convert_legacy(self, meta: dict[str, Any]) -> StagedModel:
+    def _convert_legacy(self, meta: EntryMeta) -> StagedModel:
         return self._convert(meta, "Converted")
 
-    def _convert(self, recorded: dict[str, Any], verb: str) -> StagedModel:
+    def _convert(self, recorded: RevisionMeta, verb: str) -> StagedModel:
         rev = new_revision_id()
         target = self.names.revision(rev)
         self.storage.clone_tree(self.names.model, target, self.names.tmp(self.uid))
         listing = list(self.storage.list_tree(target))
-        meta: dict[str, Any] = {
-            **recorded,
-            "revision": rev,
-            "files": len(listing),
-            "bytes": sum(size for _, size in listing),
-        }
+        meta = revision_meta(recorded, revision=rev, files=len(listing), bytes=sum(size for _, size in listing))
         self.storage.write_bytes(self.names.revision_meta(rev), encode_meta(meta))
         self._switch(meta, previous_rev=None)
         log.info("%s %s into revision %s.", verb, self.storage.location(self.names.model), rev)
@@ -566,17 +569,17 @@ class Stager:
         self.storage.clone_tree(other["_tree"], self.names.revision(rev), self.names.tmp(self.uid))
         now = utc_now()
         page_list: list[str] = list(dict.fromkeys([self.handle.text, *hops, *other["page_urls"]]))
-        recorded = {k: v for k, v in other["_meta"].items() if k not in ("format_version", "view", "superseded_at")}
-        meta: dict[str, Any] = {
-            **recorded,
-            "handle": self.handle.text,
-            "revision": rev,
-            "alias_of": recorded.get("alias_of") or other["handle"],
-            "page_urls": page_list,
-            "mirror": None,
-            "staged_at": now,
-            "checked_at": now,
-        }
+        recorded: EntryMeta = other["_meta"]
+        meta = revision_meta(
+            recorded,
+            handle=self.handle.text,
+            revision=rev,
+            alias_of=recorded.get("alias_of") or other["handle"],
+            page_urls=page_list,
+            mirror=None,
+            staged_at=now,
+            checked_at=now,
+        )
         self.storage.write_bytes(self.names.revision_meta(rev), encode_meta(meta))
         self.storage.write_bytes(self.names.descriptor, descriptor_text(self.handle.text).encode("utf8"))
         self._switch(meta, previous_rev=None)
@@ -638,7 +641,7 @@ class Stager:
             )
 
 
-def _settled(meta: dict[str, Any]) -> bool:
+def _settled(meta: EntryMeta) -> bool:
     """A hit needs no work: it names a revision, and the tensorflow_hub view shows that revision."""
     return bool(meta.get("revision")) and meta.get("view") == meta.get("revision")
 
@@ -653,7 +656,7 @@ def revision_ids(storage: Storage, names: EntryNames) -> list[str]:
 
 
 def _result(
-    storage: Storage, names: EntryNames, meta: dict[str, Any], *, downloaded: bool, refreshed: bool = False
+    storage: Storage, names: EntryNames, meta: RevisionMeta, *, downloaded: bool, refreshed: bool = False
 ) -> StagedModel:
     return staged_model(
         handle=meta.get("handle"),
