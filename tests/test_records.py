@@ -83,5 +83,5 @@ def test_entry_meta_sets_the_view_and_drops_superseded_at() -> None:
 
 @pytest.mark.parametrize("build", [lambda: revision_meta(revison="r1"), lambda: entry_meta({}, view=None, vew="x")])
 def test_a_misspelt_key_is_an_error_not_a_new_key(build: Any) -> None:
-    with pytest.raises(TypeError, match="unknown .* keys"):
+    with pytest.raises(TypeError, match=r"unknown .* keys"):
         build()

@@ -449,7 +449,7 @@ class Stager:
 
     # -- entries of tensorflow_hub and of older releases ---------------------------------------------
     def _tfhub_marker(self) -> str | None:
-        return next((m for m in MODEL_MARKERS if self.storage.has_file(f"{self.names.model}/{m}")), None)
+        return find_marker(self.storage, self.names.model, None)
 
     def _adopt_tfhub_dir(self) -> StagedModel | None:
         """A model dir that tensorflow_hub filled (marker, no metadata) becomes a revision, no bytes copied."""
