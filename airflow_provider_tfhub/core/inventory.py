@@ -40,7 +40,7 @@ from airflow_provider_tfhub.core.layout import (
     tree_of,
 )
 from airflow_provider_tfhub.core.locks import DEFAULT_LOCK_TIMEOUT, CacheLock, LockState, judge_lock
-from airflow_provider_tfhub.core.records import EntryMeta, RevisionMeta
+from airflow_provider_tfhub.core.records import EntryMeta, ManifestRecord, RevisionMeta
 from airflow_provider_tfhub.core.storage.base import ObjectStat, Storage
 from airflow_provider_tfhub.core.units import format_age, format_size, parse_age, parse_size
 
@@ -372,7 +372,7 @@ def _verify_entry(storage: Storage, entry: _Entry) -> dict[str, Any]:
         "changed": [],
         "extra": [],
     }
-    manifest: dict[str, Any] = (entry.meta or {}).get("manifest") or {}
+    manifest: dict[str, ManifestRecord] = (entry.meta or {}).get("manifest") or {}
     if entry.state == LOCKED or not (manifest or entry.complete):
         return report  # being staged, or nothing recorded to compare with
     if not manifest:
@@ -394,7 +394,7 @@ def _verify_revision(storage: Storage, entry: _Entry, rev: _Revision) -> dict[st
         "changed": [],
         "extra": [],
     }
-    manifest: dict[str, Any] = (rev.meta or {}).get("manifest") or {}
+    manifest: dict[str, ManifestRecord] = (rev.meta or {}).get("manifest") or {}
     if rev.meta is None:
         return report
     if not manifest:
@@ -403,7 +403,9 @@ def _verify_revision(storage: Storage, entry: _Entry, rev: _Revision) -> dict[st
     return _compare(storage, entry.names.revision(rev.rev), manifest, report)
 
 
-def _compare(storage: Storage, tree: str, manifest: dict[str, Any], report: dict[str, Any]) -> dict[str, Any]:
+def _compare(
+    storage: Storage, tree: str, manifest: dict[str, ManifestRecord], report: dict[str, Any]
+) -> dict[str, Any]:
     present = dict(storage.list_tree(tree))
     for rel, record in sorted(manifest.items()):
         if rel not in present:
