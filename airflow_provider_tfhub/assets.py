@@ -45,10 +45,10 @@ def asset_uri_for(handle: str) -> str:
     parsed = parse_handle(handle)
     if parsed.kind != "http":
         raise ValueError(
-            f"Only http(s) model handles map to tfhub:// Asset URIs, not {parsed.handle!r}; use a file:// or gs:// "
+            f"Only http(s) model handles map to tfhub:// Asset URIs, not {parsed.text!r}; use a file:// or gs:// "
             "Asset for archives and directories."
         )
-    parts = urllib.parse.urlsplit(parsed.handle)
+    parts = urllib.parse.urlsplit(parsed.text)
     return urllib.parse.urlunsplit(sanitize_uri(parts._replace(scheme=SCHEME)))
 
 

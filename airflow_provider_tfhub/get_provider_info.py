@@ -9,6 +9,10 @@ from __future__ import annotations
 from typing import Any
 
 from airflow_provider_tfhub import __version__
+from airflow_provider_tfhub.core.locks import DEFAULT_LOCK_TIMEOUT
+
+#: The documented default of ``[tfhub] lock_timeout``: the lock's own default, as config text.
+_LOCK_TIMEOUT = f"{DEFAULT_LOCK_TIMEOUT:g}"
 
 
 def get_provider_info() -> dict[str, Any]:
@@ -128,8 +132,8 @@ def get_provider_info() -> dict[str, Any]:
                         "description": "Seconds without progress after which a stager's lock is taken over.",
                         "version_added": "0.1.0",
                         "type": "integer",
-                        "example": "600",
-                        "default": "600",
+                        "example": _LOCK_TIMEOUT,
+                        "default": _LOCK_TIMEOUT,
                     },
                     "mirrors": {
                         "description": "JSON object of URL prefix -> mirror prefix: models are fetched from the "

@@ -16,19 +16,20 @@ the environment says nothing, inside :func:`detect_tpu`).
 from __future__ import annotations
 
 import os
-import re
 import socket
 import threading
 import urllib.parse
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any, Literal, TypedDict
 
 from airflow_provider_tfhub.core.errors import ConfigurationError
+from airflow_provider_tfhub.core.handles import url_scheme
 
 __all__ = [
     "IO_DEVICE",
     "TENSORFLOW_INSTALL_HINT",
     "TPU_ENV_VARS",
+    "LoadPlan",
     "build_plan",
     "describe_signatures",
     "detect_tpu",
@@ -46,7 +47,24 @@ TPU_ENV_VARS = ("TPU_NAME", "COLAB_TPU_ADDR", "TPU_WORKER_HOSTNAMES")
 
 TENSORFLOW_INSTALL_HINT = "pip install 'airflow-provider-tfhub[tensorflow]'"
 
-#: Keys of a plan, in order. ``load_options`` holds ``tf.saved_model.LoadOptions`` keyword arguments.
+
+class LoadPlan(TypedDict):
+    """How to load one staged model; the load operator's XCom (plus ``signatures``), a plain JSON dict.
+
+    Built only by :func:`build_plan`. ``load_options`` holds ``tf.saved_model.LoadOptions`` keyword
+    arguments; ``reason`` says in words why the plan is what it is.
+    """
+
+    path: str
+    handle: str | None
+    revision: str | None
+    load_format: str
+    tpu: bool
+    load_options: dict[str, str]
+    reason: str
+
+
+#: Keys a plan must have to be applied as one (``revision`` came later: plans from older XComs lack it).
 PLAN_KEYS = ("path", "handle", "load_format", "tpu", "load_options", "reason")
 
 #: How long the TPU cluster resolver may take before "no TPU" is assumed (it may ask GCE metadata).
@@ -59,9 +77,6 @@ TpuSetting = bool | Literal["auto"]
 
 #: Variables TensorFlow's TPU resolver reads a TPU name from whenever they are present, even if blank.
 _RESOLVER_NAME_VARS = ("TPU_NAME", "KUBE_GOOGLE_CLOUD_TPU_ENDPOINTS")
-
-_SCHEME_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
-
 
 # -- the decision ------------------------------------------------------------------------------------
 
@@ -130,13 +145,11 @@ def is_plan(value: object) -> bool:
 
 def _scheme(path: str) -> str | None:
     """The URL scheme of ``path`` (lower case), None for a plain path; ``file://`` counts as a plain path."""
-    match = _SCHEME_RE.match(path)
-    if match is None or match.group(1).lower() == "file":
-        return None
-    return match.group(1).lower()
+    scheme = url_scheme(path)
+    return None if scheme in ("", "file") else scheme
 
 
-def build_plan(staged: Mapping[str, Any], *, tpu: object = "auto") -> dict[str, Any]:
+def build_plan(staged: Mapping[str, Any], *, tpu: object = "auto") -> LoadPlan:
     """The load plan for a staged-model dict (``path`` required; ``handle``, ``load_format`` copied).
 
     Rules: on TPU with a local path, read variables on the coordinator (``experimental_io_device``);
@@ -174,15 +187,15 @@ def build_plan(staged: Mapping[str, Any], *, tpu: object = "auto") -> dict[str, 
     else:
         options = {}
         reason = f"No TPU: {target}; the model is {where}: default load options."
-    return {
-        "path": path,
-        "handle": staged.get("handle"),
-        "revision": staged.get("revision"),
-        "load_format": staged.get("load_format") or "COMPRESSED",
-        "tpu": on_tpu,
-        "load_options": options,
-        "reason": reason,
-    }
+    return LoadPlan(
+        path=path,
+        handle=staged.get("handle"),
+        revision=staged.get("revision"),
+        load_format=staged.get("load_format") or "COMPRESSED",
+        tpu=on_tpu,
+        load_options=options,
+        reason=reason,
+    )
 
 
 # -- applying it -----------------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ def test_cache_key_matches_tensorflow_hub(handle: str, key: str) -> None:
 
 
 def test_classification_and_normalisation() -> None:
-    assert parse_handle("tfhub.dev/google/yamnet/1").handle == "https://tfhub.dev/google/yamnet/1"
+    assert parse_handle("tfhub.dev/google/yamnet/1").text == "https://tfhub.dev/google/yamnet/1"
     assert parse_handle("  https://tfhub.dev/google/yamnet/1 ").kind == "http"
     kaggle = "https://www.kaggle.com/models/google/yamnet/TensorFlow2/yamnet/1"
     assert parse_handle(kaggle).kind == "http"
@@ -33,7 +33,7 @@ def test_classification_and_normalisation() -> None:
     assert parse_handle("gs://bucket/models/m.tar.gz").kind == "gcs_archive"
     assert parse_handle("/data/models/m.tgz").kind == "local_archive"
     assert parse_handle("/data/models/saved").kind == "local_dir"
-    assert parse_handle("file:///data/models/saved").handle == "/data/models/saved"
+    assert parse_handle("file:///data/models/saved").text == "/data/models/saved"
     # Not normalised beyond the scheme: tensorflow_hub keys the raw string too.
     assert cache_key("https://tfhub.dev/google/yamnet/1/") != cache_key("https://tfhub.dev/google/yamnet/1")
     assert parse_handle("http://127.0.0.1:8080/x/y/1").host == "127.0.0.1:8080"

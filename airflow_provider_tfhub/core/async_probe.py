@@ -24,9 +24,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from airflow_provider_tfhub.core import mirrors as mirrors_mod
-from airflow_provider_tfhub.core.errors import DownloadError, InvalidHandleError
-from airflow_provider_tfhub.core.handles import COMPRESSED_FORMAT_QUERY, Handle, parse_handle, with_format_query
+from airflow_provider_tfhub.core.errors import DownloadError
+from airflow_provider_tfhub.core.handles import COMPRESSED_FORMAT_QUERY, Handle, require_cacheable, with_format_query
 from airflow_provider_tfhub.core.layout import utc_now
+from airflow_provider_tfhub.core.responses import html_page_error, is_permanent
 from airflow_provider_tfhub.core.storage.base import Storage
 from airflow_provider_tfhub.core.token_scope import TokenScope, auth_headers
 from airflow_provider_tfhub.core.transfer import (
@@ -40,8 +41,6 @@ from airflow_provider_tfhub.core.transfer import (
     RetryPolicy,
     redact_error,
 )
-
-_TRANSIENT = {408, 429, 500, 502, 503, 504}
 
 
 @dataclass(frozen=True)
@@ -105,14 +104,9 @@ def compare(cached: Mapping[str, Any], status: int, headers: Mapping[str, str], 
             last_modified or cached.get("last_modified"),
             cached.get("archive_bytes"),
         )
-    ctype = headers.get("Content-Type", "").split(";")[0].strip().lower()
-    if ctype in ("text/html", "application/xhtml+xml"):
-        raise DownloadError(
-            f"{description!r} returned an HTML page instead of a model archive; use the model's handle or a "
-            "direct .tar.gz URL, and set a token in the tfhub connection if the hub needs one.",
-            permanent=True,
-            status=status,
-        )
+    html = html_page_error(description, headers.get("Content-Type"), status)
+    if html is not None:
+        raise html
     size = _total_size(status, headers)
 
     def verdict(changed: bool, reason: str) -> UpdateCheck:
@@ -147,22 +141,22 @@ def check_for_update(
 
     With ``mirrors``, the mirror is asked (and gets the token), as when staging.
     """
-    parsed = _remote(handle)
+    parsed = require_cacheable(handle)
     if cached is None:
         return NOT_CACHED
     if parsed.kind != "http":
         return _check_source(parsed, cached, storage)
-    fetch_url = mirrors_mod.rewrite(parsed.handle, mirrors)
+    fetch_url = mirrors_mod.rewrite(parsed.text, mirrors)
     source = HttpSource(
         with_format_query(fetch_url, COMPRESSED_FORMAT_QUERY),
         token=token,
         token_host=urllib.parse.urlsplit(fetch_url).netloc,
         retry=retry or RetryPolicy(attempts=2),
-        description=parsed.handle,
+        description=parsed.text,
     )
     resp = source.request(source.url, probe_headers(cached), stream=True)
     try:
-        return compare(cached, resp.status_code, resp.headers, parsed.handle)
+        return compare(cached, resp.status_code, resp.headers, parsed.text)
     finally:
         resp.close()
 
@@ -181,14 +175,14 @@ async def acheck_for_update(
     No retries here: a trigger polls again anyway. Transient failures raise a non-permanent
     :class:`DownloadError`, which the caller may log and ignore until the next poll.
     """
-    parsed = _remote(handle)
+    parsed = require_cacheable(handle)
     if cached is None:
         return NOT_CACHED
     if parsed.kind != "http":
         return await asyncio.to_thread(_check_source, parsed, cached, storage)
     import httpx
 
-    url = with_format_query(mirrors_mod.rewrite(parsed.handle, mirrors), COMPRESSED_FORMAT_QUERY)
+    url = with_format_query(mirrors_mod.rewrite(parsed.text, mirrors), COMPRESSED_FORMAT_QUERY)
     scope = TokenScope.for_url(url)  # the handle's URL, or its mirror's
     headers = probe_headers(cached)
     new_client = await asyncio.to_thread(_async_client, timeout)
@@ -202,13 +196,13 @@ async def acheck_for_update(
                     if resp.status_code in REDIRECT_STATUSES and location:
                         url = urllib.parse.urljoin(url, location)
                         continue
-                    return compare(cached, resp.status_code, resp.headers, parsed.handle)
+                    return compare(cached, resp.status_code, resp.headers, parsed.text)
     except httpx.HTTPError as exc:
         raise DownloadError(
-            f"Could not reach {parsed.handle!r}: {type(exc).__name__}: {redact_error(exc)}; "
+            f"Could not reach {parsed.text!r}: {type(exc).__name__}: {redact_error(exc)}; "
             "check the network or the handle."
         ) from exc
-    raise DownloadError(f"Too many redirects for {parsed.handle!r}.", permanent=True)
+    raise DownloadError(f"Too many redirects for {parsed.text!r}.", permanent=True)
 
 
 def _async_client(timeout: float) -> Any:
@@ -237,25 +231,15 @@ _LAZY_TRANSPORT_MODULES = (
 )
 
 
-def _remote(handle: str) -> Handle:
-    parsed = parse_handle(handle)
-    if parsed.kind == "local_dir":
-        raise InvalidHandleError(
-            f"{parsed.handle!r} is a local directory: it is used in place, never cached, so it has no upstream "
-            "to watch; give a tfhub.dev/Kaggle handle or an http(s)/gs:// archive URL."
-        )
-    return parsed
-
-
 def _check_source(parsed: Handle, cached: Mapping[str, Any], storage: Storage | None) -> UpdateCheck:
     """Archive files on a path or in GCS: their source's ``open(validators)`` says unchanged (None)."""
     source: ArchiveSource
     if parsed.kind == "local_archive":
-        source = LocalFileSource(parsed.handle)
+        source = LocalFileSource(parsed.text)
     else:
         from airflow_provider_tfhub.core.storage.gcs import GCSArchiveSource
 
-        source = GCSArchiveSource(parsed.handle, storage=storage)
+        source = GCSArchiveSource(parsed.text, storage=storage)
     validators = {k: str(cached[k]) for k in ("etag", "last_modified") if cached.get(k)}
     stream = source.open(validators)
     if stream is None:
@@ -265,7 +249,7 @@ def _check_source(parsed: Handle, cached: Mapping[str, Any], storage: Storage | 
         headers = {k: v for k, v in (("ETag", info.etag), ("Last-Modified", info.last_modified)) if v}
         if info.size is not None:
             headers["Content-Length"] = str(info.size)
-        return compare(cached, 200, headers, parsed.handle)
+        return compare(cached, 200, headers, parsed.text)
     finally:
         stream.close()
 
@@ -274,7 +258,7 @@ def _raise_for_status(status: int, description: str) -> None:
     hint = STATUS_HINTS.get(status, "the server could not answer the update check")
     raise DownloadError(
         f"{description!r} answered HTTP {status}: {hint}.",
-        permanent=status < 500 and status not in _TRANSIENT,
+        permanent=is_permanent(status),
         status=status,
     )
 

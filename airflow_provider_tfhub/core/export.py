@@ -41,7 +41,7 @@ from typing import Any
 
 from airflow_provider_tfhub.core import settings
 from airflow_provider_tfhub.core.errors import CacheError, ConfigurationError, TFHubError
-from airflow_provider_tfhub.core.layout import new_uid, utc_now
+from airflow_provider_tfhub.core.layout import find_marker, new_uid, utc_now
 from airflow_provider_tfhub.core.locks import CacheLock
 from airflow_provider_tfhub.core.storage import Storage, open_storage
 from airflow_provider_tfhub.core.storage.base import MODEL_MARKERS
@@ -158,7 +158,7 @@ class _Exporter:
         return {int(n) for n in self.target.list_root() if _VERSION_RE.match(n)}
 
     def complete(self, version: int) -> bool:
-        return any(self.target.has_file(f"{version}/{m}") for m in MODEL_MARKERS)
+        return find_marker(self.target, str(version), None) is not None
 
     def recorded_sha256(self, version: int) -> str | None:
         data = self.target.read_bytes(sidecar_name(version))

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from airflow_provider_tfhub.core.errors import ArchiveError, ConfigurationError
+from airflow_provider_tfhub.core.responses import ARCHIVE_ADVICE
 from airflow_provider_tfhub.core.storage.base import MODEL_MARKERS, TreeSink
 from airflow_provider_tfhub.core.transfer import CHUNK_SIZE
 
@@ -143,10 +144,7 @@ def _format_of(head: bytes, source: str) -> str:
         return "none"
     lowered = head.lstrip()[:64].lower()
     if lowered.startswith((b"<!doctype", b"<html", b"<?xml", b"{")):
-        raise ArchiveError(
-            f"{source!r} returned a web page or JSON, not a model archive; use the model's handle or a direct "
-            ".tar.gz URL (and a token if the hub needs one)."
-        )
+        raise ArchiveError(f"{source!r} returned a web page or JSON, not a model archive; {ARCHIVE_ADVICE}.")
     raise ArchiveError(f"{source!r} is not a gzip/bz2/xz/tar archive (first bytes {head[:8]!r}).")
 
 

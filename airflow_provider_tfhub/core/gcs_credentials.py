@@ -57,7 +57,9 @@ def widen_connection_pool(client: Any, pool_size: int) -> None:
     try:
         import requests.adapters
 
-        session = client._http  # google-cloud-core creates its AuthorizedSession lazily here
+        from airflow_provider_tfhub.core.storage.gcs._client import http_session
+
+        session = http_session(client)
         if not isinstance(session, requests.Session):
             return
         for scheme in ("https://", "http://"):

@@ -35,16 +35,16 @@ _ACCEPTED = (
 class Handle:
     """A classified model handle.
 
-    ``handle`` is the normalised string: the one hashed into the cache key and the one to give
+    ``text`` is the normalised string: the one hashed into the cache key and the one to give
     ``hub.load`` so that tensorflow_hub finds the same cache entry.
     """
 
-    handle: str
+    text: str
     kind: HandleKind
 
     @property
     def cache_key(self) -> str:
-        return cache_key(self.handle)
+        return cache_key(self.text)
 
     @property
     def is_remote(self) -> bool:
@@ -55,12 +55,18 @@ class Handle:
         """``host[:port]`` of an http(s) handle, '' otherwise (tokens are sent only there)."""
         if self.kind != "http":
             return ""
-        return urllib.parse.urlsplit(self.handle).netloc.lower()
+        return urllib.parse.urlsplit(self.text).netloc.lower()
 
 
 def cache_key(handle: str) -> str:
     """tensorflow_hub's module directory name: the sha1 hex digest of the handle string."""
     return hashlib.sha1(handle.encode("utf8")).hexdigest()
+
+
+def url_scheme(text: str) -> str:
+    """The ``scheme://`` of ``text`` in lower case ('' for a plain path): the one definition of a scheme."""
+    match = _SCHEME_RE.match(text)
+    return match.group(1).lower() if match else ""
 
 
 def is_archive_name(path: str) -> bool:
@@ -79,8 +85,7 @@ def parse_handle(text: object) -> Handle:
     if lowered.startswith(_SCHEMELESS_HOSTS):
         handle = "https://" + handle
         lowered = handle.lower()
-    match = _SCHEME_RE.match(handle)
-    scheme = match.group(1).lower() if match else ""
+    scheme = url_scheme(handle)
     if scheme in ("http", "https"):
         _check_http_handle(handle)
         return Handle(handle, "http")
@@ -122,6 +127,22 @@ def _check_http_handle(handle: str) -> None:
                 f"Model handle {handle!r} is not a Kaggle model handle; expected "
                 "https://www.kaggle.com/models/<owner>/<model>/<framework>/<variation>/<version>."
             )
+
+
+def require_cacheable(handle: object) -> Handle:
+    """The parsed ``handle`` of a model that can be in the cache; a local directory cannot (it is used in place).
+
+    For everything that waits for or watches a cache entry (sensors, update checks): such a handle
+    would never be staged, so waiting on it could only time out.
+    """
+    parsed = parse_handle(handle)
+    if parsed.kind == "local_dir":
+        raise InvalidHandleError(
+            f"{parsed.text!r} is a local directory: it is used in place and never cached, so it has no cache entry "
+            "or upstream to watch; give a tfhub.dev/Kaggle handle or an http(s)/gs:// archive URL (or use a "
+            "FileSensor for a directory)."
+        )
+    return parsed
 
 
 def with_format_query(url: str, query: tuple[str, str]) -> str:

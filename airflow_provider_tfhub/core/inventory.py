@@ -21,11 +21,11 @@ import re
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypedDict
 
 import google_crc32c
 
-from airflow_provider_tfhub.core.errors import ConfigurationError, InvalidHandleError, LockTimeoutError
+from airflow_provider_tfhub.core.errors import InvalidHandleError, LockTimeoutError
 from airflow_provider_tfhub.core.handles import parse_handle
 from airflow_provider_tfhub.core.layout import (
     ENTRY_RE,
@@ -34,10 +34,15 @@ from airflow_provider_tfhub.core.layout import (
     WRITE_TMP_RE,
     EntryNames,
     decode_meta,
+    find_marker,
+    is_complete,
     new_uid,
+    tree_of,
 )
-from airflow_provider_tfhub.core.locks import DEFAULT_LOCK_TIMEOUT, CacheLock, judge_lock
-from airflow_provider_tfhub.core.storage.base import MODEL_MARKERS, ObjectStat, Storage
+from airflow_provider_tfhub.core.locks import DEFAULT_LOCK_TIMEOUT, CacheLock, LockState, judge_lock
+from airflow_provider_tfhub.core.records import EntryMeta, ManifestRecord, RevisionMeta
+from airflow_provider_tfhub.core.storage.base import ObjectStat, Storage
+from airflow_provider_tfhub.core.units import format_age, format_size, parse_age, parse_size
 
 log = logging.getLogger(__name__)
 
@@ -51,95 +56,7 @@ _CHUNK = 1 << 20
 # Leftovers of an atomic small-file write (``<name>.tmp<hex>``, tensorflow_hub's naming, and ours).
 
 
-# -- parsing of user input ----------------------------------------------------------------------------
-
-_SIZE_UNITS = {
-    "": 1,
-    "b": 1,
-    "k": 1024,
-    "kib": 1024,
-    "kb": 1000,
-    "m": 1024**2,
-    "mib": 1024**2,
-    "mb": 1000**2,
-    "g": 1024**3,
-    "gib": 1024**3,
-    "gb": 1000**3,
-    "t": 1024**4,
-    "tib": 1024**4,
-    "tb": 1000**4,
-}
-_AGE_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-_NUMBER_UNIT_RE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([a-zA-Z]*)\s*$")
-
-
-def parse_size(value: object) -> int:
-    """Bytes from ``10G``, ``512M``, ``1.5GB``, ``2048`` (or an int).
-
-    ``K/M/G/T`` and ``KiB/MiB/GiB/TiB`` are powers of 1024 (what ``du -h`` shows); ``KB/MB/GB/TB``
-    are powers of 1000 (what disk vendors and GCS billing use). Case does not matter.
-    """
-    if isinstance(value, bool):
-        raise ConfigurationError(f"Size {value!r} is not a size; use bytes or a suffix like 512M, 10G, 1.5GB.")
-    if isinstance(value, int | float):
-        number, unit = float(value), ""
-    else:
-        match = _NUMBER_UNIT_RE.match(str(value))
-        if not match or match.group(2).lower() not in _SIZE_UNITS:
-            raise ConfigurationError(
-                f"Size {value!r} is not understood; use bytes or a number with K, M, G, T (1024-based) "
-                "or KB, MB, GB, TB (1000-based), e.g. 512M, 10G, 1.5GB."
-            )
-        number, unit = float(match.group(1)), match.group(2).lower()
-    if number < 0:
-        raise ConfigurationError(f"Size {value!r} must not be negative.")
-    return int(number * _SIZE_UNITS[unit])
-
-
-def parse_age(value: object) -> float:
-    """Seconds from ``7d``, ``12h``, ``30m``, ``90s``, ``2w``, ``3600`` (or a number or a timedelta)."""
-    if isinstance(value, datetime.timedelta):
-        seconds = value.total_seconds()
-    elif isinstance(value, bool):
-        raise ConfigurationError(f"Age {value!r} is not an age; use seconds or 90s, 30m, 12h, 7d, 2w.")
-    elif isinstance(value, int | float):
-        seconds = float(value)
-    else:
-        match = _NUMBER_UNIT_RE.match(str(value))
-        if not match or match.group(2).lower() not in _AGE_UNITS:
-            raise ConfigurationError(
-                f"Age {value!r} is not understood; use seconds or a number with s, m, h, d or w, e.g. 90s, "
-                "30m, 12h, 7d."
-            )
-        seconds = float(match.group(1)) * _AGE_UNITS[match.group(2).lower()]
-    if seconds < 0:
-        raise ConfigurationError(f"Age {value!r} must not be negative.")
-    return seconds
-
-
-def format_size(n: int | None) -> str:
-    """``1.5G``-style (1024-based), the inverse of :func:`parse_size` for display."""
-    if n is None:
-        return "-"
-    size = float(n)
-    for unit in ("B", "K", "M", "G", "T"):
-        if size < 1024 or unit == "T":
-            return f"{size:.0f}{unit}" if unit == "B" else f"{size:.1f}{unit}"
-        size /= 1024
-    return f"{n}B"  # pragma: no cover - loop always returns
-
-
 # -- listing ------------------------------------------------------------------------------------------
-
-
-@dataclass
-class LockInfo:
-    """A lock file as found: who holds it and whether that holder is gone."""
-
-    content: str
-    stale: bool
-    reason: str
-    token: str
 
 
 @dataclass
@@ -148,7 +65,7 @@ class _Revision:
 
     rev: str
     current: bool = False
-    meta: dict[str, Any] | None = None
+    meta: RevisionMeta | None = None
     size: int = 0
     files: int = 0
     meta_bytes: int = 0
@@ -182,9 +99,9 @@ class _Entry:
     has_meta: bool = False
     tmp_dirs: list[str] = field(default_factory=list)
     write_leftovers: list[str] = field(default_factory=list)
-    meta: dict[str, Any] | None = None
+    meta: EntryMeta | None = None
     handle: str | None = None
-    lock: LockInfo | None = None
+    lock: LockState | None = None
     marker: str | None = None
     model_bytes: int = 0
     model_files: int = 0
@@ -207,8 +124,7 @@ class _Entry:
     @property
     def tree(self) -> str:
         """Where the current model lives: its revision, or the model dir of an older release's entry."""
-        rev = self.current_revision
-        return self.names.revision(rev) if rev else self.names.model
+        return tree_of(self.names, self.meta)
 
     def superseded(self) -> list[_Revision]:
         return [r for r in self.revisions.values() if not r.current]
@@ -216,9 +132,7 @@ class _Entry:
     @property
     def complete(self) -> bool:
         """A hit for the stager: metadata plus its marker, or a tensorflow_hub-filled dir (no lock)."""
-        if self.has_meta:
-            return self.marker is not None
-        return self.marker is not None and self.lock is None
+        return is_complete(self.meta if self.has_meta else None, self.marker, locked=self.lock is not None)
 
     @property
     def state(self) -> str:
@@ -324,9 +238,7 @@ def _fill(storage: Storage, entry: _Entry, lock_timeout: float, now: float) -> N
         for _rel, size in storage.list_tree(entry.tree):
             entry.model_files += 1
             entry.model_bytes += size
-        wanted = (entry.meta or {}).get("marker")
-        candidates = (wanted,) if wanted else MODEL_MARKERS
-        entry.marker = next((m for m in candidates if storage.has_file(f"{entry.tree}/{m}")), None)
+        entry.marker = find_marker(storage, entry.tree, entry.meta)
         if entry.marker is not None:
             st = storage.stat(f"{entry.tree}/{entry.marker}")
             if st is not None:
@@ -391,12 +303,9 @@ def _descriptor_handle(data: bytes | None) -> str | None:
     return None
 
 
-def read_lock(storage: Storage, names: EntryNames, timeout: float, *, now: float | None = None) -> LockInfo | None:
+def read_lock(storage: Storage, names: EntryNames, timeout: float, *, now: float | None = None) -> LockState | None:
     """The entry's lock and whether its holder is gone, by :class:`CacheLock`'s own rules, read-only."""
-    state = judge_lock(storage, names.lock, timeout, tmp_name=names.tmp, now=now)
-    if state is None:
-        return None
-    return LockInfo(state.content, state.stale, state.reason, state.token)
+    return judge_lock(storage, names.lock, timeout, tmp_name=names.tmp, now=now)
 
 
 # -- verify -------------------------------------------------------------------------------------------
@@ -463,7 +372,7 @@ def _verify_entry(storage: Storage, entry: _Entry) -> dict[str, Any]:
         "changed": [],
         "extra": [],
     }
-    manifest: dict[str, Any] = (entry.meta or {}).get("manifest") or {}
+    manifest: dict[str, ManifestRecord] = (entry.meta or {}).get("manifest") or {}
     if entry.state == LOCKED or not (manifest or entry.complete):
         return report  # being staged, or nothing recorded to compare with
     if not manifest:
@@ -485,7 +394,7 @@ def _verify_revision(storage: Storage, entry: _Entry, rev: _Revision) -> dict[st
         "changed": [],
         "extra": [],
     }
-    manifest: dict[str, Any] = (rev.meta or {}).get("manifest") or {}
+    manifest: dict[str, ManifestRecord] = (rev.meta or {}).get("manifest") or {}
     if rev.meta is None:
         return report
     if not manifest:
@@ -494,7 +403,9 @@ def _verify_revision(storage: Storage, entry: _Entry, rev: _Revision) -> dict[st
     return _compare(storage, entry.names.revision(rev.rev), manifest, report)
 
 
-def _compare(storage: Storage, tree: str, manifest: dict[str, Any], report: dict[str, Any]) -> dict[str, Any]:
+def _compare(
+    storage: Storage, tree: str, manifest: dict[str, ManifestRecord], report: dict[str, Any]
+) -> dict[str, Any]:
     present = dict(storage.list_tree(tree))
     for rel, record in sorted(manifest.items()):
         if rel not in present:
@@ -521,6 +432,50 @@ def _crc32c(storage: Storage, name: str) -> str | None:
 # -- prune --------------------------------------------------------------------------------------------
 
 
+class PrunedEntry(TypedDict):
+    """A whole entry in a prune report (``removed`` or ``kept``)."""
+
+    handle: str | None
+    key: str
+    path: str
+    size: int
+    last_used: str | None
+    reason: str
+
+
+class PrunedRevision(TypedDict):
+    """A superseded revision removed by prune (the entry and its current revision stay)."""
+
+    handle: str | None
+    key: str
+    revision: str
+    path: str
+    size: int
+    reason: str
+
+
+class CleanedItem(TypedDict):
+    """A leftover of a dead stager removed from an entry that stays: stale lock, tmp dir, small-file write."""
+
+    key: str
+    name: str
+    size: int
+    reason: str
+
+
+class PruneReport(TypedDict):
+    """What :func:`prune` removed (or would remove): the prune operator's XCom, ``tfhub-cache prune --json``."""
+
+    removed: list[PrunedEntry]
+    removed_revisions: list[PrunedRevision]
+    cleaned: list[CleanedItem]
+    kept: list[PrunedEntry]
+    freed_bytes: int
+    total_bytes: int
+    over_budget: bool
+    dry_run: bool
+
+
 def prune(
     storage: Storage,
     *,
@@ -530,7 +485,7 @@ def prune(
     dry_run: bool = False,
     lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
     superseded_max_age: float | str | None = DEFAULT_SUPERSEDED_MAX_AGE,
-) -> dict[str, Any]:
+) -> PruneReport:
     """Make the cache small again; return what was (or, with ``dry_run``, would be) removed.
 
     In this order: leftovers of dead stagers (stale locks, their ``.tmp`` dirs, half-written
@@ -577,7 +532,7 @@ def prune(
     for entry in candidates:
         idle = now - entry.last_used
         if max_age_s is not None and idle > max_age_s:
-            pruner.remove(entry, f"unused for {_duration(idle)} (max age {_duration(max_age_s)})")
+            pruner.remove(entry, f"unused for {format_age(idle)} (max age {format_age(max_age_s)})")
         else:
             survivors.append(entry)
 
@@ -594,16 +549,7 @@ def prune(
             pruner.keep(entry, "within limits")
 
     remaining = sum(e.size for e in entries if e.key not in pruner.removed_keys)
-    return {
-        "removed": pruner.removed,
-        "removed_revisions": pruner.removed_revisions,
-        "cleaned": pruner.cleaned,
-        "kept": pruner.kept,
-        "freed_bytes": pruner.freed,
-        "total_bytes": remaining,
-        "over_budget": budget is not None and remaining > budget,
-        "dry_run": dry_run,
-    }
+    return pruner.report(total_bytes=remaining, over_budget=budget is not None and remaining > budget)
 
 
 class _Pruner:
@@ -614,23 +560,36 @@ class _Pruner:
         self.dry_run = dry_run
         self.lock_timeout = lock_timeout
         self.uid = new_uid()
-        self.removed: list[dict[str, Any]] = []
-        self.removed_revisions: list[dict[str, Any]] = []
-        self.kept: list[dict[str, Any]] = []
-        self.cleaned: list[dict[str, Any]] = []
+        self.removed: list[PrunedEntry] = []
+        self.removed_revisions: list[PrunedRevision] = []
+        self.kept: list[PrunedEntry] = []
+        self.cleaned: list[CleanedItem] = []
         self.removed_keys: set[str] = set()
         self.kept_keys: set[str] = set()
         self.freed = 0
 
-    def _row(self, entry: _Entry, reason: str) -> dict[str, Any]:
-        return {
-            "handle": entry.handle,
-            "key": entry.key,
-            "path": self.storage.location(entry.key),
-            "size": entry.size,
-            "last_used": _iso(entry.last_used) if entry.last_used else None,
-            "reason": reason,
-        }
+    def report(self, *, total_bytes: int, over_budget: bool) -> PruneReport:
+        """The one builder of a :class:`PruneReport`."""
+        return PruneReport(
+            removed=self.removed,
+            removed_revisions=self.removed_revisions,
+            cleaned=self.cleaned,
+            kept=self.kept,
+            freed_bytes=self.freed,
+            total_bytes=total_bytes,
+            over_budget=over_budget,
+            dry_run=self.dry_run,
+        )
+
+    def _row(self, entry: _Entry, reason: str, *, size: int | None = None) -> PrunedEntry:
+        return PrunedEntry(
+            handle=entry.handle,
+            key=entry.key,
+            path=self.storage.location(entry.key),
+            size=entry.size if size is None else size,
+            last_used=_iso(entry.last_used) if entry.last_used else None,
+            reason=reason,
+        )
 
     def keep(self, entry: _Entry, reason: str) -> None:
         self.kept.append(self._row(entry, reason))
@@ -652,7 +611,7 @@ class _Pruner:
                 freed = self._delete_entry(entry)
             finally:
                 lock.release()
-        self.removed.append({**self._row(entry, reason), "size": freed})
+        self.removed.append(self._row(entry, reason, size=freed))
         self.removed_keys.add(entry.key)
         self.freed += freed
         log.info("%s %s (%s): %s.", "Would remove" if self.dry_run else "Removed", entry.key, entry.handle, reason)
@@ -669,8 +628,8 @@ class _Pruner:
             if rev.meta is None:
                 victims.append((rev, "revision dir without metadata (left by an interrupted stager)"))
             elif grace is not None and rev.superseded_since is not None and now - rev.superseded_since >= grace:
-                idle = _duration(now - rev.superseded_since)
-                victims.append((rev, f"superseded {idle} ago (grace {_duration(grace)})"))
+                idle = format_age(now - rev.superseded_since)
+                victims.append((rev, f"superseded {idle} ago (grace {format_age(grace)})"))
         if not victims:
             return
         lock = None if self.dry_run else self._lock(entry)
@@ -694,14 +653,14 @@ class _Pruner:
                 del entry.revisions[rev.rev]
                 self.freed += freed
                 self.removed_revisions.append(
-                    {
-                        "handle": entry.handle,
-                        "key": entry.key,
-                        "revision": rev.rev,
-                        "path": self.storage.location(names.revision(rev.rev)),
-                        "size": freed,
-                        "reason": reason,
-                    }
+                    PrunedRevision(
+                        handle=entry.handle,
+                        key=entry.key,
+                        revision=rev.rev,
+                        path=self.storage.location(names.revision(rev.rev)),
+                        size=freed,
+                        reason=reason,
+                    )
                 )
                 log.info(
                     "%s revision %s of %s: %s.",
@@ -742,13 +701,13 @@ class _Pruner:
         if stale_lock:
             assert entry.lock is not None
             reason = f"stale lock of {entry.lock.content}: {entry.lock.reason}"
-            self.cleaned.append({"key": entry.key, "name": entry.names.lock, "size": 0, "reason": reason})
+            self.cleaned.append(CleanedItem(key=entry.key, name=entry.names.lock, size=0, reason=reason))
             entry.lock = None
         for tmp, size in tmp_freed.items():
-            self.cleaned.append({"key": entry.key, "name": tmp, "size": size, "reason": "tmp dir of a dead stager"})
+            self.cleaned.append(CleanedItem(key=entry.key, name=tmp, size=size, reason="tmp dir of a dead stager"))
             self.freed += size
         for name in leftovers:
-            self.cleaned.append({"key": entry.key, "name": name, "size": 0, "reason": "unfinished small-file write"})
+            self.cleaned.append(CleanedItem(key=entry.key, name=name, size=0, reason="unfinished small-file write"))
         entry.tmp_dirs, entry.tmp_bytes = [], 0
 
     def _older_than_timeout(self, name: str, now: float) -> bool:
@@ -816,10 +775,3 @@ def _key_of(handle: str) -> str:
 
 def _iso(ts: float) -> str:
     return datetime.datetime.fromtimestamp(ts, datetime.timezone.utc).isoformat(timespec="seconds")
-
-
-def _duration(seconds: float) -> str:
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{seconds / size:.1f}{unit}"
-    return f"{seconds:.0f}s"

@@ -25,8 +25,12 @@ import os
 import re
 import socket
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
+
+from airflow_provider_tfhub.core.records import EntryMeta
+from airflow_provider_tfhub.core.storage.base import MODEL_MARKERS, Storage
 
 META_VERSION = 2
 #: A revision id: 12 hex digits, random (unique per published copy, never reused for other bytes).
@@ -118,12 +122,12 @@ def utc_now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
-def encode_meta(meta: dict[str, Any]) -> bytes:
+def encode_meta(meta: Mapping[str, Any]) -> bytes:
     return json.dumps({**meta, "format_version": META_VERSION}, indent=1, sort_keys=True).encode("utf8")
 
 
-def decode_meta(data: bytes | None) -> dict[str, Any] | None:
-    """Parse metadata; anything unreadable counts as absent (the entry is then not trusted)."""
+def decode_meta(data: bytes | None) -> EntryMeta | None:
+    """Parse entry or revision metadata; anything unreadable counts as absent (the entry is then not trusted)."""
     if not data:
         return None
     try:
@@ -132,4 +136,32 @@ def decode_meta(data: bytes | None) -> dict[str, Any] | None:
         return None
     if not isinstance(meta, dict) or "handle" not in meta:
         return None
-    return meta
+    return cast(EntryMeta, meta)
+
+
+# -- the completeness rule ------------------------------------------------------------------------------
+
+
+def tree_of(names: EntryNames, meta: Mapping[str, Any] | None) -> str:
+    """Where the model of ``meta`` lives: its revision, or the model dir (no metadata, or an older release's)."""
+    rev = (meta or {}).get("revision")
+    return names.revision(str(rev)) if rev else names.model
+
+
+def find_marker(storage: Storage, tree: str, meta: Mapping[str, Any] | None) -> str | None:
+    """The model marker present in ``tree``: the one ``meta`` names, else the first of :data:`MODEL_MARKERS`."""
+    wanted = (meta or {}).get("marker")
+    candidates = (str(wanted),) if wanted else MODEL_MARKERS
+    return next((m for m in candidates if storage.has_file(f"{tree}/{m}")), None)
+
+
+def is_complete(meta: Mapping[str, Any] | None, marker: str | None, *, locked: bool) -> bool:
+    """The one rule for "an entry is complete" (a cache hit for stagers, ``complete`` for ``ls``).
+
+    With our metadata: its tree has its model marker (the metadata is written last, after the
+    tree). Without it (a directory tensorflow_hub filled): the marker is there and nobody holds
+    the lock, since tensorflow_hub writes the marker while still holding it.
+    """
+    if meta is not None:
+        return marker is not None
+    return marker is not None and not locked

@@ -63,8 +63,6 @@ class CacheLock:
         self.tmp_name = tmp_name
         self.content = lock_content(uid).encode()
         self.heartbeat_interval = min(max(self.timeout / 4.0, 0.05), 30.0)
-        self.lost = False
-        self.taken_over: list[LockOwner] = []
         self._token: str | None = None
         self._stop = threading.Event()
         self._beat: threading.Thread | None = None
@@ -153,7 +151,6 @@ class CacheLock:
                 continue
             if new is None:
                 log.warning("Lost lock %s to another stager.", self.storage.location(self.name))
-                self.lost = True
                 return
             self._token = new
 
@@ -173,8 +170,6 @@ class CacheLock:
             log.warning(
                 "Took over stale lock %s held by %r: %s.", self.storage.location(self.name), state.content, state.reason
             )
-            if state.owner is not None:
-                self.taken_over.append(state.owner)
         self._observed = None
         return True
 

@@ -11,6 +11,7 @@ import os
 import tempfile
 
 from airflow_provider_tfhub.core.errors import ConfigurationError
+from airflow_provider_tfhub.core.locks import DEFAULT_LOCK_TIMEOUT
 
 LOAD_FORMATS = ("AUTO", "COMPRESSED", "UNCOMPRESSED")
 REFRESH_MODES = ("never", "if_changed", "always")
@@ -55,7 +56,7 @@ def resolve_load_format(explicit: str | None = None, connection: str | None = No
 def resolve_lock_timeout(explicit: float | str | None = None, config: float | str | None = None) -> float:
     value = _first(explicit, os.environ.get("TFHUB_LOCK_TIMEOUT"), config)
     if value is None:
-        return 600.0
+        return DEFAULT_LOCK_TIMEOUT
     try:
         seconds = float(value)
     except ValueError as exc:

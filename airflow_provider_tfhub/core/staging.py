@@ -42,13 +42,25 @@ from airflow_provider_tfhub.core.layout import (
     decode_meta,
     descriptor_text,
     encode_meta,
+    find_marker,
+    is_complete,
     new_revision_id,
     new_uid,
+    tree_of,
     utc_now,
 )
 from airflow_provider_tfhub.core.locks import CacheLock
 from airflow_provider_tfhub.core.ranged import connections_from
-from airflow_provider_tfhub.core.records import RESULT_KEYS, StagedModel, staged_model
+from airflow_provider_tfhub.core.records import (
+    RESULT_KEYS,
+    EntryMeta,
+    ManifestRecord,
+    RevisionMeta,
+    StagedModel,
+    entry_meta,
+    revision_meta,
+    staged_model,
+)
 from airflow_provider_tfhub.core.storage import Storage, open_storage
 from airflow_provider_tfhub.core.storage.base import MODEL_MARKERS
 from airflow_provider_tfhub.core.transfer import (
@@ -109,13 +121,13 @@ def stage(
     if fmt == "UNCOMPRESSED":
         if parsed.kind != "http":
             raise ConfigurationError(
-                f"UNCOMPRESSED load format needs an http(s) handle, not {parsed.handle!r}; use COMPRESSED."
+                f"UNCOMPRESSED load format needs an http(s) handle, not {parsed.text!r}; use COMPRESSED."
             )
         if offline:
-            raise OfflineError(f"Offline mode: cannot resolve {parsed.handle!r} in UNCOMPRESSED mode.")
+            raise OfflineError(f"Offline mode: cannot resolve {parsed.text!r} in UNCOMPRESSED mode.")
         from airflow_provider_tfhub.core.uncompressed import resolve_uncompressed
 
-        location = resolve_uncompressed(parsed.handle, token=token, retry=retry, mirrors=mirror_map)
+        location = resolve_uncompressed(parsed.text, token=token, retry=retry, mirrors=mirror_map)
         return uncompressed_result(parsed, location)
 
     storage = open_storage(settings.resolve_cache_dir(cache_dir), **(storage_options or {}))
@@ -138,9 +150,9 @@ def is_cached(handle: str, cache_dir: str | None = None, *, storage_options: dic
     """True when ``handle`` is completely staged in ``cache_dir`` (no network access)."""
     parsed = parse_handle(handle)
     if parsed.kind == "local_dir":
-        return os.path.isdir(parsed.handle)
+        return os.path.isdir(parsed.text)
     storage = open_storage(settings.resolve_cache_dir(cache_dir), **(storage_options or {}))
-    return lookup_entry(storage, parsed.handle) is not None
+    return lookup_entry(storage, parsed.text) is not None
 
 
 def lookup_entry(storage: Storage, handle: str) -> StagedModel | None:
@@ -155,25 +167,19 @@ def lookup_entry(storage: Storage, handle: str) -> StagedModel | None:
     return None if meta is None else _result(storage, names, meta, downloaded=False)
 
 
-def complete_meta(storage: Storage, names: EntryNames) -> dict[str, Any] | None:
-    """The entry's metadata when the tree it names is complete (the completeness rule), else None."""
+def complete_meta(storage: Storage, names: EntryNames) -> EntryMeta | None:
+    """The entry's metadata when the tree it names is complete (:func:`~.layout.is_complete`), else None."""
     meta = decode_meta(storage.read_bytes(names.meta))
     if meta is None:
         return None
-    marker = meta.get("marker") or "saved_model.pb"
-    return meta if storage.has_file(f"{tree_of(names, meta)}/{marker}") else None
-
-
-def tree_of(names: EntryNames, meta: dict[str, Any]) -> str:
-    """Where the model of ``meta`` lives: its revision, or the model dir of an entry from an older release."""
-    rev = meta.get("revision")
-    return names.revision(str(rev)) if rev else names.model
+    marker = find_marker(storage, tree_of(names, meta), meta)
+    return meta if is_complete(meta, marker, locked=False) else None
 
 
 def uncompressed_result(parsed: Handle, location: str) -> StagedModel:
     """The staged-model dict for UNCOMPRESSED mode: the model is read in place, nothing is cached."""
     return staged_model(
-        handle=parsed.handle,
+        handle=parsed.text,
         path=location,
         load_format="UNCOMPRESSED",
         source_url=location,
@@ -231,7 +237,7 @@ class Stager:
             return hit
         if hit is None and offline and not self._tfhub_marker():
             raise OfflineError(
-                f"Offline mode: {self.handle.handle!r} is not staged in {self.storage.location()!r}; stage it "
+                f"Offline mode: {self.handle.text!r} is not staged in {self.storage.location()!r}; stage it "
                 "while online first, or unset TFHUB_OFFLINE / offline=True."
             )
         try:
@@ -256,7 +262,7 @@ class Stager:
                 if current is None:
                     if offline:
                         raise OfflineError(
-                            f"Offline mode: {self.handle.handle!r} is not staged in {self.storage.location()!r}; "
+                            f"Offline mode: {self.handle.text!r} is not staged in {self.storage.location()!r}; "
                             "stage it while online first, or unset TFHUB_OFFLINE / offline=True."
                         )
                     self._remove_unfinished_model()
@@ -273,10 +279,10 @@ class Stager:
             lock.release()
 
     def _entry(self) -> StagedModel | None:
-        return lookup_entry(self.storage, self.handle.handle)
+        return lookup_entry(self.storage, self.handle.text)
 
-    def _meta(self) -> dict[str, Any]:
-        return decode_meta(self.storage.read_bytes(self.names.meta)) or {}
+    def _meta(self) -> EntryMeta:
+        return decode_meta(self.storage.read_bytes(self.names.meta)) or EntryMeta()
 
     def _settle(self, current: StagedModel) -> StagedModel:
         """Under the lock: convert an entry of an older release into a revision, repair an unfinished switch."""
@@ -294,7 +300,7 @@ class Stager:
         if current is not None and refresh == "if_changed":
             validators = {k: str(current[k]) for k in ("etag", "last_modified") if current.get(k)}
             if not validators:
-                log.info("No validators recorded for %s; re-downloading to compare.", self.handle.handle)
+                log.info("No validators recorded for %s; re-downloading to compare.", self.handle.text)
 
         def attempt() -> StagedModel:
             stream = source.open(validators)
@@ -305,7 +311,7 @@ class Stager:
             finally:
                 stream.close()
 
-        result: StagedModel = with_retries(attempt, self.handle.handle, self.retry)
+        result: StagedModel = with_retries(attempt, self.handle.text, self.retry)
         return result
 
     def _download(self, stream: ArchiveStream, *, previous: StagedModel | None) -> StagedModel:
@@ -316,7 +322,7 @@ class Stager:
             stats = extract_archive(
                 stream,
                 sink,
-                source=self.handle.handle,
+                source=self.handle.text,
                 max_bytes=self.max_extracted_bytes,
                 max_files=self.max_extracted_files,
             )
@@ -324,87 +330,88 @@ class Stager:
             digest = stream.sha256
             if self.sha256 is not None and digest != self.sha256:
                 raise ChecksumMismatchError(
-                    f"Archive of {self.handle.handle!r} has sha256 {digest}, expected {self.sha256}; the model "
+                    f"Archive of {self.handle.text!r} has sha256 {digest}, expected {self.sha256}; the model "
                     "changed upstream or the pin is wrong. Nothing was cached."
                 )
             manifest = sink.finish()
             info = stream.info
             staged_at = utc_now()
-            fetched = {
-                "source_url": info.url,
-                "etag": info.etag,
-                "last_modified": info.last_modified,
-                "checked_at": staged_at,
-                "mirror": self._mirror_url(),
-                "page_urls": self._page_urls(),
-            }
+            fetched = revision_meta(
+                source_url=info.url,
+                etag=info.etag,
+                last_modified=info.last_modified,
+                checked_at=staged_at,
+                mirror=self._mirror_url(),
+                page_urls=self._page_urls(),
+            )
             same = self._revision_with_sha(digest)
             if same is not None:
                 sink.abort()  # the same archive as a revision we have: reuse it, no second copy
                 reused = self._reuse(same, fetched, previous=previous)
-                aliases.record(self.storage, self.handle.handle, self._page_urls())
+                aliases.record(self.storage, self.handle.text, self._page_urls())
                 return reused
-            meta = {
-                "handle": self.handle.handle,
-                "revision": rev,
-                "sha256": digest,
-                "archive_bytes": stream.bytes_read,
-                "files": stats.files,
-                "bytes": stats.bytes,
-                "marker": next(m for m in MODEL_MARKERS if m in manifest),
-                "staged_at": staged_at,
-                "manifest": {rel: {"size": r.size, "crc32c": r.crc32c} for rel, r in sorted(manifest.items())},
-                **fetched,
-            }
+            meta = revision_meta(
+                fetched,
+                handle=self.handle.text,
+                revision=rev,
+                sha256=digest,
+                archive_bytes=stream.bytes_read,
+                files=stats.files,
+                bytes=stats.bytes,
+                marker=next(m for m in MODEL_MARKERS if m in manifest),
+                staged_at=staged_at,
+                manifest={rel: ManifestRecord(size=r.size, crc32c=r.crc32c) for rel, r in sorted(manifest.items())},
+            )
             if not sink.commit():
-                raise DownloadError(f"Revision {rev} of {self.handle.handle!r} already exists; retrying.")
+                raise DownloadError(f"Revision {rev} of {self.handle.text!r} already exists; retrying.")
         except BaseException:
             sink.abort()
             raise
         self.storage.write_bytes(self.names.revision_meta(rev), encode_meta(meta))
-        self.storage.write_bytes(self.names.descriptor, descriptor_text(self.handle.handle).encode("utf8"))
+        self.storage.write_bytes(self.names.descriptor, descriptor_text(self.handle.text).encode("utf8"))
         self._switch(meta, previous_rev=previous.get("revision") if previous else None)
-        aliases.record(self.storage, self.handle.handle, self._page_urls())
+        aliases.record(self.storage, self.handle.text, self._page_urls())
         log.info(
             "Staged %s into %s (%d files, %s from a %s archive in %s)",
-            self.handle.handle,
+            self.handle.text,
             self.storage.location(self.names.revision(rev)),
             stats.files,
             human_bytes(stats.bytes),
             human_bytes(stream.bytes_read),
             human_duration(time.monotonic() - started),
         )
-        log.debug("Decompressed the archive of %s with %s", self.handle.handle, stats.decoder)
+        log.debug("Decompressed the archive of %s with %s", self.handle.text, stats.decoder)
         refreshed = previous is not None and previous["revision"] != rev
         return _result(self.storage, self.names, meta, downloaded=True, refreshed=refreshed)
 
-    def _revision_with_sha(self, digest: str) -> dict[str, Any] | None:
+    def _revision_with_sha(self, digest: str) -> RevisionMeta | None:
         """The metadata of a complete revision of this entry whose archive had ``digest``, if any."""
         current = self._meta()
         if current.get("revision") and current.get("sha256") == digest:
             return current
         for rev in revision_ids(self.storage, self.names):
             meta = decode_meta(self.storage.read_bytes(self.names.revision_meta(rev)))
-            marker = (meta or {}).get("marker") or "saved_model.pb"
-            if meta and meta.get("sha256") == digest and self.storage.has_file(f"{self.names.revision(rev)}/{marker}"):
+            if meta is None or meta.get("sha256") != digest:
+                continue
+            if is_complete(meta, find_marker(self.storage, self.names.revision(rev), meta), locked=False):
                 return meta
         return None
 
-    def _reuse(self, meta: dict[str, Any], fetched: dict[str, Any], *, previous: StagedModel | None) -> StagedModel:
+    def _reuse(self, meta: RevisionMeta, fetched: RevisionMeta, *, previous: StagedModel | None) -> StagedModel:
         rev = str(meta["revision"])
-        merged = {k: v for k, v in meta.items() if k not in ("superseded_at", "view")}
-        merged.update(fetched)
+        merged = revision_meta(meta, **fetched)
         prev_rev = previous.get("revision") if previous else None
         if prev_rev == rev:
-            self._write_entry_meta({**self._meta(), **fetched})
-            log.info("%s is unchanged (same archive sha256); kept revision %s.", self.handle.handle, rev)
+            current = self._meta()
+            self._write_entry_meta(entry_meta(current, view=current.get("view"), **fetched))
+            log.info("%s is unchanged (same archive sha256); kept revision %s.", self.handle.text, rev)
             return _result(self.storage, self.names, self._meta(), downloaded=True, refreshed=False)
         self.storage.write_bytes(self.names.revision_meta(rev), encode_meta(merged))
         self._switch(merged, previous_rev=prev_rev)
-        log.info("%s is again the archive of revision %s; switched back to it.", self.handle.handle, rev)
+        log.info("%s is again the archive of revision %s; switched back to it.", self.handle.text, rev)
         return _result(self.storage, self.names, merged, downloaded=True, refreshed=previous is not None)
 
-    def _switch(self, meta: dict[str, Any], *, previous_rev: str | None) -> None:
+    def _switch(self, meta: RevisionMeta, *, previous_rev: str | None) -> None:
         """Make ``meta``'s revision current: metadata first (our readers), then the tensorflow_hub view.
 
         The metadata write carries a precondition (the generation read under the lock), so a stager
@@ -412,19 +419,17 @@ class Stager:
         ``superseded_at``, which starts its grace period.
         """
         rev = str(meta["revision"])
-        entry = {**meta, "view": previous_rev if previous_rev != rev else rev}
-        entry.pop("superseded_at", None)
+        entry = entry_meta(meta, view=previous_rev if previous_rev != rev else rev)
         self._write_entry_meta(entry)
         self.storage.publish_view(self.names.model, self.names.revision(rev), self.names.tmp(new_uid()))
-        entry["view"] = rev
-        self._write_entry_meta(entry)
+        self._write_entry_meta(entry_meta(entry, view=rev))
         if previous_rev and previous_rev != rev:
             old = decode_meta(self.storage.read_bytes(self.names.revision_meta(previous_rev)))
             if old is not None and not old.get("superseded_at"):
-                old["superseded_at"] = utc_now()
-                self.storage.write_bytes(self.names.revision_meta(previous_rev), encode_meta(old))
+                superseded = revision_meta(old, superseded_at=utc_now())
+                self.storage.write_bytes(self.names.revision_meta(previous_rev), encode_meta(superseded))
 
-    def _write_entry_meta(self, meta: dict[str, Any]) -> None:
+    def _write_entry_meta(self, meta: EntryMeta) -> None:
         token = self.storage.write_bytes_if(self.names.meta, encode_meta(meta), token=self._meta_token)
         if token is None:
             raise CacheError(
@@ -436,15 +441,15 @@ class Stager:
     def _not_modified(self, current: StagedModel | None) -> StagedModel:
         assert current is not None
         self._check_pin(current)
-        meta = self._meta()
-        meta["checked_at"] = utc_now()
+        recorded = self._meta()
+        meta = entry_meta(recorded, view=recorded.get("view"), checked_at=utc_now())
         self._write_entry_meta(meta)
-        log.info("%s is unchanged upstream (304); kept revision %s.", self.handle.handle, meta.get("revision"))
+        log.info("%s is unchanged upstream (304); kept revision %s.", self.handle.text, meta.get("revision"))
         return _result(self.storage, self.names, meta, downloaded=False, refreshed=False)
 
     # -- entries of tensorflow_hub and of older releases ---------------------------------------------
     def _tfhub_marker(self) -> str | None:
-        return next((m for m in MODEL_MARKERS if self.storage.has_file(f"{self.names.model}/{m}")), None)
+        return find_marker(self.storage, self.names.model, None)
 
     def _adopt_tfhub_dir(self) -> StagedModel | None:
         """A model dir that tensorflow_hub filled (marker, no metadata) becomes a revision, no bytes copied."""
@@ -459,35 +464,30 @@ class Stager:
             if recorded is not None:
                 self._switch(recorded, previous_rev=rev)
                 return _result(self.storage, self.names, recorded, downloaded=False)
-        meta: dict[str, Any] = {
-            "handle": self.handle.handle,
-            "source_url": None,
-            "sha256": None,
-            "archive_bytes": None,
-            "etag": None,
-            "last_modified": None,
-            "marker": marker,
-            "staged_at": _mtime_iso(self.storage, self.names.model, marker),
-            "checked_at": None,
-            "adopted_from": "tensorflow_hub",
-            "manifest": {},
-        }
+        meta = revision_meta(
+            handle=self.handle.text,
+            source_url=None,
+            sha256=None,
+            archive_bytes=None,
+            etag=None,
+            last_modified=None,
+            marker=marker,
+            staged_at=_mtime_iso(self.storage, self.names.model, marker),
+            checked_at=None,
+            adopted_from="tensorflow_hub",
+            manifest={},
+        )
         return self._convert(meta, "Adopted tensorflow_hub's")
 
-    def _convert_legacy(self, meta: dict[str, Any]) -> StagedModel:
+    def _convert_legacy(self, meta: EntryMeta) -> StagedModel:
         return self._convert(meta, "Converted")
 
-    def _convert(self, recorded: dict[str, Any], verb: str) -> StagedModel:
+    def _convert(self, recorded: RevisionMeta, verb: str) -> StagedModel:
         rev = new_revision_id()
         target = self.names.revision(rev)
         self.storage.clone_tree(self.names.model, target, self.names.tmp(self.uid))
         listing = list(self.storage.list_tree(target))
-        meta: dict[str, Any] = {
-            **recorded,
-            "revision": rev,
-            "files": len(listing),
-            "bytes": sum(size for _, size in listing),
-        }
+        meta = revision_meta(recorded, revision=rev, files=len(listing), bytes=sum(size for _, size in listing))
         self.storage.write_bytes(self.names.revision_meta(rev), encode_meta(meta))
         self._switch(meta, previous_rev=None)
         log.info("%s %s into revision %s.", verb, self.storage.location(self.names.model), rev)
@@ -496,7 +496,7 @@ class Stager:
     def _source(self) -> ArchiveSource:
         kind = self.handle.kind
         if kind == "http":
-            fetch_url = mirrors_mod.rewrite(self.handle.handle, self.mirrors)
+            fetch_url = mirrors_mod.rewrite(self.handle.text, self.mirrors)
             if self._session is None:
                 self._session = aliases.recording_session()
             return HttpSource(
@@ -506,29 +506,29 @@ class Stager:
                 token_host=urllib.parse.urlsplit(fetch_url).netloc,  # with a mirror, the mirror's host
                 retry=self.retry,
                 progress_interval=self.progress_interval,
-                description=self.handle.handle,
+                description=self.handle.text,
                 connections=self.download_connections,
             )
         if kind == "local_archive":
-            return LocalFileSource(self.handle.handle)
+            return LocalFileSource(self.handle.text)
         if kind == "gcs_archive":
             from airflow_provider_tfhub.core.storage.gcs import GCSArchiveSource
 
-            return GCSArchiveSource(self.handle.handle, storage=self.storage, connections=self.download_connections)
-        raise InvalidHandleError(f"Cannot stage {self.handle.handle!r} ({kind}).")
+            return GCSArchiveSource(self.handle.text, storage=self.storage, connections=self.download_connections)
+        raise InvalidHandleError(f"Cannot stage {self.handle.text!r} ({kind}).")
 
     def _mirror_url(self) -> str | None:
         """The mirror URL the archive was requested from (None without a mirror); metadata only."""
         if self.handle.kind != "http":
             return None
-        return mirrors_mod.mirror_url(self.handle.handle, self.mirrors)
+        return mirrors_mod.mirror_url(self.handle.text, self.mirrors)
 
     def _page_urls(self) -> list[str]:
         """The handle and the model-page URLs its download was redirected through (aliases)."""
         if self.handle.kind != "http":
             return []
         requested = self._session.requested if self._session is not None else []
-        return aliases.page_urls(self.handle.handle, requested)
+        return aliases.page_urls(self.handle.text, requested)
 
     # -- aliases ------------------------------------------------------------------------------------
     def _other_entry(self, handle: str) -> dict[str, Any] | None:
@@ -547,7 +547,7 @@ class Stager:
         """On a miss: if the handle redirects to a model another entry was downloaded through, publish a
         revision of this entry built from that entry's current revision (hard links locally, server-side
         copies on gs://), with no archive download. None when there is no such entry."""
-        if self.handle.kind != "http" or is_archive_name(urllib.parse.urlsplit(self.handle.handle).path):
+        if self.handle.kind != "http" or is_archive_name(urllib.parse.urlsplit(self.handle.text).path):
             return None  # a direct archive URL is no model page (and its first hop would be the archive)
         if not aliases.has_index(self.storage):
             return None  # nothing indexed yet: no request spent on resolving redirects
@@ -555,38 +555,38 @@ class Stager:
         assert isinstance(source, HttpSource)
 
         def known(url: str) -> bool:
-            return aliases.lookup(self.storage, [url], exclude=self.handle.handle, read=self._other_entry) is not None
+            return aliases.lookup(self.storage, [url], exclude=self.handle.text, read=self._other_entry) is not None
 
         try:
             hops = aliases.resolve_first_hops(source, known)
         except DownloadError as exc:
-            log.debug("Could not resolve the redirects of %s (%s); downloading it.", self.handle.handle, exc)
+            log.debug("Could not resolve the redirects of %s (%s); downloading it.", self.handle.text, exc)
             return None
-        other = aliases.lookup(self.storage, hops, exclude=self.handle.handle, read=self._other_entry)
+        other = aliases.lookup(self.storage, hops, exclude=self.handle.text, read=self._other_entry)
         if other is None or (self.sha256 is not None and other.get("sha256") != self.sha256):
             return None
         rev = new_revision_id()
         self.storage.clone_tree(other["_tree"], self.names.revision(rev), self.names.tmp(self.uid))
         now = utc_now()
-        page_list: list[str] = list(dict.fromkeys([self.handle.handle, *hops, *other["page_urls"]]))
-        recorded = {k: v for k, v in other["_meta"].items() if k not in ("format_version", "view", "superseded_at")}
-        meta: dict[str, Any] = {
-            **recorded,
-            "handle": self.handle.handle,
-            "revision": rev,
-            "alias_of": recorded.get("alias_of") or other["handle"],
-            "page_urls": page_list,
-            "mirror": None,
-            "staged_at": now,
-            "checked_at": now,
-        }
+        page_list: list[str] = list(dict.fromkeys([self.handle.text, *hops, *other["page_urls"]]))
+        recorded: EntryMeta = other["_meta"]
+        meta = revision_meta(
+            recorded,
+            handle=self.handle.text,
+            revision=rev,
+            alias_of=recorded.get("alias_of") or other["handle"],
+            page_urls=page_list,
+            mirror=None,
+            staged_at=now,
+            checked_at=now,
+        )
         self.storage.write_bytes(self.names.revision_meta(rev), encode_meta(meta))
-        self.storage.write_bytes(self.names.descriptor, descriptor_text(self.handle.handle).encode("utf8"))
+        self.storage.write_bytes(self.names.descriptor, descriptor_text(self.handle.text).encode("utf8"))
         self._switch(meta, previous_rev=None)
-        aliases.record(self.storage, self.handle.handle, page_list)
+        aliases.record(self.storage, self.handle.text, page_list)
         log.info(
             "%s is the same model as %s (it redirects to %s): staged revision %s from its files, nothing downloaded.",
-            self.handle.handle,
+            self.handle.text,
             meta["alias_of"],
             next((u for u in hops if u in other["page_urls"]), other["handle"]),
             rev,
@@ -596,7 +596,7 @@ class Stager:
     def _check_pin(self, hit: Mapping[str, Any]) -> None:
         if self.sha256 and hit.get("sha256") and hit["sha256"] != self.sha256:
             raise ChecksumMismatchError(
-                f"Cached {self.handle.handle!r} has sha256 {hit['sha256']}, expected {self.sha256}; the pin or the "
+                f"Cached {self.handle.text!r} has sha256 {hit['sha256']}, expected {self.sha256}; the pin or the "
                 "cached model is outdated: stage with refresh='always' or fix the pin."
             )
 
@@ -641,7 +641,7 @@ class Stager:
             )
 
 
-def _settled(meta: dict[str, Any]) -> bool:
+def _settled(meta: EntryMeta) -> bool:
     """A hit needs no work: it names a revision, and the tensorflow_hub view shows that revision."""
     return bool(meta.get("revision")) and meta.get("view") == meta.get("revision")
 
@@ -656,7 +656,7 @@ def revision_ids(storage: Storage, names: EntryNames) -> list[str]:
 
 
 def _result(
-    storage: Storage, names: EntryNames, meta: dict[str, Any], *, downloaded: bool, refreshed: bool = False
+    storage: Storage, names: EntryNames, meta: RevisionMeta, *, downloaded: bool, refreshed: bool = False
 ) -> StagedModel:
     return staged_model(
         handle=meta.get("handle"),
@@ -670,16 +670,16 @@ def _result(
 
 
 def _local_dir_result(parsed: Handle) -> StagedModel:
-    path = os.path.abspath(os.path.expanduser(parsed.handle))
+    path = os.path.abspath(os.path.expanduser(parsed.text))
     if not os.path.isdir(path):
         raise InvalidHandleError(
-            f"Model handle {parsed.handle!r} is neither a URL nor an existing directory; give a tfhub.dev/Kaggle "
+            f"Model handle {parsed.text!r} is neither a URL nor an existing directory; give a tfhub.dev/Kaggle "
             "handle, an http(s)/gs:// archive URL, or the path of a SavedModel directory."
         )
     listing = [(r, os.path.getsize(os.path.join(r, f))) for r, _d, fs in os.walk(path) for f in fs]
     return staged_model(
-        handle=parsed.handle,
-        path=parsed.handle,
+        handle=parsed.text,
+        path=parsed.text,
         files=len(listing),
         bytes=sum(s for _, s in listing),
     )

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from airflow_provider_tfhub.core.errors import ConfigurationError, DownloadError
+from airflow_provider_tfhub.core.responses import html_page_error, is_permanent, is_transient
 from airflow_provider_tfhub.core.token_scope import TokenScope, auth_headers
 from airflow_provider_tfhub.core.units import human_bytes, human_duration, human_rate
 
@@ -36,7 +37,6 @@ log = logging.getLogger(__name__)
 CHUNK_SIZE = 1 << 20
 _QUEUE_CHUNKS = 8
 REDIRECT_STATUSES = (301, 302, 303, 307, 308)
-_RETRYABLE_STATUS = {408, 429, 500, 502, 503, 504}
 MAX_REDIRECTS = 10
 #: What to do about a hub's error status, for error messages of downloads and update checks alike.
 STATUS_HINTS = {
@@ -305,7 +305,7 @@ class HttpSource(ArchiveSource):
                 time.sleep(delay)
                 attempt += 1
                 continue
-            if resp.status_code in _RETRYABLE_STATUS and attempt + 1 < self.retry.attempts:
+            if is_transient(resp.status_code) and attempt + 1 < self.retry.attempts:
                 delay = self.retry.delay(attempt, resp.headers.get("Retry-After"))
                 log.warning("%s answered HTTP %d; retrying in %.1fs.", self.description, resp.status_code, delay)
                 resp.close()
@@ -343,7 +343,7 @@ class HttpSource(ArchiveSource):
         try:
             check_archive_response(resp, self.description)
         except DownloadError as exc:
-            if exc.status in _RETRYABLE_STATUS:  # request() already spent the attempts on it
+            if is_transient(exc.status):  # request() already spent the attempts on it
                 raise RetriesExhausted(
                     f"{exc} Gave up after {self.retry.attempts} attempts (TFHUB_DOWNLOAD_RETRIES).",
                     status=exc.status,
@@ -364,22 +364,16 @@ def check_archive_response(resp: requests.Response, description: str) -> None:
     """Raise a clear, permanent-or-not DownloadError for anything but a 200 archive body."""
     status = resp.status_code
     if status == 200:
-        ctype = resp.headers.get("Content-Type", "").split(";")[0].strip().lower()
-        if ctype in ("text/html", "application/xhtml+xml"):
+        html = html_page_error(description, resp.headers.get("Content-Type"), status)
+        if html is not None:
             resp.close()
-            raise DownloadError(
-                f"{description!r} returned an HTML page instead of a model archive (Content-Type {ctype}); "
-                "the URL is probably a web page or a login page: use the model's handle or a direct "
-                ".tar.gz URL, and set a token in the tfhub connection if the hub needs one.",
-                permanent=True,
-                status=status,
-            )
+            raise html
         return
     resp.close()
     hint = STATUS_HINTS.get(status, "the server could not serve the archive")
     raise DownloadError(
         f"{description!r} answered HTTP {status} ({resp.reason}): {hint}.",
-        permanent=status < 500 and status not in _RETRYABLE_STATUS,
+        permanent=is_permanent(status),
         status=status,
     )
 

@@ -23,15 +23,15 @@ def resolve_uncompressed(
 ) -> str:
     """Return the ``gs://`` location the hub (or its mirror) names for ``handle``; a clear error otherwise."""
     parsed = parse_handle(handle)
-    fetch_url = mirrors_mod.rewrite(parsed.handle, mirrors)
+    fetch_url = mirrors_mod.rewrite(parsed.text, mirrors)
     url = with_format_query(fetch_url, UNCOMPRESSED_FORMAT_QUERY)
     token_host = urllib.parse.urlsplit(fetch_url).netloc  # with a mirror, the token goes to the mirror
-    source = HttpSource(url, token=token, token_host=token_host, retry=retry, description=parsed.handle)
+    source = HttpSource(url, token=token, token_host=token_host, retry=retry, description=parsed.text)
     resp = source.request(url, redirects=False, stream=False)
     try:
         if resp.status_code != 303:
             raise DownloadError(
-                f"{parsed.handle!r} in UNCOMPRESSED mode: expected HTTP 303 See Other with a gs:// location but "
+                f"{parsed.text!r} in UNCOMPRESSED mode: expected HTTP 303 See Other with a gs:// location but "
                 f"received HTTP {resp.status_code} ({resp.reason}); this hub or URL does not serve uncompressed "
                 "models: use load_format='COMPRESSED'.",
                 permanent=True,
@@ -42,7 +42,7 @@ def resolve_uncompressed(
         resp.close()
     if not location.startswith("gs://"):
         raise DownloadError(
-            f"{parsed.handle!r} in UNCOMPRESSED mode: expected the server to return a gs:// location but received "
+            f"{parsed.text!r} in UNCOMPRESSED mode: expected the server to return a gs:// location but received "
             f"{location[:80]!r}; use load_format='COMPRESSED'.",
             permanent=True,
             status=303,

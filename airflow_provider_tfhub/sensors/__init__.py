@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from airflow.sdk import BaseSensorOperator, PokeReturnValue, conf
 
 from airflow_provider_tfhub.core import settings
-from airflow_provider_tfhub.core.errors import ConfigurationError, InvalidHandleError
-from airflow_provider_tfhub.core.handles import parse_handle
+from airflow_provider_tfhub.core.errors import ConfigurationError
+from airflow_provider_tfhub.core.handles import require_cacheable
 
 if TYPE_CHECKING:
     from airflow_provider_tfhub.core.storage import Storage
@@ -26,13 +26,7 @@ if TYPE_CHECKING:
 
 def cached_handle(handle: str) -> str:
     """The normalised handle of a model that can be in the cache (a local directory cannot)."""
-    parsed = parse_handle(handle)
-    if parsed.kind == "local_dir":
-        raise InvalidHandleError(
-            f"{parsed.handle!r} is a local directory: it is used in place and never cached; give a "
-            "tfhub.dev/Kaggle handle or an http(s)/gs:// archive URL (or use a FileSensor for a directory)."
-        )
-    return parsed.handle
+    return require_cacheable(handle).text
 
 
 class BaseTFHubCacheSensor(BaseSensorOperator):

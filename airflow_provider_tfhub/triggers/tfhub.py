@@ -104,7 +104,7 @@ class _CacheTrigger(BaseTrigger):
         return hub, storage
 
     async def _entry(self, storage: Storage) -> dict[str, Any] | None:
-        handle = parse_handle(self.handle).handle
+        handle = parse_handle(self.handle).text
         entry = await asyncio.to_thread(lookup_entry, storage, handle)
         return None if entry is None else dict(entry)
 

@@ -40,6 +40,10 @@ class FileRecord:
     crc32c: str
 
 
+class SinkAborted(Exception):
+    """A sink was aborted while a transfer was running: stops its workers, never escapes to users."""
+
+
 class TreeSink(abc.ABC):
     """Receives a model tree file by file and publishes it at ``final`` on commit."""
 

@@ -22,7 +22,7 @@ import google_crc32c
 
 from airflow_provider_tfhub.core.durability import fsync_dir, fsync_enabled, fsync_tree
 from airflow_provider_tfhub.core.errors import ArchiveError, CacheError, DiskFullError
-from airflow_provider_tfhub.core.storage.base import FileRecord, ObjectStat, Storage, TreeSink
+from airflow_provider_tfhub.core.storage.base import FileRecord, ObjectStat, SinkAborted, Storage, TreeSink
 
 _DISK_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 _QUEUE_CHUNKS = 16  # x 1 MiB chunks from the extractor: the writer's bounded share of memory
@@ -338,7 +338,7 @@ class LocalTreeSink(TreeSink):
         if not self._finished:
             self._finished = True
             if self._thread is not None:
-                self._error = self._error or _Aborted()
+                self._error = self._error or SinkAborted()
                 self._queue.put(None)
                 self._thread.join()
         shutil.rmtree(self.tmp, ignore_errors=True)
@@ -403,10 +403,6 @@ def _name_error(exc: OSError, member: str) -> ArchiveError | None:
         f"Archive member {member!r} makes a path too long for the cache filesystem ({os.strerror(exc.errno)}); "
         "repack the archive with shorter names, or use a cache_dir with a shorter path."
     )
-
-
-class _Aborted(Exception):
-    """Marks a sink that was aborted; never escapes to users."""
 
 
 def _token(st: os.stat_result) -> str:
