@@ -17,7 +17,7 @@ from airflow.sdk import BaseOperator
 
 from airflow_provider_tfhub.core import inventory, settings
 from airflow_provider_tfhub.core.units import human_bytes
-from airflow_provider_tfhub.operators.stage import is_literal, run_core
+from airflow_provider_tfhub.task_helpers import check_literals, run_core
 
 
 class TFHubPruneCacheOperator(BaseOperator):
@@ -63,8 +63,7 @@ class TFHubPruneCacheOperator(BaseOperator):
         self.dry_run_only = dry_run  # BaseOperator.dry_run is a method
         self.tfhub_conn_id = tfhub_conn_id
         self.lock_timeout = lock_timeout
-        if is_literal(cache_dir):
-            settings.resolve_cache_dir(cache_dir)
+        check_literals((cache_dir, settings.resolve_cache_dir))
 
     def execute(self, context: Any) -> dict[str, Any]:
         from airflow_provider_tfhub.hooks.tfhub import TFHubHook
