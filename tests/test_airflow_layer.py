@@ -91,7 +91,7 @@ def test_operator_validates_at_parse_time() -> None:
     # Templates are rendered later, so they are not validated now.
     TFHubStageModelOperator(task_id="templated", handle="{{ params.handle }}")
     with pytest.raises(TypeError):
-        TFHubStageModelOperator("https://tfhub.dev/a/b/1")  # type: ignore[misc]
+        TFHubStageModelOperator("https://tfhub.dev/a/b/1")  # type: ignore[call-arg]
 
 
 def test_operator_emits_asset_events_and_fails_permanently(hub: Any, handle_of: Any, cache_dir: str) -> None:

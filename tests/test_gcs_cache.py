@@ -607,6 +607,7 @@ def test_gcs_stage_matches_local_cache_and_second_stage_is_a_hit(
     assert archive_downloads(hub, "/google/medium/1") == 1
 
     storage = GCSStorage(gcs_cache)
+    assert local["path"] is not None
     local_root = Path(local["path"])
     local_files = {p.relative_to(local_root).as_posix(): p.read_bytes() for p in local_root.rglob("*") if p.is_file()}
     assert dict(storage.list_tree(revision)) == {rel: len(data) for rel, data in local_files.items()}

@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from airflow_provider_tfhub.core.errors import ConfigurationError, InvalidHandle
 from airflow_provider_tfhub.core.inventory import list_entries, parse_age, parse_size, prune, verify
 from airflow_provider_tfhub.core.layout import EntryNames, new_uid
 from airflow_provider_tfhub.core.locks import CacheLock
+from airflow_provider_tfhub.core.records import StagedModel
 from airflow_provider_tfhub.core.staging import lookup_entry, stage
 from airflow_provider_tfhub.core.storage.local import LocalStorage
 
@@ -35,7 +37,7 @@ gcs_cache = gcs_helpers.gcs_cache
 
 
 @pytest.fixture
-def cache(hub: Any, handle_of: Any, cache_dir: str) -> dict[str, dict[str, Any]]:
+def cache(hub: Any, handle_of: Any, cache_dir: str) -> dict[str, StagedModel]:
     """Four staged models, last used 400, 300, 200 and 100 seconds ago (in NAMES order)."""
     now = time.time()
     staged = {}
@@ -47,7 +49,7 @@ def cache(hub: Any, handle_of: Any, cache_dir: str) -> dict[str, dict[str, Any]]
     return staged
 
 
-def used(cache_dir: str, result: dict[str, Any], when: float) -> None:
+def used(cache_dir: str, result: Mapping[str, Any], when: float) -> None:
     meta = Path(cache_dir, EntryNames(result["cache_key"]).meta)
     os.utime(meta, (when, when))
 
@@ -493,6 +495,7 @@ def test_ls_verify_and_prune_on_a_gcs_cache(hub: Any, handle_of: Any, gcs_cache:
     from airflow_provider_tfhub.core.storage import open_storage
 
     older, newer = (stage(handle_of(name), gcs_cache) for name in ("small_a", "small_b"))
+    assert older["handle"] is not None and newer["cache_key"] is not None
     storage = open_storage(gcs_cache)
     hit = stage(older["handle"], gcs_cache, storage_options={"touch_interval": 0})  # records use in custom metadata
     assert hit["downloaded"] is False
