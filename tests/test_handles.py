@@ -10,7 +10,7 @@ import pytest
 from airflow_provider_tfhub.core import settings
 from airflow_provider_tfhub.core.errors import ConfigurationError, InvalidHandleError
 from airflow_provider_tfhub.core.handles import cache_key, parse_handle, with_format_query
-from airflow_provider_tfhub.core.layout import descriptor_text, lock_content, parse_lock_content
+from airflow_provider_tfhub.core.layout import descriptor_text
 
 
 @pytest.mark.parametrize(
@@ -61,14 +61,6 @@ def test_bad_handles_name_the_input(bad: str, fragment: str) -> None:
 def test_format_query_like_tensorflow_hub() -> None:
     url = with_format_query("https://h/m?extra=abc&tf-hub-format=test", ("tf-hub-format", "compressed"))
     assert url == "https://h/m?extra=abc&tf-hub-format=test&tf-hub-format=compressed"
-
-
-def test_lock_content_round_trip() -> None:
-    owner = parse_lock_content(lock_content("abc123"))
-    assert owner is not None and owner.pid == os.getpid() and owner.uid == "abc123"
-    dotted = parse_lock_content("node-1.example.com.4242.ffee")
-    assert dotted is not None and (dotted.host, dotted.pid, dotted.uid) == ("node-1.example.com", 4242, "ffee")
-    assert parse_lock_content("garbage") is None
 
 
 def test_descriptor_has_tensorflow_hub_lines() -> None:

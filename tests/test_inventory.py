@@ -12,46 +12,27 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import gcs_helpers
 import pytest
+import stage_helpers
+from stage_helpers import NAMES
 
 from airflow_provider_tfhub.core.errors import ConfigurationError, InvalidHandleError
 from airflow_provider_tfhub.core.inventory import list_entries, parse_age, parse_size, prune, verify
 from airflow_provider_tfhub.core.layout import EntryNames, new_uid
 from airflow_provider_tfhub.core.locks import CacheLock
-from airflow_provider_tfhub.core.records import StagedModel
 from airflow_provider_tfhub.core.staging import lookup_entry, stage
 from airflow_provider_tfhub.core.storage.local import LocalStorage
 
-NAMES = ("demo_v1", "small_a", "small_b", "demo_v2")  # oldest use first in ``cache``
-
-# The GCS emulator and per-test gs:// caches.
+# Four staged models (the default local cache), the GCS emulator and per-test gs:// caches.
+cache = stage_helpers.cache
 gcs_emulator = gcs_helpers.gcs_emulator
 gcs_env = gcs_helpers.gcs_env
 gcs_cache = gcs_helpers.gcs_cache
-
-
-@pytest.fixture
-def cache(hub: Any, handle_of: Any, cache_dir: str) -> dict[str, StagedModel]:
-    """Four staged models, last used 400, 300, 200 and 100 seconds ago (in NAMES order)."""
-    now = time.time()
-    staged = {}
-    for age, name in zip((400, 300, 200, 100), NAMES, strict=True):
-        result = stage(handle_of(name), cache_dir)
-        used(cache_dir, result, now - age)
-        staged[name] = result
-    hub.reset_stats()
-    return staged
-
-
-def used(cache_dir: str, result: Mapping[str, Any], when: float) -> None:
-    meta = Path(cache_dir, EntryNames(result["cache_key"]).meta)
-    os.utime(meta, (when, when))
 
 
 def names_of(cache_dir: str, key: str) -> list[str]:
@@ -395,66 +376,6 @@ def test_entries_filled_by_tensorflow_hub_are_listed_unverifiable_and_prunable(
     report = prune(storage, max_total_bytes=0)
     assert [r["handle"] for r in report["removed"]] == [handle]
     assert os.listdir(cache_dir) == []
-
-
-# -- the CLI ---------------------------------------------------------------------------------------------
-
-
-def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("TFHUB_", "AIRFLOW__TFHUB__"))}
-    return subprocess.run(
-        [sys.executable, "-m", "airflow_provider_tfhub.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=env,
-    )
-
-
-def test_cli_ls_table_and_json(cache: dict[str, dict[str, Any]], cache_dir: str) -> None:
-    table = cli("ls", "--cache-dir", cache_dir)
-    assert table.returncode == 0, table.stderr
-    lines = table.stdout.splitlines()
-    assert lines[0].startswith(f"{cache_dir}: 4 entries")
-    assert lines[1].split() == ["STATE", "SIZE", "FILES", "LAST", "USED", "STAGED", "ETAG", "REVISION", "HANDLE"]
-    assert lines[2].startswith("complete") and lines[2].endswith(cache["demo_v2"]["handle"])
-
-    listed = json.loads(cli("ls", "--json", "--cache-dir", cache_dir).stdout)
-    assert [e["handle"] for e in listed] == [cache[n]["handle"] for n in reversed(NAMES)]
-    assert {"handle", "size", "files", "staged_at", "last_used", "etag", "state"} <= set(listed[0])
-
-
-def test_cli_verify_exit_codes(cache: dict[str, dict[str, Any]], cache_dir: str) -> None:
-    assert cli("verify", "--cache-dir", cache_dir).returncode == 0
-    Path(cache["demo_v1"]["path"], "saved_model.pb").unlink()
-
-    damaged = cli("verify", "--cache-dir", cache_dir)
-    assert damaged.returncode == 1
-    assert f"missing: {cache['demo_v1']['path']}/saved_model.pb" in damaged.stdout
-    assert cli("verify", cache["small_a"]["handle"], "--cache-dir", cache_dir).returncode == 0
-    report = json.loads(cli("verify", cache["demo_v1"]["handle"], "--json", "--cache-dir", cache_dir).stdout)
-    assert report["ok"] is False
-
-
-def test_cli_prune(cache: dict[str, dict[str, Any]], cache_dir: str) -> None:
-    keep = cache["demo_v2"]["handle"]
-    dry = cli("prune", "--cache-dir", cache_dir, "--max-total-bytes", "0", "--keep", keep, "--dry-run", "--json")
-    assert dry.returncode == 1  # over budget: the kept model stays
-    assert len(json.loads(dry.stdout)["removed"]) == 3 and len(list_entries(LocalStorage(cache_dir))) == 4
-
-    real = cli("prune", "--cache-dir", cache_dir, "--max-age", "150s", "--keep", keep)
-    assert real.returncode == 0, real.stderr
-    assert "Freed" in real.stdout and cache["demo_v1"]["handle"] in real.stdout
-    assert [e["handle"] for e in list_entries(LocalStorage(cache_dir))] == [keep]
-
-
-def test_cli_reports_bad_input_in_one_line(cache_dir: str) -> None:
-    bad = cli("prune", "--cache-dir", cache_dir, "--max-age", "7x")
-    assert bad.returncode == 1
-    assert bad.stderr.strip().splitlines() == [
-        "tfhub-cache: error: Age '7x' is not understood; use seconds or a number with s, m, h, d or w, e.g. 90s, "
-        "30m, 12h, 7d."
-    ]
 
 
 # -- the operator ----------------------------------------------------------------------------------------
