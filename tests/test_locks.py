@@ -23,7 +23,7 @@ import pytest
 from gcs_helpers import assert_complete, leftovers
 
 from airflow_provider_tfhub.core.handles import cache_key
-from airflow_provider_tfhub.core.layout import EntryNames, lock_content, parse_lock_content
+from airflow_provider_tfhub.core.layout import EntryNames
 from airflow_provider_tfhub.core.staging import stage
 from airflow_provider_tfhub.core.storage.gcs import GCSStorage
 
@@ -33,17 +33,6 @@ PY = sys.executable
 gcs_emulator = gcs_helpers.gcs_emulator
 gcs_env = gcs_helpers.gcs_env
 gcs_cache = gcs_helpers.gcs_cache
-
-
-# -- the lock's content: tensorflow_hub's host.pid.uid ---------------------------------------------------
-
-
-def test_lock_content_round_trip() -> None:
-    owner = parse_lock_content(lock_content("abc123"))
-    assert owner is not None and owner.pid == os.getpid() and owner.uid == "abc123"
-    dotted = parse_lock_content("node-1.example.com.4242.ffee")
-    assert dotted is not None and (dotted.host, dotted.pid, dotted.uid) == ("node-1.example.com", 4242, "ffee")
-    assert parse_lock_content("garbage") is None
 
 
 # -- holders on this host ---------------------------------------------------------------------------------
