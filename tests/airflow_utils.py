@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -26,5 +27,8 @@ def xcom(dr: Any, task_id: str, map_index: int | None = None) -> Any:
 
     with create_session() as session:
         query = XComModel.get_many(run_id=dr.run_id, dag_ids=dr.dag_id, task_ids=task_id, key="return_value")
-        values = {row.map_index: XComModel.deserialize_value(row) for row in session.scalars(query).all()}
+        # get_many is annotated Select[tuple[XComModel]] (SQLAlchemy 2.0's spelling); SQLAlchemy 2.1 reads that
+        # as one column holding a tuple, while the rows are XComModel objects.
+        rows = cast("Sequence[XComModel]", session.scalars(query).all())
+        values = {row.map_index: XComModel.deserialize_value(row) for row in rows}
     return values if map_index is None else values[map_index]

@@ -11,12 +11,14 @@ import json
 import os
 import subprocess
 import sys
+import tarfile
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from stage_helpers import manifest_of_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 AIRFLOW_HOME = tempfile.mkdtemp(prefix="tfhub-test-airflow-")
@@ -112,3 +114,12 @@ def handle_of(hub: Any) -> Any:
 @pytest.fixture
 def cache_dir(tmp_path: Path) -> str:
     return str(tmp_path / "cache")
+
+
+@pytest.fixture(scope="module")
+def medium_reference(model_archives: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The medium model's files as a plain tarfile extraction sees them (independent of our extractor)."""
+    target = tmp_path_factory.mktemp("medium-reference")
+    with tarfile.open(model_archives["medium"]) as tar:
+        tar.extractall(target, filter="data")
+    return manifest_of_dir(target)

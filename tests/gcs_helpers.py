@@ -26,6 +26,7 @@ import pytest
 
 from airflow_provider_tfhub.core.handles import cache_key
 from airflow_provider_tfhub.core.layout import EntryNames, decode_meta
+from airflow_provider_tfhub.core.records import EntryMeta
 from airflow_provider_tfhub.core.staging import tree_of
 from airflow_provider_tfhub.core.storage.gcs import GCSStorage
 from airflow_provider_tfhub.testing.gcs_emulator import GCSEmulator
@@ -75,7 +76,7 @@ def leftovers(storage: GCSStorage) -> list[str]:
     return sorted(n for n in all_objects(storage) if n.endswith(".lock") or ".tmp/" in n)
 
 
-def assert_complete(storage: GCSStorage, handle: str) -> dict[str, Any]:
+def assert_complete(storage: GCSStorage, handle: str) -> EntryMeta:
     """The entry is complete for our readers and its model tree is exactly the metadata's manifest."""
     names = EntryNames(cache_key(handle))
     meta = decode_meta(storage.read_bytes(names.meta))

@@ -91,7 +91,7 @@ def test_operator_validates_at_parse_time() -> None:
     # Templates are rendered later, so they are not validated now.
     TFHubStageModelOperator(task_id="templated", handle="{{ params.handle }}")
     with pytest.raises(TypeError):
-        TFHubStageModelOperator("https://tfhub.dev/a/b/1")  # type: ignore[misc]
+        TFHubStageModelOperator("https://tfhub.dev/a/b/1")  # type: ignore[call-arg]
 
 
 def test_operator_emits_asset_events_and_fails_permanently(hub: Any, handle_of: Any, cache_dir: str) -> None:
@@ -127,26 +127,3 @@ def test_prestage_dag_maps_and_consumer_sees_paths(hub: Any, handle_of: Any, cac
     paths = xcom(dr, "consume", map_index=-1)
     assert paths == {handles[0]: staged[0]["path"], handles[1]: staged[1]["path"]}
     assert hub.stats()["models"]["/google/small_a/1"]["archive_full"] == 1
-
-
-def test_cli_stage_resolve_and_errors(hub: Any, handle_of: Any, cache_dir: str) -> None:
-    exe = [sys.executable, "-m", "airflow_provider_tfhub.cli"]
-    handle = handle_of("demo_v1")
-    out = subprocess.run(
-        [*exe, "stage", handle, "--cache-dir", cache_dir, "--json"], capture_output=True, text=True, timeout=120
-    )
-    assert out.returncode == 0, out.stderr
-    staged = json.loads(out.stdout)
-    assert staged["downloaded"] is True and staged["handle"] == handle
-    resolved = subprocess.run(
-        [*exe, "resolve", handle, "--cache-dir", cache_dir, "-q"], capture_output=True, text=True, timeout=120
-    )
-    assert resolved.stdout == staged["path"] + "\n"
-    failed = subprocess.run(
-        [*exe, "stage", f"{hub.url}/google/nope/1", "--cache-dir", cache_dir],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert failed.returncode == 1 and "Traceback" not in failed.stderr
-    assert failed.stderr.strip().splitlines()[-1].startswith("tfhub-cache: error:") and "HTTP 404" in failed.stderr

@@ -42,7 +42,8 @@ def test_fsync_before_publish(
     monkeypatch.setenv("TFHUB_FSYNC", "1")
     staged = stage(handle_of("demo_v1"), cache_dir)
 
-    final = staged["path"]
+    final, files = staged["path"], staged["files"]
+    assert final is not None and files is not None
     (publish,) = [i for i, (kind, what) in enumerate(syscalls) if kind == "rename" and what.endswith(f"-> {final}")]
     tmp = syscalls[publish][1].split(" -> ")[0]
     synced_before = {what for kind, what in syscalls[:publish] if kind == "fsync"}
@@ -51,7 +52,7 @@ def test_fsync_before_publish(
     }
     tree = {os.path.normpath(p) for p in tree}
     assert tree <= synced_before, sorted(tree - synced_before)
-    assert len(tree) == staged["files"] + sum(len(ds) for _, ds, _ in os.walk(final)) + 1
+    assert len(tree) == files + sum(len(ds) for _, ds, _ in os.walk(final)) + 1
     assert ("fsync", cache_dir) in syscalls[publish + 1 :]  # the rename itself is made durable
 
 

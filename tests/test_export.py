@@ -34,6 +34,12 @@ def versions(model_dir: Path) -> list[int]:
     return sorted(int(p.name) for p in model_dir.iterdir() if p.name.isdigit()) if model_dir.exists() else []
 
 
+def model_files(path: str | None) -> set[str]:
+    """The files of a staged model directory, relative to it."""
+    assert path is not None, "a staged model always has a path"
+    return {str(p.relative_to(path)) for p in Path(path).rglob("*") if p.is_file()}
+
+
 def cli_export(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, Any]:
     code = cli_main(["export", *args, "--json"])
     out, err = capsys.readouterr()
@@ -46,6 +52,7 @@ def test_versions_reexport_explicit_and_keep(
     base = tmp_path / "serving"
     model_dir = base / "demo"
     v1 = stage(handle_of("demo_v1"), cache_dir)
+    assert v1["path"] is not None
 
     first = export_for_serving(v1, str(base), "demo")
     assert set(EXPORT_KEYS) <= set(first)
@@ -129,8 +136,7 @@ def test_concurrent_poller_never_sees_a_partial_version(
 ) -> None:
     base, model_dir = tmp_path / "serving", tmp_path / "serving" / "demo"
     models = [stage(handle_of(n), cache_dir) for n in ("demo_v1", "demo_v2", "medium")]
-    expected = {m["sha256"]: {str(p.relative_to(m["path"])) for p in Path(m["path"]).rglob("*") if p.is_file()}
-                for m in models}  # fmt: skip
+    expected = {m["sha256"]: model_files(m["path"]) for m in models}
     stop = threading.Event()
     seen: list[str] = []
     bad: list[str] = []
@@ -177,10 +183,12 @@ def test_gcs_export_marker_last_and_versions(
 ) -> None:
     cache = gcs_cache if cache_on_gcs else cache_dir
     staged = stage(handle_of("medium"), cache)
+    assert staged["path"] is not None
     base = f"gs://{gcs_helpers.BUCKET}/{uuid.uuid4().hex[:8]}/serving"
     model = GCSStorage(f"{base}/medium")
-    files = {rel for rel, _ in GCSStorage(staged["path"]).list_tree("")} if cache_on_gcs else {
-        str(p.relative_to(staged["path"])) for p in Path(staged["path"]).rglob("*") if p.is_file()}  # fmt: skip
+    files = (
+        {rel for rel, _ in GCSStorage(staged["path"]).list_tree("")} if cache_on_gcs else model_files(staged["path"])
+    )
     stop = threading.Event()
     bad: list[str] = []
     polls = [0]

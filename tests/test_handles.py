@@ -1,16 +1,11 @@
-"""Handles, cache keys and settings precedence: pure functions, no network."""
+"""``core/handles.py``: handles, cache keys and format queries: pure functions, no network."""
 
 from __future__ import annotations
 
-import os
-import tempfile
-
 import pytest
 
-from airflow_provider_tfhub.core import settings
-from airflow_provider_tfhub.core.errors import ConfigurationError, InvalidHandleError
+from airflow_provider_tfhub.core.errors import InvalidHandleError
 from airflow_provider_tfhub.core.handles import cache_key, parse_handle, with_format_query
-from airflow_provider_tfhub.core.layout import descriptor_text, lock_content, parse_lock_content
 
 
 @pytest.mark.parametrize(
@@ -61,43 +56,3 @@ def test_bad_handles_name_the_input(bad: str, fragment: str) -> None:
 def test_format_query_like_tensorflow_hub() -> None:
     url = with_format_query("https://h/m?extra=abc&tf-hub-format=test", ("tf-hub-format", "compressed"))
     assert url == "https://h/m?extra=abc&tf-hub-format=test&tf-hub-format=compressed"
-
-
-def test_lock_content_round_trip() -> None:
-    owner = parse_lock_content(lock_content("abc123"))
-    assert owner is not None and owner.pid == os.getpid() and owner.uid == "abc123"
-    dotted = parse_lock_content("node-1.example.com.4242.ffee")
-    assert dotted is not None and (dotted.host, dotted.pid, dotted.uid) == ("node-1.example.com", 4242, "ffee")
-    assert parse_lock_content("garbage") is None
-
-
-def test_descriptor_has_tensorflow_hub_lines() -> None:
-    lines = descriptor_text("https://tfhub.dev/a/b/1").split("\n")
-    assert lines[0] == "Module: https://tfhub.dev/a/b/1"
-    assert lines[1].startswith("Download Time: ")
-    assert lines[2].startswith("Downloader Hostname: ") and f"(PID:{os.getpid()})" in lines[2]
-
-
-def test_cache_dir_precedence(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("TFHUB_CACHE_DIR", raising=False)
-    assert settings.resolve_cache_dir() == os.path.join(tempfile.gettempdir(), "tfhub_modules")
-    assert settings.resolve_cache_dir(None, None, "/cfg") == "/cfg"
-    monkeypatch.setenv("TFHUB_CACHE_DIR", "/env")
-    assert settings.resolve_cache_dir(None, None, "/cfg") == "/env"
-    assert settings.resolve_cache_dir(None, "/conn", "/cfg") == "/conn"
-    assert settings.resolve_cache_dir("/arg", "/conn", "/cfg") == "/arg"
-    assert settings.resolve_cache_dir("gs://b/p/") == "gs://b/p"
-    with pytest.raises(ConfigurationError, match="unsupported scheme"):
-        settings.resolve_cache_dir("s3://b/p")
-
-
-def test_load_format_precedence(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("TFHUB_MODEL_LOAD_FORMAT", raising=False)
-    assert settings.resolve_load_format() == "COMPRESSED"
-    assert settings.resolve_load_format(None, None, "uncompressed") == "UNCOMPRESSED"
-    monkeypatch.setenv("TFHUB_MODEL_LOAD_FORMAT", "COMPRESSED")
-    assert settings.resolve_load_format(None, None, "UNCOMPRESSED") == "COMPRESSED"
-    assert settings.resolve_load_format(None, "UNCOMPRESSED") == "UNCOMPRESSED"
-    assert settings.resolve_load_format("AUTO", "UNCOMPRESSED") == "COMPRESSED"
-    with pytest.raises(ConfigurationError, match="'zipped' is not one of"):
-        settings.resolve_load_format("zipped")

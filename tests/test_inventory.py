@@ -18,6 +18,8 @@ from typing import Any
 
 import gcs_helpers
 import pytest
+import stage_helpers
+from stage_helpers import NAMES
 
 from airflow_provider_tfhub.core.errors import ConfigurationError, InvalidHandleError
 from airflow_provider_tfhub.core.inventory import list_entries, parse_age, parse_size, prune, verify
@@ -26,30 +28,11 @@ from airflow_provider_tfhub.core.locks import CacheLock
 from airflow_provider_tfhub.core.staging import lookup_entry, stage
 from airflow_provider_tfhub.core.storage.local import LocalStorage
 
-NAMES = ("demo_v1", "small_a", "small_b", "demo_v2")  # oldest use first in ``cache``
-
-# The GCS emulator and per-test gs:// caches.
+# Four staged models (the default local cache), the GCS emulator and per-test gs:// caches.
+cache = stage_helpers.cache
 gcs_emulator = gcs_helpers.gcs_emulator
 gcs_env = gcs_helpers.gcs_env
 gcs_cache = gcs_helpers.gcs_cache
-
-
-@pytest.fixture
-def cache(hub: Any, handle_of: Any, cache_dir: str) -> dict[str, dict[str, Any]]:
-    """Four staged models, last used 400, 300, 200 and 100 seconds ago (in NAMES order)."""
-    now = time.time()
-    staged = {}
-    for age, name in zip((400, 300, 200, 100), NAMES, strict=True):
-        result = stage(handle_of(name), cache_dir)
-        used(cache_dir, result, now - age)
-        staged[name] = result
-    hub.reset_stats()
-    return staged
-
-
-def used(cache_dir: str, result: dict[str, Any], when: float) -> None:
-    meta = Path(cache_dir, EntryNames(result["cache_key"]).meta)
-    os.utime(meta, (when, when))
 
 
 def names_of(cache_dir: str, key: str) -> list[str]:
@@ -395,66 +378,6 @@ def test_entries_filled_by_tensorflow_hub_are_listed_unverifiable_and_prunable(
     assert os.listdir(cache_dir) == []
 
 
-# -- the CLI ---------------------------------------------------------------------------------------------
-
-
-def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("TFHUB_", "AIRFLOW__TFHUB__"))}
-    return subprocess.run(
-        [sys.executable, "-m", "airflow_provider_tfhub.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=env,
-    )
-
-
-def test_cli_ls_table_and_json(cache: dict[str, dict[str, Any]], cache_dir: str) -> None:
-    table = cli("ls", "--cache-dir", cache_dir)
-    assert table.returncode == 0, table.stderr
-    lines = table.stdout.splitlines()
-    assert lines[0].startswith(f"{cache_dir}: 4 entries")
-    assert lines[1].split() == ["STATE", "SIZE", "FILES", "LAST", "USED", "STAGED", "ETAG", "REVISION", "HANDLE"]
-    assert lines[2].startswith("complete") and lines[2].endswith(cache["demo_v2"]["handle"])
-
-    listed = json.loads(cli("ls", "--json", "--cache-dir", cache_dir).stdout)
-    assert [e["handle"] for e in listed] == [cache[n]["handle"] for n in reversed(NAMES)]
-    assert {"handle", "size", "files", "staged_at", "last_used", "etag", "state"} <= set(listed[0])
-
-
-def test_cli_verify_exit_codes(cache: dict[str, dict[str, Any]], cache_dir: str) -> None:
-    assert cli("verify", "--cache-dir", cache_dir).returncode == 0
-    Path(cache["demo_v1"]["path"], "saved_model.pb").unlink()
-
-    damaged = cli("verify", "--cache-dir", cache_dir)
-    assert damaged.returncode == 1
-    assert f"missing: {cache['demo_v1']['path']}/saved_model.pb" in damaged.stdout
-    assert cli("verify", cache["small_a"]["handle"], "--cache-dir", cache_dir).returncode == 0
-    report = json.loads(cli("verify", cache["demo_v1"]["handle"], "--json", "--cache-dir", cache_dir).stdout)
-    assert report["ok"] is False
-
-
-def test_cli_prune(cache: dict[str, dict[str, Any]], cache_dir: str) -> None:
-    keep = cache["demo_v2"]["handle"]
-    dry = cli("prune", "--cache-dir", cache_dir, "--max-total-bytes", "0", "--keep", keep, "--dry-run", "--json")
-    assert dry.returncode == 1  # over budget: the kept model stays
-    assert len(json.loads(dry.stdout)["removed"]) == 3 and len(list_entries(LocalStorage(cache_dir))) == 4
-
-    real = cli("prune", "--cache-dir", cache_dir, "--max-age", "150s", "--keep", keep)
-    assert real.returncode == 0, real.stderr
-    assert "Freed" in real.stdout and cache["demo_v1"]["handle"] in real.stdout
-    assert [e["handle"] for e in list_entries(LocalStorage(cache_dir))] == [keep]
-
-
-def test_cli_reports_bad_input_in_one_line(cache_dir: str) -> None:
-    bad = cli("prune", "--cache-dir", cache_dir, "--max-age", "7x")
-    assert bad.returncode == 1
-    assert bad.stderr.strip().splitlines() == [
-        "tfhub-cache: error: Age '7x' is not understood; use seconds or a number with s, m, h, d or w, e.g. 90s, "
-        "30m, 12h, 7d."
-    ]
-
-
 # -- the operator ----------------------------------------------------------------------------------------
 
 
@@ -493,6 +416,7 @@ def test_ls_verify_and_prune_on_a_gcs_cache(hub: Any, handle_of: Any, gcs_cache:
     from airflow_provider_tfhub.core.storage import open_storage
 
     older, newer = (stage(handle_of(name), gcs_cache) for name in ("small_a", "small_b"))
+    assert older["handle"] is not None and newer["cache_key"] is not None
     storage = open_storage(gcs_cache)
     hit = stage(older["handle"], gcs_cache, storage_options={"touch_interval": 0})  # records use in custom metadata
     assert hit["downloaded"] is False

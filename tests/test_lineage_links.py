@@ -130,6 +130,7 @@ def _links(dr: Any, task_id: str) -> dict[str, str | None]:
             )
         )
         dag = SerializedDagModel.get_dag(dr.dag_id, session=session)
+        assert ti is not None and dag is not None
         task = dag.get_task(task_id)
         return {name: task.get_extra_links(ti, name) or None for name in task.extra_links}
 

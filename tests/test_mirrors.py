@@ -96,7 +96,7 @@ def test_stage_through_mirror_then_hub_load_offline(mirror: HubServer, tmp_path:
     cache = tmp_path / "cache"
     staged = stage(HANDLE, str(cache), mirrors={"https://tfhub.dev": mirror.url}, token=TOKEN)
     key = cache_key(HANDLE)
-    assert staged["handle"] == HANDLE and staged["cache_key"] == key
+    assert staged["handle"] == HANDLE and staged["cache_key"] == key and staged["revision"] is not None
     assert staged["path"] == str(cache / f"{key}.revisions" / staged["revision"])
     assert staged["downloaded"] is True
     assert staged["source_url"] == f"{mirror.storage_url}/storage/google/x/1.tar.gz"  # what served the bytes

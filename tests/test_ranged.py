@@ -64,6 +64,7 @@ def test_parts_download_in_parallel_and_reassemble_in_order(
 ) -> None:
     archive = model_archives["medium"]
     result = stage(handle_of("medium"), cache_dir, download_connections=4)
+    assert result["path"] is not None
     assert result["sha256"] == sha256_of(archive) and result["archive_bytes"] == archive.stat().st_size
     assert tree_of(Path(result["path"])) == tree_of(archive.parent / "saved_model")
     stats = capped.stats()["models"][MEDIUM]
@@ -125,6 +126,7 @@ def test_a_hub_that_ignores_range_still_stages(
     capped.reset_stats()
     capped.set_faults(MEDIUM, range_ignored=True)  # advertises ranges, answers them 200 + whole body
     result = stage(handle_of("medium"), str(tmp_path / "b"), download_connections=4)
+    assert result["path"] is not None
     assert result["sha256"] == sha256_of(archive)
     assert tree_of(Path(result["path"])) == tree_of(archive.parent / "saved_model")
     ranged_200 = [r for r in archive_records(capped, MEDIUM) if "Range" in r["headers"] and r["status"] == 200]
@@ -154,7 +156,7 @@ def test_an_etag_change_between_parts_restarts_and_stages_the_new_archive(
     finally:
         thread.join()
     assert swapped.is_set()
-    assert result["sha256"] == sha256_of(new)
+    assert result["sha256"] == sha256_of(new) and result["path"] is not None
     assert tree_of(Path(result["path"])) == tree_of(new.parent / "saved_model")  # one version, not a mix
     mismatched = [
         r

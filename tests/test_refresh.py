@@ -15,6 +15,7 @@ import json
 import os
 import tarfile
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -81,12 +82,12 @@ def tree(path: str) -> dict[str, bytes]:
     return {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()}
 
 
-def meta_of(cache_dir: str, result: dict[str, Any]) -> dict[str, Any]:
+def meta_of(cache_dir: str, result: Mapping[str, Any]) -> dict[str, Any]:
     data: dict[str, Any] = json.loads(Path(cache_dir, EntryNames(result["cache_key"]).meta).read_bytes())
     return data
 
 
-def rewrite_meta(cache_dir: str, result: dict[str, Any], **changes: Any) -> None:
+def rewrite_meta(cache_dir: str, result: Mapping[str, Any], **changes: Any) -> None:
     meta = meta_of(cache_dir, result)
     for key, value in changes.items():
         if value is None:
@@ -114,11 +115,13 @@ def test_if_changed_sends_one_conditional_request_and_downloads_nothing_when_unc
     hub: Any, handle: str, cache_dir: str, versions: dict[str, Version]
 ) -> None:
     first = stage(handle, cache_dir)
+    assert first["path"] is not None
     rewrite_meta(cache_dir, first, checked_at="2000-01-01T00:00:00+00:00")
     inode = os.stat(first["path"]).st_ino
     hub.reset_stats()
 
     result = stage(handle, cache_dir, refresh="if_changed")
+    assert result["path"] is not None
 
     c = counters(hub)
     assert (c["compressed"], c["not_modified"], c["archive_full"], c["archive_range"]) == (1, 1, 0, 0)
@@ -151,11 +154,13 @@ def test_if_changed_downloads_once_after_upstream_change_and_serves_the_new_mode
     hub: Any, handle: str, cache_dir: str, versions: dict[str, Version]
 ) -> None:
     first = stage(handle, cache_dir)
+    assert first["path"] is not None and first["cache_key"] is not None
     assert tree(first["path"]) == versions["v1"].files
     hub.add_model(MODEL_PATH, versions["v2"].archive)  # upstream re-publishes: new ETag
     hub.reset_stats()
 
     result = stage(handle, cache_dir, refresh="if_changed")
+    assert result["path"] is not None
 
     c = counters(hub)
     assert (c["compressed"], c["archive_full"], c["not_modified"]) == (1, 1, 0)
@@ -237,7 +242,9 @@ def test_readers_never_see_a_mixed_tree_during_swaps(
     hub: Any, handle: str, cache_dir: str, versions: dict[str, Version]
 ) -> None:
     """Readers of tensorflow_hub's view ``<cache>/<key>`` (a symlink switched by one rename)."""
-    path = os.path.join(cache_dir, stage(handle, cache_dir)["cache_key"])
+    key = stage(handle, cache_dir)["cache_key"]
+    assert key is not None
+    path = os.path.join(cache_dir, key)
     stop = threading.Event()
     passes = threading.Condition()
     seen: list[tuple[frozenset[str], bool, int]] = []  # (versions, retired, files read)
@@ -294,6 +301,7 @@ def test_a_reader_holding_the_old_dir_never_sees_new_files(
     hub: Any, handle: str, cache_dir: str, versions: dict[str, Version]
 ) -> None:
     path = stage(handle, cache_dir)["path"]
+    assert path is not None
     held = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         assert read_snapshot(held, path).versions(versions) == {"v1"}
@@ -324,6 +332,7 @@ def test_offline_serves_a_hit_without_network(
     result = stage(handle, cache_dir, refresh="if_changed", offline=True if via == "argument" else None)
 
     assert hub.stats()["requests"] == 0
+    assert result["path"] is not None
     assert result["path"] == first["path"] and result["downloaded"] is False
     assert tree(result["path"]) == versions["v1"].files
 

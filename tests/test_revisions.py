@@ -76,7 +76,7 @@ def test_a_refresh_never_changes_the_files_under_a_path_handed_out(
     cache = tmp_path / "cache"
     first = stage(handle, str(cache))
     p1, key = first["path"], cache_key(handle)
-    assert first["revision"] and p1 == str(cache / f"{key}.revisions" / first["revision"])
+    assert p1 is not None and first["revision"] and p1 == str(cache / f"{key}.revisions" / first["revision"])
     assert tree(p1) == versions["v1"].files
     assert os.path.realpath(cache / key) == p1  # where tensorflow_hub looks: the current revision
 
@@ -123,6 +123,7 @@ def test_a_refresh_never_changes_the_files_under_a_path_handed_out(
     assert reader.returncode == 0, err[-3000:]
 
     p2 = second["path"]
+    assert p2 is not None
     assert second["refreshed"] is True and second["revision"] != first["revision"] and p2 != p1
     assert json.loads(out.strip().splitlines()[-1]) == {"y": V1_Y, "same_pb": True}  # the reader got v1, whole
     assert tree(p1) == versions["v1"].files  # byte-identical after the refresh
@@ -132,14 +133,14 @@ def test_a_refresh_never_changes_the_files_under_a_path_handed_out(
     kept = prune(LocalStorage(str(cache)))  # defaults: a superseded revision has a day of grace
     assert kept["removed_revisions"] == [] and Path(p1).is_dir()
 
-    out = subprocess.run(
+    pruned = subprocess.run(
         [str(Path(PY).with_name("tfhub-cache")), "prune", "--cache-dir", str(cache), "--superseded-max-age", "0s"],
         capture_output=True,
         text=True,
         timeout=120,
     )
-    assert out.returncode == 0, out.stderr
-    assert first["revision"] in out.stdout
+    assert pruned.returncode == 0, pruned.stderr
+    assert first["revision"] in pruned.stdout
     assert not Path(p1).exists() and tree(p2) == versions["v2"].files
     assert hub_load_y(handle, cache) == V2_Y
     assert lookup_entry(LocalStorage(str(cache)), handle) == {**second, "downloaded": False, "refreshed": False}
@@ -163,6 +164,7 @@ def test_the_same_archive_staged_again_is_the_same_revision_without_a_second_cop
     assert again["downloaded"] is True and again["refreshed"] is False
     assert (again["path"], again["revision"]) == (first["path"], first["revision"])
     revisions_dir = cache / f"{cache_key(handle)}.revisions"
+    assert first["revision"] is not None
     assert sorted(p.name for p in revisions_dir.iterdir()) == sorted([first["revision"], f"{first['revision']}.json"])
 
     # v2, then v1 again: v1's revision (still in its grace period) becomes current again.
@@ -196,6 +198,7 @@ def test_ls_and_verify_show_every_revision(hub: Any, handle: str, versions: dict
     assert by_rev[first["revision"]]["size"] == sum(len(b) for b in versions["v1"].files.values())
     assert entry["size"] >= by_rev[first["revision"]]["size"] + by_rev[second["revision"]]["size"]
 
+    assert first["path"] is not None
     (Path(first["path"]) / "saved_model.pb").write_bytes(b"damaged")  # someone wrote into an old revision
     assert verify(storage)["ok"] is True  # the current revision is intact
     report = verify(storage, all_revisions=True)
@@ -218,6 +221,7 @@ def test_prune_never_touches_the_current_revision_nor_locked_or_kept_entries(
     first = stage(handle, str(cache))
     hub.add_model(MODEL_PATH, versions["v2"].archive)
     second = stage(handle, str(cache), refresh="if_changed")
+    assert first["path"] is not None and second["path"] is not None
     storage = LocalStorage(str(cache))
 
     kept = prune(storage, superseded_max_age="0s", keep=[handle])
@@ -278,6 +282,7 @@ def test_a_directory_tensorflow_hub_filled_is_adopted_as_a_revision_without_copy
     hub.reset_stats()
 
     hit = stage(handle, str(cache))
+    assert hit["path"] is not None
     assert hub.stats()["requests"] == 0 and hit["downloaded"] is False and hit["revision"]
     assert (Path(hit["path"]) / "saved_model.pb").stat().st_ino == inode
     assert os.path.realpath(resolved) == hit["path"]
@@ -389,6 +394,7 @@ def test_gcs_refreshes_keep_old_revisions_intact_and_readers_never_see_not_stage
 ) -> None:
     storage = GCSStorage(gcs_cache, touch_interval=0)
     first = stage(handle, gcs_cache)
+    assert first["revision"] is not None
     names = EntryNames(cache_key(handle))
     assert first["path"] == storage.location(names.revision(first["revision"]))
     p1_objects = gcs_tree(storage, names.revision(first["revision"]))
@@ -423,6 +429,7 @@ def test_gcs_refreshes_keep_old_revisions_intact_and_readers_never_see_not_stage
     assert misses == []  # never "not staged" during 6 back-to-back refreshes
     assert all(r["refreshed"] for r in results)
     second = results[0]
+    assert second["revision"] is not None
     assert second["path"] != first["path"] and seen >= {first["revision"], second["revision"]}
     assert gcs_tree(storage, names.revision(first["revision"])) == p1_objects  # p1's objects unchanged
     assert gcs_tree(storage, names.model) == p1_objects  # the view ends on v1 again
@@ -447,6 +454,7 @@ def test_prune_operator_takes_superseded_max_age(
     first = stage(handle, cache)
     hub.add_model(MODEL_PATH, versions["v2"].archive)
     second = stage(handle, cache, refresh="if_changed")
+    assert first["path"] is not None and second["path"] is not None
 
     default = TFHubPruneCacheOperator(task_id="prune", cache_dir=cache).execute({})
     assert default["removed_revisions"] == [] and Path(first["path"]).is_dir()

@@ -182,7 +182,7 @@ async def test_triggers_on_a_gcs_cache(hub: Any, handle: str, gcs_cache: str, mo
 
     event = await first_event(TFHubModelCachedTrigger(handle=handle, cache_dir=gcs_cache, poll_interval=0.05))
     assert event["status"] == "success" and event["staged"]["path"] == staged["path"]
-    assert staged["path"].startswith(gcs_cache)
+    assert staged["path"] is not None and staged["path"].startswith(gcs_cache)
 
     hub.add_model(PATH, model_archives["demo_v2"])
     event = await first_event(TFHubModelUpdatedTrigger(handle=handle, cache_dir=gcs_cache, poll_interval=0.05))
@@ -206,13 +206,14 @@ def test_cached_sensor_pokes_the_cache(handle: str, cache_dir: str) -> None:
 
 def test_cached_sensor_ignores_an_entry_without_metadata(handle: str, cache_dir: str) -> None:
     staged = stage(handle, cache_dir)
+    assert staged["cache_key"] is not None
     Path(cache_dir, EntryNames(staged["cache_key"]).meta).unlink()  # e.g. a stager that died before the end
     assert TFHubModelCachedSensor(task_id="wait", handle=handle, cache_dir=cache_dir).poke({}) is False
 
 
 def test_updated_sensor_fires_without_a_request_when_nothing_is_cached(hub: Any, handle: str, cache_dir: str) -> None:
     result = TFHubModelUpdatedSensor(task_id="check", handle=handle, cache_dir=cache_dir).poke({})
-    assert isinstance(result, PokeReturnValue) and result.is_done
+    assert isinstance(result, PokeReturnValue) and result.is_done and result.xcom_value is not None
     assert result.xcom_value["reason"] == "not cached" and result.xcom_value["changed"] is True
     assert hub.stats()["requests"] == 0
 
@@ -237,6 +238,7 @@ def test_updated_sensor_sends_one_conditional_request_per_poke(
 
     assert isinstance(result, PokeReturnValue) and result.is_done
     value = result.xcom_value
+    assert value is not None
     assert value["changed"] is True and value["reason"].startswith("ETag changed")
     assert value["handle"] == handle and value["path"] == cached["path"] and value["cached_etag"] == cached["etag"]
     c = counters(hub)

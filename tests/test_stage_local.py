@@ -61,9 +61,12 @@ def test_stage_then_hit_without_requests(hub: Any, handle_of: Any, cache_dir: st
     first = stage(handle, cache_dir)
     assert set(RESULT_KEYS) <= set(first)
     key = cache_key(handle)
+    assert first["path"] is not None and first["revision"] is not None
     assert first["cache_key"] == key and first["path"] == os.path.join(cache_dir, f"{key}.revisions", first["revision"])
     assert os.path.realpath(os.path.join(cache_dir, key)) == first["path"]  # where tensorflow_hub looks
+    assert first["files"] is not None and first["bytes"] is not None
     assert first["downloaded"] is True and first["files"] >= 2 and first["bytes"] > 0
+    assert first["sha256"] is not None and first["source_url"] is not None
     assert (
         len(first["sha256"]) == 64
         and first["etag"]
@@ -234,6 +237,7 @@ def test_unwritable_cache_dir(hub: Any, handle_of: Any, tmp_path: Path) -> None:
 
 def test_local_dir_and_archive_handles(model_archives: dict[str, Path], cache_dir: str, tmp_path: Path) -> None:
     staged = stage(str(model_archives["small_a"]), cache_dir)
+    assert staged["path"] is not None
     assert staged["downloaded"] and Path(staged["path"], "saved_model.pb").is_file()
     as_dir = stage(staged["path"], cache_dir)
     assert as_dir["path"] == staged["path"] and as_dir["downloaded"] is False and as_dir["cache_key"] is None
@@ -248,6 +252,7 @@ def test_broken_tensorflow_hub_leftover_is_replaced(hub: Any, handle_of: Any, ca
     broken.mkdir(parents=True)
     (broken / "variables.index").write_bytes(b"stale")
     result = stage(handle, cache_dir)
+    assert result["path"] is not None
     assert result["downloaded"] is True and Path(result["path"], "saved_model.pb").is_file()
 
 

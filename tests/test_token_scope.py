@@ -4,20 +4,25 @@ async probe of the deferrable sensors' trigger, hop by hop through real redirect
 The handle is ``https://127.0.0.1:P/...``; its first hop redirects to a neighbour that differs in
 exactly one part (see ``scheme_server.py``), which then serves the archive. The token must reach
 the handle's own URL and never the neighbour, except over an upgrade to https on the same
-``host:port`` (from an http handle).
+``host:port`` (from an http handle). Staging from the loopback hub (a retry included) sends it to
+the hub's host only and records it nowhere: logs, output, the result, errors, cache files.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from scheme_server import SchemeServers, etag_of
+from stage_helpers import FAST, MEDIUM
 
 from airflow_provider_tfhub.core.async_probe import check_for_update
+from airflow_provider_tfhub.core.errors import DownloadError
 from airflow_provider_tfhub.core.staging import stage
 from airflow_provider_tfhub.core.token_scope import TokenScope, auth_headers
 from airflow_provider_tfhub.triggers.tfhub import TFHubModelUpdatedTrigger
@@ -91,7 +96,7 @@ def test_sync_staging_sends_the_token_only_in_scope(
     assert staged["downloaded"] is True and staged["etag"] == etag_of(model_archives["demo_v1"])
     assert_token_only_in_scope(tls_env, handle, hop, HOPS[case][2])
     assert TOKEN not in json.dumps(staged)
-    assert "Signature" not in staged["source_url"]
+    assert staged["source_url"] is not None and "Signature" not in staged["source_url"]
 
 
 @pytest.mark.parametrize("case", list(HOPS))
@@ -127,3 +132,33 @@ async def test_async_trigger_probe_sends_the_token_only_in_scope(
     assert event["status"] == "success" and event["reason"].startswith("ETag changed"), event
     assert_token_only_in_scope(tls_env, handle, hop, HOPS[case][2])
     assert TOKEN not in json.dumps(event)
+
+
+# -- staging through the loopback hub: the token reaches the hub host only, and is never recorded ---------
+
+
+def test_token_goes_only_to_the_hub_host_and_is_never_recorded(
+    hub: Any,
+    handle_of: Any,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    hub.set_faults(MEDIUM, fail_times=1, fail_status=503)  # a retry, so retry logs are covered too
+    cache = tmp_path / "cache"
+    with caplog.at_level(logging.DEBUG):
+        result = stage(handle_of("medium"), str(cache), token=TOKEN, retry=FAST)
+        with pytest.raises(DownloadError) as missing:
+            stage(f"{hub.url}/google/absent/1", str(cache), token=TOKEN, retry=FAST)
+    records = hub.stats()["recent"]
+    main = [r for r in records if r["listener"] == "main"]
+    storage = [r for r in records if r["listener"] == "storage"]
+    assert main and storage
+    assert all(r["headers"].get("Authorization") == f"Bearer {TOKEN}" for r in main)
+    assert all("Authorization" not in r["headers"] for r in storage)  # the redirect target is another origin
+    captured = capfd.readouterr()
+    for text in (caplog.text, captured.out, captured.err, json.dumps(result), str(missing.value)):
+        assert TOKEN not in text
+    for path in cache.rglob("*"):
+        if path.is_file():
+            assert TOKEN.encode() not in path.read_bytes(), path

@@ -97,6 +97,7 @@ def test_stage_logs_read_like_sentences(
     interval = 0.4
     with caplog.at_level(logging.DEBUG, logger="airflow_provider_tfhub"):
         result = stage(handle, cache_dir, progress_interval=interval)
+    assert result["path"] is not None
     records = [r for r in caplog.records if r.name.startswith("airflow_provider_tfhub")]
     info = [r.getMessage() for r in records if r.levelno >= logging.INFO]
 
@@ -180,13 +181,10 @@ def test_prestage_dag_labels_mapped_tasks_and_pushes_one_xcom_per_task(
     assert dr.state == "success"
     out, err = capfd.readouterr()
     with create_session() as session:
-        labels = dict(
-            session.execute(
-                select(TaskInstance.map_index, TaskInstance.rendered_map_index).where(
-                    TaskInstance.run_id == dr.run_id, TaskInstance.task_id == "stage"
-                )
-            ).all()
-        )
+        instances = session.scalars(
+            select(TaskInstance).where(TaskInstance.run_id == dr.run_id, TaskInstance.task_id == "stage")
+        ).all()
+        labels = {ti.map_index: ti.rendered_map_index for ti in instances}
         keys = session.scalars(
             select(XComModel.key).where(XComModel.run_id == dr.run_id, XComModel.task_id == "consume")
         ).all()

@@ -24,7 +24,7 @@ class StagedModel(TypedDict):
     """
 
     handle: str | None
-    path: str | None
+    path: str
     revision: str | None
     cache_dir: str | None
     cache_key: str | None
@@ -51,7 +51,7 @@ RESULT_KEYS: tuple[str, ...] = tuple(StagedModel.__annotations__)
 def staged_model(
     *,
     handle: str | None,
-    path: str | None,
+    path: str,
     load_format: str = "COMPRESSED",
     downloaded: bool = False,
     refreshed: bool = False,

@@ -21,7 +21,7 @@ from airflow_provider_tfhub.core.handles import parse_handle
 from airflow_provider_tfhub.core.labels import handle_label
 from airflow_provider_tfhub.links import TFHubModelPageLink, TFHubStagedModelLink
 from airflow_provider_tfhub.operators.labels import HANDLE_MAP_INDEX_TEMPLATE
-from airflow_provider_tfhub.operators.stage import emit_asset_events, is_literal, result_of, run_core
+from airflow_provider_tfhub.task_helpers import check_literals, emit_asset_events, is_literal, result_of, run_core
 
 
 class TFHubExportForServingOperator(BaseOperator):
@@ -79,12 +79,11 @@ class TFHubExportForServingOperator(BaseOperator):
         self.overwrite = overwrite
         self.tfhub_conn_id = tfhub_conn_id
         self.cache_dir = cache_dir
-        if is_literal(handle):
-            parse_handle(handle)
-        if is_literal(base_path):
-            core_export.check_base_path(base_path)
-        if is_literal(model_name):
-            core_export.check_model_name(model_name)
+        check_literals(
+            (handle, parse_handle),
+            (base_path, core_export.check_base_path),
+            (model_name, core_export.check_model_name),
+        )
         for value, what in ((version, "version"), (keep_versions, "keep_versions")):
             if isinstance(value, int) or is_literal(value):
                 core_export.check_positive_int(value, what)

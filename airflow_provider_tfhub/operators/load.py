@@ -20,7 +20,7 @@ from airflow_provider_tfhub import loading
 from airflow_provider_tfhub.core import settings
 from airflow_provider_tfhub.core.errors import ConfigurationError
 from airflow_provider_tfhub.core.handles import parse_handle
-from airflow_provider_tfhub.operators.stage import is_literal, run_core
+from airflow_provider_tfhub.task_helpers import check_literals, run_core
 
 
 class TFHubLoadModelOperator(BaseOperator):
@@ -70,10 +70,7 @@ class TFHubLoadModelOperator(BaseOperator):
         if not isinstance(signature, str) or not signature.strip():
             raise ConfigurationError(f"signature={signature!r} must be a signature name such as 'serving_default'.")
         self.tpu = loading.validate_tpu(tpu)
-        if is_literal(load_format):
-            settings.resolve_load_format(load_format)
-        if is_literal(handle):
-            parse_handle(handle)
+        check_literals((load_format, settings.resolve_load_format), (handle, parse_handle))
         self.handle = handle
         self.staged = staged
         self.load_format = load_format
@@ -93,13 +90,13 @@ class TFHubLoadModelOperator(BaseOperator):
     def execute(self, context: Any) -> dict[str, Any]:
         from airflow.sdk.exceptions import AirflowFailException
 
-        plan: dict[str, Any] = run_core(loading.build_plan, self._staged_model(), tpu=self.tpu)
+        plan = run_core(loading.build_plan, self._staged_model(), tpu=self.tpu)
         self.log.info("Loading %s from %s (%s)", plan["handle"], plan["path"], plan["reason"])
         try:
             model = run_core(loading.load, plan)
         except ImportError as exc:  # no TensorFlow on this worker: retrying cannot help
             raise AirflowFailException(str(exc)) from exc
-        result = {**plan, "signatures": loading.describe_signatures(model)}
+        result: dict[str, Any] = {**plan, "signatures": loading.describe_signatures(model)}
         self.log.info("Loaded; signatures: %s", ", ".join(result["signatures"]) or "(none)")
         if self.smoke_test:
             smoke = run_core(loading.smoke_call, model, self.signature)

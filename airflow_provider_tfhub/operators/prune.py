@@ -17,7 +17,7 @@ from airflow.sdk import BaseOperator
 
 from airflow_provider_tfhub.core import inventory, settings
 from airflow_provider_tfhub.core.units import human_bytes
-from airflow_provider_tfhub.operators.stage import is_literal, run_core
+from airflow_provider_tfhub.task_helpers import check_literals, run_core
 
 
 class TFHubPruneCacheOperator(BaseOperator):
@@ -63,16 +63,15 @@ class TFHubPruneCacheOperator(BaseOperator):
         self.dry_run_only = dry_run  # BaseOperator.dry_run is a method
         self.tfhub_conn_id = tfhub_conn_id
         self.lock_timeout = lock_timeout
-        if is_literal(cache_dir):
-            settings.resolve_cache_dir(cache_dir)
+        check_literals((cache_dir, settings.resolve_cache_dir))
 
-    def execute(self, context: Any) -> dict[str, Any]:
+    def execute(self, context: Any) -> inventory.PruneReport:
         from airflow_provider_tfhub.hooks.tfhub import TFHubHook
 
         hook = TFHubHook(tfhub_conn_id=self.tfhub_conn_id)
         storage = hook.open_storage(self.cache_dir or None)
         keep = [self.keep] if isinstance(self.keep, str) else list(self.keep or ())
-        report: dict[str, Any] = run_core(
+        report = run_core(
             inventory.prune,
             storage,
             max_age=self.max_age,

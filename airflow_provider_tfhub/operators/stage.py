@@ -13,7 +13,6 @@ from typing import Any
 from airflow.sdk import BaseOperator
 
 from airflow_provider_tfhub.core import settings
-from airflow_provider_tfhub.core.errors import TFHubError
 from airflow_provider_tfhub.core.extract import check_max_files
 from airflow_provider_tfhub.core.handles import parse_handle
 from airflow_provider_tfhub.core.mirrors import parse_mirrors
@@ -21,23 +20,7 @@ from airflow_provider_tfhub.core.ranged import connections_from
 from airflow_provider_tfhub.core.staging import check_sha256
 from airflow_provider_tfhub.links import TFHubModelPageLink, TFHubStagedModelLink
 from airflow_provider_tfhub.operators.labels import HANDLE_MAP_INDEX_TEMPLATE, HandleLabelMixin
-
-
-def is_literal(value: object) -> bool:
-    """True for a plain value that can be validated now (not a Jinja template, not an XComArg)."""
-    return isinstance(value, str) and "{{" not in value and "{%" not in value
-
-
-def run_core(fn: Any, *args: Any, **kwargs: Any) -> Any:
-    """Call the core; a permanent error (bad handle, 404, checksum) fails the task without retries."""
-    from airflow.sdk.exceptions import AirflowFailException
-
-    try:
-        return fn(*args, **kwargs)
-    except TFHubError as exc:
-        if exc.permanent:
-            raise AirflowFailException(str(exc)) from exc
-        raise
+from airflow_provider_tfhub.task_helpers import check_literals, emit_asset_events, is_literal, result_of, run_core
 
 
 class TFHubStageModelOperator(HandleLabelMixin, BaseOperator):
@@ -103,16 +86,13 @@ class TFHubStageModelOperator(HandleLabelMixin, BaseOperator):
         self.max_extracted_files = max_extracted_files
         if max_extracted_files is not None:
             check_max_files(max_extracted_files)
-        if is_literal(handle):
-            parse_handle(handle)
-        if is_literal(sha256):
-            check_sha256(sha256)
-        if is_literal(load_format):
-            settings.resolve_load_format(load_format)
-        if is_literal(refresh):
-            settings.resolve_refresh(refresh)
-        if is_literal(cache_dir):
-            settings.resolve_cache_dir(cache_dir)
+        check_literals(
+            (handle, parse_handle),
+            (sha256, check_sha256),
+            (load_format, settings.resolve_load_format),
+            (refresh, settings.resolve_refresh),
+            (cache_dir, settings.resolve_cache_dir),
+        )
 
     def execute(self, context: Any) -> dict[str, Any]:
         from airflow_provider_tfhub.hooks.tfhub import TFHubHook
@@ -145,26 +125,3 @@ class TFHubStageModelOperator(HandleLabelMixin, BaseOperator):
         from airflow_provider_tfhub.openlineage import stage_lineage
 
         return stage_lineage(result_of(self, "_staged_result", task_instance))
-
-
-def result_of(task: BaseOperator, attribute: str, task_instance: Any) -> Any:
-    """What ``execute`` returned: kept on the operator, else its XCom (a listener on another instance)."""
-    value = getattr(task, attribute, None)
-    if value is None and task_instance is not None and hasattr(task_instance, "xcom_pull"):
-        try:
-            value = task_instance.xcom_pull(task_ids=task.task_id)
-        except Exception:  # lineage is best effort: never fail or mask the task
-            value = None
-    return value
-
-
-def emit_asset_events(task: BaseOperator, context: Any, extra: dict[str, Any]) -> None:
-    """Attach ``extra`` to the event of every Asset outlet of ``task``."""
-    from airflow.sdk import Asset
-
-    events = context.get("outlet_events") if hasattr(context, "get") else None
-    if events is None:
-        return
-    for outlet in task.outlets or ():
-        if isinstance(outlet, Asset):
-            events[outlet].extra = dict(extra)

@@ -12,7 +12,8 @@ from typing import Any
 from airflow.sdk import PokeReturnValue
 
 from airflow_provider_tfhub.core.staging import lookup_entry
-from airflow_provider_tfhub.sensors import BaseTFHubCacheSensor, cached_handle
+from airflow_provider_tfhub.sensors.base import BaseTFHubCacheSensor, cached_handle
+from airflow_provider_tfhub.task_helpers import run_core
 from airflow_provider_tfhub.triggers.tfhub import TFHubModelCachedTrigger
 
 
@@ -20,14 +21,12 @@ class TFHubModelCachedSensor(BaseTFHubCacheSensor):
     """Done when ``handle`` is completely staged in ``cache_dir``; returns the staged-model dict.
 
     Reads only the cache (never the network) and never writes to it. See
-    :class:`~airflow_provider_tfhub.sensors.BaseTFHubCacheSensor` for the arguments.
+    :class:`~airflow_provider_tfhub.sensors.base.BaseTFHubCacheSensor` for the arguments.
     """
 
     trigger_class = TFHubModelCachedTrigger
 
     def poke(self, context: Any) -> bool | PokeReturnValue:
-        from airflow_provider_tfhub.operators.stage import run_core
-
         # A permanent error (missing bucket, denied access) fails without retries, as when deferred.
         entry = run_core(lambda: lookup_entry(self.storage(), cached_handle(self.handle)))
         if entry is None:

@@ -18,7 +18,7 @@ from airflow.sdk import PokeReturnValue
 from airflow_provider_tfhub.core.async_probe import check_for_update
 from airflow_provider_tfhub.core.errors import TFHubError
 from airflow_provider_tfhub.core.staging import lookup_entry
-from airflow_provider_tfhub.sensors import BaseTFHubCacheSensor, cached_handle
+from airflow_provider_tfhub.sensors.base import BaseTFHubCacheSensor, cached_handle
 from airflow_provider_tfhub.triggers.tfhub import TFHubModelUpdatedTrigger
 
 
@@ -27,7 +27,7 @@ class TFHubModelUpdatedSensor(BaseTFHubCacheSensor):
 
     A transient failure of the check (5xx, timeout) counts as "not yet"; a permanent one (404, a
     bad handle) fails the task without retries. See
-    :class:`~airflow_provider_tfhub.sensors.BaseTFHubCacheSensor` for the arguments.
+    :class:`~airflow_provider_tfhub.sensors.base.BaseTFHubCacheSensor` for the arguments.
     """
 
     trigger_class = TFHubModelUpdatedTrigger

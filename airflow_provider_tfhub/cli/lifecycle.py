@@ -1,21 +1,20 @@
 """``tfhub-cache ls | verify | prune``: look after a cache from a shell or a cron job.
 
-Registered into the ``tfhub-cache`` parser by :func:`add_subcommands`. Each handler prints a
-human table (or JSON with ``--json``, for scripts) and returns the exit code: 0 when all is well,
-1 when ``verify`` found damage or ``prune`` could not meet the size budget. Errors are the core's
-:class:`~airflow_provider_tfhub.core.errors.TFHubError`\\ s, which ``tfhub-cache`` prints as one line.
+Each handler prints a human table (or JSON with ``--json``, for scripts) and returns the exit
+code: 0 when all is well, 1 when ``verify`` found damage or ``prune`` could not meet the size
+budget. Errors are the core's :class:`~airflow_provider_tfhub.core.errors.TFHubError`\\ s, which
+``tfhub-cache`` prints as one line.
 Imports neither Airflow nor TensorFlow.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
-from collections.abc import Sequence
 from typing import Any
 
-from airflow_provider_tfhub.core import inventory, settings
+from airflow_provider_tfhub.cli import options
+from airflow_provider_tfhub.cli.output import print_json, print_table
+from airflow_provider_tfhub.core import inventory
 from airflow_provider_tfhub.core.storage import Storage, open_storage
 
 
@@ -23,9 +22,9 @@ def add_subcommands(subparsers: Any) -> None:
     """Add ``ls``, ``verify`` and ``prune`` to the ``tfhub-cache`` sub-parsers."""
 
     def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--cache-dir", help="local dir or gs://bucket/prefix (default: TFHUB_CACHE_DIR)")
-        p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-        p.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="only warnings and errors")
+        options.add_cache_dir(p)
+        options.add_json(p, help="print JSON instead of a table")
+        options.add_quiet(p)
 
     p_ls = subparsers.add_parser("ls", help="list cache entries (handle, size, state, last use)")
     common(p_ls)
@@ -61,19 +60,14 @@ def add_subcommands(subparsers: Any) -> None:
 
 
 def _storage(args: argparse.Namespace) -> Storage:
-    """--cache-dir > TFHUB_CACHE_DIR > AIRFLOW__TFHUB__CACHE_DIR > <tempdir>/tfhub_modules (like ``stage``)."""
-    return open_storage(settings.resolve_cache_dir(args.cache_dir, None, os.environ.get("AIRFLOW__TFHUB__CACHE_DIR")))
-
-
-def _lock_timeout() -> float:
-    return settings.resolve_lock_timeout(None, os.environ.get("AIRFLOW__TFHUB__LOCK_TIMEOUT"))
+    return open_storage(options.cache_dir(args.cache_dir))
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
     storage = _storage(args)
-    entries = inventory.list_entries(storage, lock_timeout=_lock_timeout())
+    entries = inventory.list_entries(storage, lock_timeout=options.lock_timeout())
     if args.json:
-        _print_json(entries)
+        print_json(entries)
         return 0
     rows = [
         [
@@ -90,7 +84,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
     ]
     print(f"{storage.location()}: {len(entries)} entries, {inventory.format_size(sum(e['size'] for e in entries))}")
     if rows:
-        _print_table(["STATE", "SIZE", "FILES", "LAST USED", "STAGED", "ETAG", "REVISION", "HANDLE"], rows)
+        print_table(["STATE", "SIZE", "FILES", "LAST USED", "STAGED", "ETAG", "REVISION", "HANDLE"], rows)
     return 0
 
 
@@ -98,7 +92,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     storage = _storage(args)
     report = inventory.verify(storage, args.handle, all_revisions=args.all_revisions)
     if args.json:
-        _print_json(report)
+        print_json(report)
         return 0 if report["ok"] else 1
     rows = []
     for entry in report["entries"]:
@@ -108,7 +102,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
             [entry["status"], str(entry["files"]), ", ".join(problems) or "-", rev, entry["handle"] or entry["key"]]
         )
     if rows:
-        _print_table(["STATUS", "FILES", "PROBLEMS", "REVISION", "HANDLE"], rows)
+        print_table(["STATUS", "FILES", "PROBLEMS", "REVISION", "HANDLE"], rows)
     for entry in report["entries"]:
         for kind in ("missing", "changed", "extra"):
             for rel in entry[kind]:
@@ -125,11 +119,11 @@ def cmd_prune(args: argparse.Namespace) -> int:
         max_total_bytes=args.max_total_bytes,
         keep=args.keep,
         dry_run=args.dry_run,
-        lock_timeout=_lock_timeout(),
+        lock_timeout=options.lock_timeout(),
         superseded_max_age=args.superseded_max_age,
     )
     if args.json:
-        _print_json(result)
+        print_json(result)
         return 1 if result["over_budget"] else 0
     verb = "would remove" if result["dry_run"] else "removed"
     rows = [[verb, inventory.format_size(r["size"]), r["handle"] or r["key"], r["reason"]] for r in result["removed"]]
@@ -140,7 +134,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     rows += [[verb, inventory.format_size(c["size"]), c["name"], c["reason"]] for c in result["cleaned"]]
     rows += [["kept", inventory.format_size(k["size"]), k["handle"] or k["key"], k["reason"]] for k in result["kept"]]
     if rows:
-        _print_table(["ACTION", "SIZE", "ENTRY", "REASON"], rows)
+        print_table(["ACTION", "SIZE", "ENTRY", "REASON"], rows)
     print(
         f"{'Would free' if result['dry_run'] else 'Freed'} {inventory.format_size(result['freed_bytes'])}; "
         f"{inventory.format_size(result['total_bytes'])} remain in {storage.location()}."
@@ -149,17 +143,6 @@ def cmd_prune(args: argparse.Namespace) -> int:
         print("The size budget could not be met: the rest is kept (--keep) or locked by running stagers.")
         return 1
     return 0
-
-
-def _print_json(value: Any) -> None:
-    print(json.dumps(value, indent=2, sort_keys=True))
-
-
-def _print_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    for row in [header, *rows]:
-        cells = [str(c).ljust(w) for c, w in zip(row, widths, strict=True)]
-        print("  ".join(cells).rstrip())
 
 
 def _short_time(iso: str | None) -> str:

@@ -1,0 +1,90 @@
+"""Helpers for tests that stage from the loopback hub and then look at the cache on disk.
+
+Shared by the modules that test one part of staging each (``test_transfer``, ``test_extract``,
+``test_locks``, ``test_faults``, ``test_inventory``, ``test_cli``). ``cache`` is a fixture: a module
+that wants it assigns it (``cache = stage_helpers.cache``), like the GCS fixtures of ``gcs_helpers``,
+so that it overrides pytest's own ``cache`` fixture only there.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import google_crc32c
+import pytest
+
+from airflow_provider_tfhub.core.handles import cache_key
+from airflow_provider_tfhub.core.layout import EntryNames
+from airflow_provider_tfhub.core.records import StagedModel
+from airflow_provider_tfhub.core.staging import stage
+from airflow_provider_tfhub.core.transfer import RetryPolicy
+
+FAST = RetryPolicy(attempts=5, backoff=0.01, max_backoff=0.05)
+MEDIUM = "/google/medium/1"  # ~8 MB of random float32 weights: big enough to cut, stall and kill mid-way
+
+
+def sha256_of(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def archive_records(hub: Any, path: str = MEDIUM) -> list[dict[str, Any]]:
+    """Request records of the archive hop (the storage listener's /storage/... URL) of ``path``."""
+    return [r for r in hub.stats()["recent"] if r["path"].startswith("/storage" + path)]
+
+
+def entry_files(cache: Path) -> list[str]:
+    return sorted(p.name for p in cache.iterdir()) if cache.exists() else []
+
+
+def assert_nothing_left(cache: Path) -> None:
+    """A failed staging leaves no model dir, metadata, temp dir or lock behind."""
+    left = [n for n in entry_files(cache) if not n.endswith(".descriptor.txt")]
+    assert left == [], left
+
+
+def manifest_of_dir(model_dir: Path) -> dict[str, dict[str, Any]]:
+    """{relpath: {size, crc32c}} of a directory tree, in the meta.json manifest's format."""
+    out = {}
+    for path in sorted(model_dir.rglob("*")):
+        if path.is_file():
+            crc = google_crc32c.Checksum(path.read_bytes())
+            rel = path.relative_to(model_dir).as_posix()
+            out[rel] = {"size": path.stat().st_size, "crc32c": base64.b64encode(crc.digest()).decode()}
+    return out
+
+
+def assert_entry_complete(cache: Path, handle: str, reference: dict[str, dict[str, Any]]) -> None:
+    """The staged entry has metadata and exactly the reference files, byte for byte (CRC32C)."""
+    key = cache_key(handle)
+    meta = json.loads((cache / f"{key}.meta.json").read_text())
+    assert meta["manifest"] == reference
+    assert manifest_of_dir(cache / key) == reference  # tensorflow_hub's view
+    assert manifest_of_dir(cache / f"{key}.revisions" / meta["revision"]) == reference
+
+
+NAMES = ("demo_v1", "small_a", "small_b", "demo_v2")  # oldest use first in ``cache``
+
+
+def used(cache_dir: str, result: Mapping[str, Any], when: float) -> None:
+    meta = Path(cache_dir, EntryNames(result["cache_key"]).meta)
+    os.utime(meta, (when, when))
+
+
+@pytest.fixture
+def cache(hub: Any, handle_of: Any, cache_dir: str) -> dict[str, StagedModel]:
+    """Four staged models, last used 400, 300, 200 and 100 seconds ago (in NAMES order)."""
+    now = time.time()
+    staged = {}
+    for age, name in zip((400, 300, 200, 100), NAMES, strict=True):
+        result = stage(handle_of(name), cache_dir)
+        used(cache_dir, result, now - age)
+        staged[name] = result
+    hub.reset_stats()
+    return staged
