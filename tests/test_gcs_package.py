@@ -18,6 +18,8 @@ import pytest
 import requests
 from google.api_core import exceptions as api_exceptions
 
+from airflow_provider_tfhub.core.errors import CacheError
+from airflow_provider_tfhub.core.storage.gcs._client import is_timeout
 from airflow_provider_tfhub.core.storage.gcs.upload import UPLOAD_RETRY, send_with_retries
 from airflow_provider_tfhub.core.transfer import RetryPolicy
 
@@ -129,3 +131,36 @@ def test_resume_may_finish_an_upload_without_sending_it_again() -> None:
         send, what="Upload of a test file", policy=_RecordingPolicy(attempts=5), resume=lambda: {"size": "1"}
     )
     assert done == {"size": "1"} and calls == 1
+
+
+def test_an_upload_that_stalled_and_cannot_resume_fails_as_the_stall(caplog: pytest.LogCaptureFixture) -> None:
+    """The stall is the cause a user must see ("GCS stopped answering"), not the resume it made impossible;
+    the error keeps the chain that tells it was a timeout (what the storage's error message is chosen by)."""
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen()
+    held: list[socket.socket] = []
+    threading.Thread(target=lambda: held.append(silent.accept()[0]), daemon=True).start()
+    url = f"http://127.0.0.1:{silent.getsockname()[1]}/upload"
+    calls = 0
+
+    def send() -> requests.Response:
+        nonlocal calls
+        calls += 1
+        # accepted, never read: the body's send times out, which requests reports as a ConnectionError whose
+        # chain holds the TimeoutError (what GCS uploads on a stalled path see)
+        return requests.put(url, data=bytes(64 << 20), timeout=(5, 0.2))
+
+    def resume() -> None:
+        raise CacheError("The upload broke off and cannot resume: GCS kept 0 bytes")
+
+    try:
+        with pytest.raises(requests.ConnectionError) as raised:
+            send_with_retries(send, what="Upload of a test file", policy=_RecordingPolicy(attempts=5), resume=resume)
+    finally:
+        silent.close()
+        for conn in held:
+            conn.close()
+    assert calls == 1  # not sent again: nothing to resume from
+    assert is_timeout(raised.value) and not isinstance(raised.value.__context__, CacheError)
+    assert "cannot resume after the stall: The upload broke off" in caplog.text

@@ -69,7 +69,18 @@ def send_with_retries(
         time.sleep(policy.delay(attempt))
         attempt += 1
         if resume is not None:
-            done = resume()
+            try:
+                done = resume()
+            except CacheError as exc:
+                if not is_timeout(failure):
+                    raise
+                # The stall is the cause to report ("GCS stopped answering"); raised outside this handler so
+                # that its own chain, which says it was a timeout, stays intact.
+                log.warning("%s cannot resume after the stall: %s", what, exc)
+                done = None
+                stalls = _MAX_STALLS
+            if stalls >= _MAX_STALLS:
+                raise failure
             if done is not None:
                 return done
 
