@@ -19,7 +19,6 @@ repository with ``make demo`` (``python scripts/demo.py``).
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import subprocess
 import sys
@@ -29,6 +28,7 @@ from pathlib import Path
 from airflow_provider_tfhub.core.labels import handle_label
 from airflow_provider_tfhub.core.units import human_bytes
 from airflow_provider_tfhub.testing.hub_server import HubServer
+from airflow_provider_tfhub.testing.models import build_archives_in_subprocess
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -41,19 +41,9 @@ def _prepare_environment(work: Path) -> None:
     work.mkdir(parents=True, exist_ok=True)
 
 
-def _build_demo_archives(work: Path) -> dict[str, str]:
-    code = (
-        "import json, sys\n"
-        "from airflow_provider_tfhub.testing.models import cached_model_archive\n"
-        "root = sys.argv[1]\n"
-        "print(json.dumps({\n"
-        "  'text-embedder': str(cached_model_archive(root, 'text-embedder', scale=2.0, offset=1.0)),\n"
-        "  'image-features': str(cached_model_archive(root, 'image-features', scale=0.5, offset=3.0)),\n"
-        "}))\n"
-    )
-    out = subprocess.run([sys.executable, "-c", code, str(work / "models")], check=True, capture_output=True, text=True)
-    result: dict[str, str] = json.loads(out.stdout.strip().splitlines()[-1])
-    return result
+def _build_demo_archives(work: Path) -> dict[str, Path]:
+    specs = {"text-embedder": {"scale": 2.0, "offset": 1.0}, "image-features": {"scale": 0.5, "offset": 3.0}}
+    return build_archives_in_subprocess(work / "models", specs)
 
 
 @contextlib.contextmanager

@@ -7,10 +7,7 @@ assert that staging does not import it) and cached under ``.cache/test-models`` 
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
 import tarfile
 import tempfile
 from collections.abc import Iterator
@@ -19,6 +16,8 @@ from typing import Any
 
 import pytest
 from stage_helpers import manifest_of_dir
+
+from airflow_provider_tfhub.testing.models import build_archives_in_subprocess
 
 ROOT = Path(__file__).resolve().parents[1]
 AIRFLOW_HOME = tempfile.mkdtemp(prefix="tfhub-test-airflow-")
@@ -45,20 +44,7 @@ MODEL_SPECS: dict[str, dict[str, Any]] = {
 
 def build_archives(specs: dict[str, dict[str, Any]], root: Path = MODELS_CACHE) -> dict[str, Path]:
     """Build (once) the archives of ``specs`` in a subprocess; return name -> archive path."""
-    code = (
-        "import json, sys\n"
-        "from airflow_provider_tfhub.testing.models import cached_model_archive\n"
-        "specs = json.loads(sys.argv[2])\n"
-        "print(json.dumps({n: str(cached_model_archive(sys.argv[1], n, **kw)) for n, kw in specs.items()}))\n"
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", code, str(root), json.dumps(specs)],
-        check=True,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    return {name: Path(path) for name, path in json.loads(out.stdout.strip().splitlines()[-1]).items()}
+    return build_archives_in_subprocess(root, specs)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -27,6 +27,8 @@ from typing import Any
 
 import pytest
 
+from airflow_provider_tfhub.testing.models import build_archives_in_subprocess
+
 ROOT = Path(__file__).resolve().parents[1]
 SCREENSHOTS = Path(os.environ.get("TFHUB_UI_SCREENSHOTS", ROOT / "ui_tests" / "screenshots"))
 MODELS_CACHE = ROOT / ".cache" / "ui-test-models"
@@ -76,25 +78,10 @@ def airflow_env() -> Iterator[dict[str, str]]:
         shutil.rmtree(home, ignore_errors=True)
 
 
-def _build_archives() -> dict[str, str]:
+def _build_archives() -> dict[str, Path]:
     """The demo SavedModels (TensorFlow, in a subprocess, cached between runs) -> archive paths."""
-    code = (
-        "import json, sys\n"
-        "from airflow_provider_tfhub.testing.models import cached_model_archive\n"
-        "specs = json.loads(sys.argv[2])\n"
-        "print(json.dumps({p: str(cached_model_archive(sys.argv[1], p.strip('/').replace('/', '-'), **kw))"
-        " for p, kw in specs.items()}))\n"
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", code, str(MODELS_CACHE), json.dumps(MODELS)],
-        check=True,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
-    )
-    result: dict[str, str] = json.loads(out.stdout.strip().splitlines()[-1])
-    return result
+    built = build_archives_in_subprocess(MODELS_CACHE, {p.strip("/").replace("/", "-"): kw for p, kw in MODELS.items()})
+    return {p: built[p.strip("/").replace("/", "-")] for p in MODELS}
 
 
 RUN_DAG = """

@@ -408,3 +408,36 @@ def cached_model_archive(cache_root: str | os.PathLike[str], name: str, **kwargs
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return archive
+
+
+def build_archives_in_subprocess(
+    cache_root: str | os.PathLike[str], specs: dict[str, dict[str, Any]], *, timeout: float = 600
+) -> dict[str, Path]:
+    """:func:`cached_model_archive` for each ``name: kwargs`` of ``specs``, run in a child Python process.
+
+    Building imports TensorFlow; doing it in a child keeps TensorFlow (its memory, threads and start-up)
+    out of the calling process: a test session, the demo, a cluster harness. The child runs quiet and on
+    the CPU unless the environment says otherwise. Raises RuntimeError with the child's stderr when a
+    build fails.
+    """
+    import subprocess
+    import sys
+
+    code = (
+        "import json, sys\n"
+        "from airflow_provider_tfhub.testing.models import cached_model_archive\n"
+        "specs = json.loads(sys.argv[2])\n"
+        "print(json.dumps({n: str(cached_model_archive(sys.argv[1], n, **kw)) for n, kw in specs.items()}))\n"
+    )
+    # quiet, and on the CPU: test models are tiny, and a GPU would only add start-up time and nondeterminism
+    env = {"TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": "", **os.environ}
+    done = subprocess.run(
+        [sys.executable, "-c", code, os.fspath(cache_root), json.dumps(specs)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"building the model archives {sorted(specs)} failed:\n{done.stderr[-4000:]}")
+    return {name: Path(path) for name, path in json.loads(done.stdout.strip().splitlines()[-1]).items()}

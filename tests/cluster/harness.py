@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from airflow_provider_tfhub.testing.hub_server import HubControl
+from airflow_provider_tfhub.testing.models import build_archives_in_subprocess
 
 ROOT = Path(__file__).resolve().parents[2]
 CLUSTER_DAG_DIR = Path(__file__).resolve().parent / "dags"
@@ -322,19 +323,10 @@ def start_redis(cluster: Cluster) -> str:
 
 def build_models(cache_root: Path, hub_root: Path) -> dict[str, Path]:
     """Build the SavedModel archives once (cached between runs) in a subprocess: TensorFlow stays out of here."""
-    code = (
-        "import json, sys\n"
-        "from airflow_provider_tfhub.testing.models import cached_model_archive\n"
-        "specs = json.loads(sys.argv[2])\n"
-        "print(json.dumps({n: str(cached_model_archive(sys.argv[1], n, **kw)) for n, kw in specs.items()}))\n"
-    )
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
-    done = subprocess.run(
-        [sys.executable, "-c", code, str(cache_root), json.dumps(MODELS)], env=env, capture_output=True, text=True
-    )
-    if done.returncode != 0:
-        raise ClusterError(f"building the SavedModels failed:\n{done.stderr[-4000:]}")
-    built = json.loads(done.stdout.strip().splitlines()[-1])
+    try:
+        built = build_archives_in_subprocess(cache_root, MODELS)
+    except RuntimeError as exc:
+        raise ClusterError(str(exc)) from exc
     archives = {}
     for name, path in built.items():
         dest = hub_root / "cluster" / name / "1.tar.gz"
