@@ -16,8 +16,8 @@ $(VENV)/.created:
 	$(VENV)/bin/pip install -qq --upgrade pip uv  # -qq: errors only (a machine's find-links warnings are noise)
 	touch $@
 
-$(VENV)/.installed: $(VENV)/.created pyproject.toml
-	$(UV) pip install --quiet --python $(PY) -e ".[test]"
+$(VENV)/.installed: $(VENV)/.created pyproject.toml tfhub-cache/pyproject.toml
+	$(UV) pip install --quiet --python $(PY) -e ./tfhub-cache -e ".[test]"
 	touch $@
 
 venv: $(VENV)/.created

@@ -6,5 +6,5 @@ Importing this package is cheap on purpose: it imports neither Airflow nor Tenso
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 """The one place the version is written: pyproject.toml and get_provider_info read it."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 import urllib.parse
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_tfhub.core.handles import parse_handle
+from tfhub_cache.handles import parse_handle
 
 if TYPE_CHECKING:
     from urllib.parse import SplitResult

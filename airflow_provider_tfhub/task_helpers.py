@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from airflow_provider_tfhub.core.errors import TFHubError
+from tfhub_cache.errors import TFHubError
 
 if TYPE_CHECKING:
     from airflow.sdk import BaseOperator

@@ -31,7 +31,7 @@ def _timed(fn: Callable[[], Any]) -> tuple[float, Any]:
 
 
 def ours_cold(args: dict[str, Any]) -> None:
-    from airflow_provider_tfhub.core.staging import stage
+    from tfhub_cache.cache.staging import stage
 
     _import_ours()
 
@@ -41,7 +41,7 @@ def ours_cold(args: dict[str, Any]) -> None:
 
 
 def ours_warm(args: dict[str, Any]) -> None:
-    from airflow_provider_tfhub.core.staging import stage
+    from tfhub_cache.cache.staging import stage
 
     first, result = _timed(lambda: stage(args["url"], args["cache"]))
     assert not result["downloaded"], "the warm benchmark needs a staged cache"
@@ -61,9 +61,9 @@ def _import_ours() -> None:
     """
     import requests  # noqa: F401
 
-    import airflow_provider_tfhub.core.staging
-    import airflow_provider_tfhub.core.storage.local  # noqa: F401
-    from airflow_provider_tfhub.core import extract
+    import tfhub_cache.cache.staging
+    import tfhub_cache.storage.local  # noqa: F401
+    from tfhub_cache.archive import extract
 
     extract.gzip_decoder()
 
@@ -71,7 +71,7 @@ def _import_ours() -> None:
 def ours_many(args: dict[str, Any]) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
-    from airflow_provider_tfhub.core.staging import stage
+    from tfhub_cache.cache.staging import stage
 
     _import_ours()
 
@@ -83,7 +83,7 @@ def ours_many(args: dict[str, Any]) -> None:
 
 
 def ours_gcs(args: dict[str, Any]) -> None:
-    from airflow_provider_tfhub.core.staging import stage
+    from tfhub_cache.cache.staging import stage
 
     options = args.get("storage_options") or None
     seconds, result = _timed(lambda: stage(args["url"], args["cache"], storage_options=options))
@@ -183,7 +183,7 @@ def decompress(args: dict[str, Any]) -> None:
     """Decoder ceiling: the archive file through our streaming decompressor (``decoder``) alone."""
     import zlib
 
-    from airflow_provider_tfhub.core import extract
+    from tfhub_cache.archive import extract
 
     def run() -> tuple[int, str]:
         with open(args["archive"], "rb") as f:

@@ -29,11 +29,11 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from gcs_helpers import make_synthetic_archive  # noqa: E402
 
-from airflow_provider_tfhub.testing.hub_server import HubServerProcess  # noqa: E402
+from tfhub_cache.testing.hub_server import HubServerProcess  # noqa: E402
 
 CHILD = r"""
 import json, sys, time
-from airflow_provider_tfhub.core.staging import stage
+from tfhub_cache.cache.staging import stage
 started = time.monotonic()
 result = stage(sys.argv[1], sys.argv[2])
 print(json.dumps({"seconds": time.monotonic() - started, "bytes": result["bytes"], "files": result["files"]}))

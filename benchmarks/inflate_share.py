@@ -32,7 +32,7 @@ MB = 1_000_000
 _CHILD = """
 import atexit, json, sys, time
 started = time.perf_counter()
-import airflow_provider_tfhub.core.extract as extract
+import tfhub_cache.archive.extract as extract
 inner, calls = extract._decompress, {"seconds": 0.0, "n": 0, "first": None, "last": None}
 def timed(d, data, source):
     t = time.perf_counter()
@@ -46,7 +46,7 @@ def timed(d, data, source):
         calls["last"] = time.perf_counter() - started
 extract._decompress = timed
 atexit.register(lambda: print("RESULT " + json.dumps(calls), file=sys.stderr))
-from airflow_provider_tfhub.cli import main
+from tfhub_cache.cli import main
 sys.argv = ["tfhub-cache", "stage", sys.argv[1], "--cache-dir", sys.argv[2], "--json"]
 sys.exit(main())
 """
@@ -65,7 +65,7 @@ def main() -> int:
         print(f"{root} has no {args.model}: run `make bench BENCH_ARGS=--quick` (or `make bench`) once first.")
         return 2
 
-    from airflow_provider_tfhub.testing.hub_server import HubServerProcess
+    from tfhub_cache.testing.hub_server import HubServerProcess
 
     print(f"load average at start: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
     print("| run | whole process | first decompress at | last ends at | decompress calls (sum) | share of the span |")

@@ -39,7 +39,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(REPO))
 
-from airflow_provider_tfhub.testing.hub_server import HubControl, HubServerProcess  # noqa: E402
+from tfhub_cache.testing.hub_server import HubControl, HubServerProcess  # noqa: E402
 
 MB = 1_000_000
 MiB = 1 << 20
@@ -157,7 +157,7 @@ def build_models(work: Path, size_mb: int, small_size_mb: int, small_count: int,
         specs[f"small{i:02d}"] = {"scale": 1.0 + i, "offset": float(i), "num_params": small_params, "seed": i}
     code = (
         "import json, sys\n"
-        "from airflow_provider_tfhub.testing.models import cached_model_archive\n"
+        "from tfhub_cache.testing.models import cached_model_archive\n"
         "specs = json.loads(sys.argv[2])\n"
         "print(json.dumps({n: str(cached_model_archive(sys.argv[1], n, **kw)) for n, kw in specs.items()}))\n"
     )
@@ -325,7 +325,7 @@ class Bench:
 
     # gs:// --------------------------------------------------------------------------------------------
     def gcs(self, name: str) -> dict[str, Any]:
-        from airflow_provider_tfhub.testing.gcs_emulator import GCSEmulator
+        from tfhub_cache.testing.gcs_emulator import GCSEmulator
 
         out: dict[str, Any] = {}
         url = self.url(name)

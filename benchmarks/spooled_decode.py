@@ -157,8 +157,8 @@ def spool_stage(url: str, cache: str, decoder: str, connections: int, part_size:
     """One contender: resolve like a client, spool with ``connections``, decode with ``decoder``, extract."""
     import requests
 
-    from airflow_provider_tfhub.core.extract import extract_archive
-    from airflow_provider_tfhub.core.storage.local import LocalStorage
+    from tfhub_cache.archive.extract import extract_archive
+    from tfhub_cache.storage.local import LocalStorage
 
     started = time.perf_counter()
     probe = requests.get(url, params={"tf-hub-format": "compressed"}, headers={"Range": "bytes=0-0"}, stream=True)
@@ -221,7 +221,7 @@ def main() -> int:
         child(kind, url, cache, args.connections, part_size)
         return 0
 
-    from airflow_provider_tfhub.testing.hub_server import HubServerProcess
+    from tfhub_cache.testing.hub_server import HubServerProcess
 
     root = HERE / ".work" / "hubroot"
     if not (root / "bench" / MODEL).is_dir():

@@ -114,7 +114,7 @@ with DAG(
         """Train a linear head on the model's features under the strategy the plan calls for."""
         import tensorflow as tf
 
-        from airflow_provider_tfhub import loading
+        from tfhub_cache import loading
 
         if plan["tpu"]:
             resolver = tf.distribute.cluster_resolver.TPUClusterResolver()

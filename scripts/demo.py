@@ -25,10 +25,10 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from airflow_provider_tfhub.core.labels import handle_label
-from airflow_provider_tfhub.core.units import human_bytes
-from airflow_provider_tfhub.testing.hub_server import HubServer
-from airflow_provider_tfhub.testing.models import build_archives_in_subprocess
+from tfhub_cache.labels import handle_label
+from tfhub_cache.testing.hub_server import HubServer
+from tfhub_cache.testing.models import build_archives_in_subprocess
+from tfhub_cache.units import human_bytes
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from stage_helpers import manifest_of_dir
 
-from airflow_provider_tfhub.testing.models import build_archives_in_subprocess
+from tfhub_cache.testing.models import build_archives_in_subprocess
 
 ROOT = Path(__file__).resolve().parents[1]
 AIRFLOW_HOME = tempfile.mkdtemp(prefix="tfhub-test-airflow-")
@@ -63,7 +63,7 @@ def model_archives() -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def hub_server(model_archives: dict[str, Path]) -> Iterator[Any]:
     """The loopback hub, serving ``/google/<name>/1`` for every archive in :data:`MODEL_SPECS`."""
-    from airflow_provider_tfhub.testing.hub_server import HubServer
+    from tfhub_cache.testing.hub_server import HubServer
 
     server = HubServer()
     server.start()

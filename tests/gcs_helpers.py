@@ -24,13 +24,13 @@ from typing import Any
 
 import pytest
 
-from airflow_provider_tfhub.core.handles import cache_key
-from airflow_provider_tfhub.core.layout import EntryNames, decode_meta
-from airflow_provider_tfhub.core.records import EntryMeta
-from airflow_provider_tfhub.core.staging import tree_of
-from airflow_provider_tfhub.core.storage.gcs import GCSStorage
-from airflow_provider_tfhub.testing.gcs_emulator import GCSEmulator
-from airflow_provider_tfhub.testing.models import PLACEHOLDER_SAVED_MODEL
+from tfhub_cache.cache.layout import EntryNames, decode_meta
+from tfhub_cache.cache.records import EntryMeta
+from tfhub_cache.cache.staging import tree_of
+from tfhub_cache.handles import cache_key
+from tfhub_cache.storage.gcs import GCSStorage
+from tfhub_cache.testing.gcs_emulator import GCSEmulator
+from tfhub_cache.testing.models import PLACEHOLDER_SAVED_MODEL
 
 PY = sys.executable
 BUCKET = "tfhub-gcs-test"
@@ -163,8 +163,8 @@ def run_stage_subprocess(
         """
         import json, os, resource, sys, time
         {prelude}
-        from airflow_provider_tfhub.core.staging import stage
-        import airflow_provider_tfhub.core.storage.gcs, google.cloud.storage
+        from tfhub_cache.cache.staging import stage
+        import tfhub_cache.storage.gcs, google.cloud.storage
         go = {wait_for!r}
         if go:
             print("READY", flush=True)

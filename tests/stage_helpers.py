@@ -20,11 +20,11 @@ from typing import Any
 import google_crc32c
 import pytest
 
-from airflow_provider_tfhub.core.handles import cache_key
-from airflow_provider_tfhub.core.layout import EntryNames
-from airflow_provider_tfhub.core.records import StagedModel
-from airflow_provider_tfhub.core.staging import stage
-from airflow_provider_tfhub.core.transfer import RetryPolicy
+from tfhub_cache.cache.layout import EntryNames
+from tfhub_cache.cache.records import StagedModel
+from tfhub_cache.cache.staging import stage
+from tfhub_cache.fetch.transfer import RetryPolicy
+from tfhub_cache.handles import cache_key
 
 FAST = RetryPolicy(attempts=5, backoff=0.01, max_backoff=0.05)
 MEDIUM = "/google/medium/1"  # ~8 MB of random float32 weights: big enough to cut, stall and kill mid-way

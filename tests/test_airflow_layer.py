@@ -14,9 +14,9 @@ from airflow.sdk import Asset
 from airflow.sdk.exceptions import AirflowFailException, AirflowNotFoundException
 from airflow_utils import get_dag, xcom
 
-from airflow_provider_tfhub.core.errors import ConfigurationError, InvalidHandleError
 from airflow_provider_tfhub.hooks.tfhub import TFHubHook
 from airflow_provider_tfhub.operators.stage import TFHubStageModelOperator
+from tfhub_cache.errors import ConfigurationError, InvalidHandleError
 
 
 def test_provider_is_registered_with_config() -> None:

@@ -16,12 +16,12 @@ import gcs_helpers
 import pytest
 from test_stage_local import run_py
 
-from airflow_provider_tfhub.core import aliases, inventory
-from airflow_provider_tfhub.core.handles import cache_key
-from airflow_provider_tfhub.core.staging import stage
-from airflow_provider_tfhub.core.storage.gcs import GCSStorage
-from airflow_provider_tfhub.core.storage.local import LocalStorage
-from airflow_provider_tfhub.testing.hub_server import HubServer
+from tfhub_cache.cache import aliases, inventory
+from tfhub_cache.cache.staging import stage
+from tfhub_cache.handles import cache_key
+from tfhub_cache.storage.gcs import GCSStorage
+from tfhub_cache.storage.local import LocalStorage
+from tfhub_cache.testing.hub_server import HubServer
 
 gcs_emulator = gcs_helpers.gcs_emulator
 gcs_env = gcs_helpers.gcs_env

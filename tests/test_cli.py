@@ -1,6 +1,6 @@
 """``tfhub-cache``: every command is there, flags and output as documented, errors in one line.
 
-The commands run in a subprocess (``python -m airflow_provider_tfhub.cli``) where they read a cache
+The commands run in a subprocess (``python -m tfhub_cache.cli``) where they read a cache
 built from the loopback hub, or in-process through ``main`` where only the output is looked at.
 """
 
@@ -18,9 +18,9 @@ import pytest
 import stage_helpers
 from stage_helpers import NAMES
 
-from airflow_provider_tfhub.cli import main
-from airflow_provider_tfhub.core.inventory import list_entries
-from airflow_provider_tfhub.core.storage.local import LocalStorage
+from tfhub_cache.cache.inventory import list_entries
+from tfhub_cache.cli import main
+from tfhub_cache.storage.local import LocalStorage
 
 COMMANDS = ("stage", "resolve", "ls", "verify", "prune", "export")
 
@@ -40,13 +40,13 @@ def test_a_command_module_that_cannot_be_imported_fails_loudly(module: str) -> N
     """A broken import must not silently remove commands (it once did, through importlib)."""
     code = f"""
         import sys
-        sys.modules["airflow_provider_tfhub.cli.{module}"] = None  # importing it raises ModuleNotFoundError
-        from airflow_provider_tfhub.cli import main
+        sys.modules["tfhub_cache.cli.{module}"] = None  # importing it raises ModuleNotFoundError
+        from tfhub_cache.cli import main
         sys.exit(main(["--help"]))
         """
     proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0, proc.stdout
-    assert "ModuleNotFoundError" in proc.stderr and f"airflow_provider_tfhub.cli.{module}" in proc.stderr
+    assert "ModuleNotFoundError" in proc.stderr and f"tfhub_cache.cli.{module}" in proc.stderr
 
 
 # -- ls, verify, prune on a cache of four staged models -------------------------------------------------
@@ -55,7 +55,7 @@ def test_a_command_module_that_cannot_be_imported_fails_loudly(module: str) -> N
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TFHUB_", "AIRFLOW__TFHUB__"))}
     return subprocess.run(
-        [sys.executable, "-m", "airflow_provider_tfhub.cli", *args],
+        [sys.executable, "-m", "tfhub_cache.cli", *args],
         capture_output=True,
         text=True,
         timeout=120,
@@ -113,7 +113,7 @@ def test_cli_reports_bad_input_in_one_line(cache_dir: str) -> None:
 
 
 def test_cli_stage_resolve_and_errors(hub: Any, handle_of: Any, cache_dir: str) -> None:
-    exe = [sys.executable, "-m", "airflow_provider_tfhub.cli"]
+    exe = [sys.executable, "-m", "tfhub_cache.cli"]
     handle = handle_of("demo_v1")
     out = subprocess.run(
         [*exe, "stage", handle, "--cache-dir", cache_dir, "--json"], capture_output=True, text=True, timeout=120

@@ -10,11 +10,11 @@ from typing import Any
 import pytest
 from airflow.sdk.exceptions import AirflowException, AirflowFailException, TaskDeferred
 
-from airflow_provider_tfhub.core.errors import CacheError
-from airflow_provider_tfhub.core.staging import stage
 from airflow_provider_tfhub.sensors.cached import TFHubModelCachedSensor
 from airflow_provider_tfhub.sensors.updated import TFHubModelUpdatedSensor
 from airflow_provider_tfhub.triggers.tfhub import TFHubModelCachedTrigger, error_event
+from tfhub_cache.cache.staging import stage
+from tfhub_cache.errors import CacheError
 
 PATH = "/google/demo_v1/1"
 

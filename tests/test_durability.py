@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
-from airflow_provider_tfhub.core import durability
-from airflow_provider_tfhub.core.errors import ConfigurationError
-from airflow_provider_tfhub.core.staging import stage
+from tfhub_cache.cache.staging import stage
+from tfhub_cache.errors import ConfigurationError
+from tfhub_cache.storage import durability
 
 
 @pytest.fixture

@@ -19,11 +19,11 @@ import pytest
 from airflow_utils import get_dag, xcom
 from test_stage_local import run_py
 
-from airflow_provider_tfhub.cli import main as cli_main
-from airflow_provider_tfhub.core.errors import ConfigurationError
-from airflow_provider_tfhub.core.export import EXPORT_KEYS, ExportError, export_for_serving, sidecar_name
-from airflow_provider_tfhub.core.staging import stage
-from airflow_provider_tfhub.core.storage.gcs import GCSStorage
+from tfhub_cache.cache.staging import stage
+from tfhub_cache.cli import main as cli_main
+from tfhub_cache.errors import ConfigurationError
+from tfhub_cache.export import EXPORT_KEYS, ExportError, export_for_serving, sidecar_name
+from tfhub_cache.storage.gcs import GCSStorage
 
 gcs_emulator = gcs_helpers.gcs_emulator
 gcs_env = gcs_helpers.gcs_env

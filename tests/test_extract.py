@@ -24,11 +24,11 @@ import pytest
 from airflow.sdk.exceptions import AirflowFailException
 from stage_helpers import FAST, MEDIUM
 
-from airflow_provider_tfhub.core.errors import ArchiveError, ConfigurationError, DiskFullError
-from airflow_provider_tfhub.core.extract import DEFAULT_MAX_EXTRACTED_FILES, max_extracted_files_from_env
-from airflow_provider_tfhub.core.staging import stage
 from airflow_provider_tfhub.operators.stage import TFHubStageModelOperator
-from airflow_provider_tfhub.testing.models import PLACEHOLDER_SAVED_MODEL, make_malicious_archive
+from tfhub_cache.archive.extract import DEFAULT_MAX_EXTRACTED_FILES, max_extracted_files_from_env
+from tfhub_cache.cache.staging import stage
+from tfhub_cache.errors import ArchiveError, ConfigurationError, DiskFullError
+from tfhub_cache.testing.models import PLACEHOLDER_SAVED_MODEL, make_malicious_archive
 
 PY = sys.executable
 
@@ -154,8 +154,8 @@ def test_disk_full_during_extraction_is_a_clear_error_and_leaves_no_temp(
 _FSIZE_STAGER = textwrap.dedent(
     """
     import json, resource, signal, sys
-    from airflow_provider_tfhub.core.errors import DiskFullError
-    from airflow_provider_tfhub.core.staging import stage
+    from tfhub_cache.errors import DiskFullError
+    from tfhub_cache.cache.staging import stage
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # get EFBIG instead of being killed
     resource.setrlimit(resource.RLIMIT_FSIZE, (2 << 20, 2 << 20))
     try:

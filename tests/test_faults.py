@@ -26,8 +26,8 @@ from typing import Any
 import pytest
 from stage_helpers import MEDIUM, assert_entry_complete, entry_files, manifest_of_dir
 
-from airflow_provider_tfhub.core.handles import cache_key
-from airflow_provider_tfhub.core.staging import stage
+from tfhub_cache.cache.staging import stage
+from tfhub_cache.handles import cache_key
 
 PY = sys.executable
 
@@ -36,7 +36,7 @@ PY = sys.executable
 _KILLED_STAGER = textwrap.dedent(
     """
     import sys
-    from airflow_provider_tfhub.core.staging import stage
+    from tfhub_cache.cache.staging import stage
     print("GO", flush=True)
     stage(sys.argv[1], sys.argv[2], lock_timeout=3600)
     print("DONE", flush=True)
@@ -77,7 +77,7 @@ def test_sigkilled_stagers_never_leave_a_partial_model_and_are_cleaned_up_at_onc
             if f"{key}.meta.json" in names:
                 assert json.loads((cache / f"{key}.meta.json").read_text())["manifest"] == medium_reference
         # The lock's grace period is an hour: only "same host, dead PID" can let the next stager in.
-        with caplog.at_level(logging.INFO, logger="airflow_provider_tfhub"):
+        with caplog.at_level(logging.INFO, logger="tfhub_cache"):
             result = stage(handle, str(cache), lock_timeout=3600)
         assert result["path"] == os.path.realpath(cache / key)  # the view names the current revision
         assert_entry_complete(cache, handle, medium_reference)

@@ -37,12 +37,12 @@ from gcs_helpers import (
     wait_ready,
 )
 
-from airflow_provider_tfhub.core.errors import CacheError, ConfigurationError, DownloadError
-from airflow_provider_tfhub.core.handles import cache_key
-from airflow_provider_tfhub.core.layout import EntryNames, decode_meta, parse_lock_content
-from airflow_provider_tfhub.core.staging import is_cached, lookup_entry, stage, tree_of
-from airflow_provider_tfhub.core.storage import open_storage
-from airflow_provider_tfhub.core.storage.gcs import GCSArchiveSource, GCSStorage, GCSTreeSink
+from tfhub_cache.cache.layout import EntryNames, decode_meta, parse_lock_content
+from tfhub_cache.cache.staging import is_cached, lookup_entry, stage, tree_of
+from tfhub_cache.errors import CacheError, ConfigurationError, DownloadError
+from tfhub_cache.handles import cache_key
+from tfhub_cache.storage import open_storage
+from tfhub_cache.storage.gcs import GCSArchiveSource, GCSStorage, GCSTreeSink
 
 MiB = 1024 * 1024
 
@@ -112,8 +112,8 @@ def test_locations_and_bad_settings(gcs_env: dict[str, str]) -> None:
 def test_importing_the_backend_loads_neither_tensorflow_nor_the_client_eagerly() -> None:
     code = (
         "import sys\n"
-        "import airflow_provider_tfhub.core.storage.gcs, airflow_provider_tfhub.core.staging\n"
-        "from airflow_provider_tfhub.core.storage import open_storage\n"
+        "import tfhub_cache.storage.gcs, tfhub_cache.cache.staging\n"
+        "from tfhub_cache.storage import open_storage\n"
         "open_storage('gs://bkt/cache')\n"
         "print(sorted(m for m in ('tensorflow', 'airflow', 'google.cloud.storage') if m in sys.modules))\n"
     )
@@ -807,7 +807,7 @@ def test_tensorflow_hub_reads_our_gcs_cache_and_fails_on_a_partial_tree(
 ) -> None:
     from tls_relay import tf_gcs
 
-    from airflow_provider_tfhub.testing.models import expected_output
+    from tfhub_cache.testing.models import expected_output
 
     complete, partial = handle_of("small_a"), handle_of("small_b")
     with tf_gcs(tmp_path / "tf-gcs") as gcs:
@@ -852,14 +852,14 @@ def test_gs_archive_is_read_as_parallel_ranges_of_one_generation(
     """Issue 12: a gs:// archive handle is fetched as parallel ranged reads, pinned to one generation."""
     import hashlib
 
-    from airflow_provider_tfhub.core.transfer import RestartRequired
+    from tfhub_cache.fetch.transfer import RestartRequired
 
     monkeypatch.setenv("TFHUB_DOWNLOAD_PART_SIZE", str(512 << 10))
     storage = GCSStorage(gcs_cache)
     name = storage.key("archives/medium.tar.gz")
     old = model_archives["medium"].read_bytes()
     storage.bucket.blob(name).upload_from_filename(str(model_archives["medium"]))
-    with caplog.at_level(logging.INFO, logger="airflow_provider_tfhub.core.ranged"):
+    with caplog.at_level(logging.INFO, logger="tfhub_cache.fetch.ranged"):
         staged = stage(f"gs://{BUCKET}/{name}", cache_dir, download_connections=4)
     assert staged["sha256"] == hashlib.sha256(old).hexdigest()
     assert "with up to 4 connections in 15 parts" in caplog.text

@@ -12,8 +12,8 @@ import gcs_helpers
 from airflow_utils import get_dag, xcom
 from gcs_helpers import assert_complete, leftovers
 
-from airflow_provider_tfhub.core.handles import cache_key
-from airflow_provider_tfhub.core.storage.gcs import GCSStorage
+from tfhub_cache.handles import cache_key
+from tfhub_cache.storage.gcs import GCSStorage
 
 gcs_emulator = gcs_helpers.gcs_emulator
 gcs_env = gcs_helpers.gcs_env

@@ -18,17 +18,17 @@ import pytest
 import requests
 from google.api_core import exceptions as api_exceptions
 
-from airflow_provider_tfhub.core.errors import CacheError
-from airflow_provider_tfhub.core.storage.gcs._client import is_timeout
-from airflow_provider_tfhub.core.storage.gcs.upload import UPLOAD_RETRY, send_with_retries
-from airflow_provider_tfhub.core.transfer import RetryPolicy
+from tfhub_cache.errors import CacheError
+from tfhub_cache.fetch.transfer import RetryPolicy
+from tfhub_cache.storage.gcs._client import is_timeout
+from tfhub_cache.storage.gcs.upload import UPLOAD_RETRY, send_with_retries
 
 
 def test_the_package_keeps_every_name_imported_from_the_old_module() -> None:
-    from airflow_provider_tfhub.core.storage import gcs
+    from tfhub_cache.storage import gcs
 
     for name in ("GCSArchiveSource", "GCSStorage", "GCSTreeSink", "parse_gs_url"):
-        assert getattr(gcs, name).__module__.startswith("airflow_provider_tfhub.core.storage.gcs.")
+        assert getattr(gcs, name).__module__.startswith("tfhub_cache.storage.gcs.")
     assert gcs.LAST_USED_KEY == "tfhub-last-used" and gcs.DEFAULT_STALL_TIMEOUT == 60.0
     assert gcs.parse_gs_url("gs://bucket/some/prefix/") == ("bucket", "some/prefix")
 

@@ -22,9 +22,9 @@ from typing import Any
 import gcs_helpers
 from gcs_helpers import BUCKET, all_objects, assert_complete, leftovers, result_of, run_stage_subprocess, wait_ready
 
-from airflow_provider_tfhub.core.handles import cache_key
-from airflow_provider_tfhub.core.storage.gcs import GCSStorage
-from airflow_provider_tfhub.testing.models import PLACEHOLDER_SAVED_MODEL
+from tfhub_cache.handles import cache_key
+from tfhub_cache.storage.gcs import GCSStorage
+from tfhub_cache.testing.models import PLACEHOLDER_SAVED_MODEL
 
 MB = 1_000_000
 MiB = 1 << 20

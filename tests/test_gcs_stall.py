@@ -20,7 +20,7 @@ from typing import Any
 import gcs_helpers
 from gcs_helpers import assert_complete, leftovers, make_synthetic_archive, result_of, run_stage_subprocess
 
-from airflow_provider_tfhub.core.storage.gcs import GCSStorage
+from tfhub_cache.storage.gcs import GCSStorage
 
 MiB = 1 << 20
 

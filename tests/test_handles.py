@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from airflow_provider_tfhub.core.errors import InvalidHandleError
-from airflow_provider_tfhub.core.handles import cache_key, parse_handle, with_format_query
+from tfhub_cache.errors import InvalidHandleError
+from tfhub_cache.handles import cache_key, parse_handle, with_format_query
 
 
 @pytest.mark.parametrize(

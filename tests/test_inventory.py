@@ -21,12 +21,12 @@ import pytest
 import stage_helpers
 from stage_helpers import NAMES
 
-from airflow_provider_tfhub.core.errors import ConfigurationError, InvalidHandleError
-from airflow_provider_tfhub.core.inventory import list_entries, parse_age, parse_size, prune, verify
-from airflow_provider_tfhub.core.layout import EntryNames, new_uid
-from airflow_provider_tfhub.core.locks import CacheLock
-from airflow_provider_tfhub.core.staging import lookup_entry, stage
-from airflow_provider_tfhub.core.storage.local import LocalStorage
+from tfhub_cache.cache.inventory import list_entries, parse_age, parse_size, prune, verify
+from tfhub_cache.cache.layout import EntryNames, new_uid
+from tfhub_cache.cache.locks import CacheLock
+from tfhub_cache.cache.staging import lookup_entry, stage
+from tfhub_cache.errors import ConfigurationError, InvalidHandleError
+from tfhub_cache.storage.local import LocalStorage
 
 # Four staged models (the default local cache), the GCS emulator and per-test gs:// caches.
 cache = stage_helpers.cache
@@ -413,7 +413,7 @@ def test_prune_operator_returns_the_report(cache: dict[str, dict[str, Any]], cac
 
 
 def test_ls_verify_and_prune_on_a_gcs_cache(hub: Any, handle_of: Any, gcs_cache: str) -> None:
-    from airflow_provider_tfhub.core.storage import open_storage
+    from tfhub_cache.storage import open_storage
 
     older, newer = (stage(handle_of(name), gcs_cache) for name in ("small_a", "small_b"))
     assert older["handle"] is not None and newer["cache_key"] is not None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from airflow_provider_tfhub.core.layout import descriptor_text, lock_content, parse_lock_content
+from tfhub_cache.cache.layout import descriptor_text, lock_content, parse_lock_content
 
 
 def test_descriptor_has_tensorflow_hub_lines() -> None:

@@ -19,8 +19,8 @@ from airflow.sdk import Asset
 from airflow_utils import get_dag, xcom
 
 from airflow_provider_tfhub.assets import asset_uri_for, create_asset, sanitize_uri
-from airflow_provider_tfhub.core.inventory import list_entries
-from airflow_provider_tfhub.core.storage.local import LocalStorage
+from tfhub_cache.cache.inventory import list_entries
+from tfhub_cache.storage.local import LocalStorage
 
 #: example model name -> (hub model, the model it is re-published as in the second run)
 MODELS = {"nnlm_en_dim50": ("demo_v1", "demo_v2"), "mobilenet_v2": ("small_a", "small_b")}

@@ -22,12 +22,12 @@ import pytest
 from airflow.sdk.exceptions import AirflowFailException
 from tls_relay import TFGCS, tf_gcs
 
-from airflow_provider_tfhub import loading
-from airflow_provider_tfhub.core.errors import ConfigurationError, DownloadError, InvalidHandleError
-from airflow_provider_tfhub.core.staging import stage
 from airflow_provider_tfhub.hooks.tfhub import TFHubHook
 from airflow_provider_tfhub.operators.load import TFHubLoadModelOperator
-from airflow_provider_tfhub.testing.models import expected_output
+from tfhub_cache import loading
+from tfhub_cache.cache.staging import stage
+from tfhub_cache.errors import ConfigurationError, DownloadError, InvalidHandleError
+from tfhub_cache.testing.models import expected_output
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL_A = {"scale": 3.0, "offset": 0.5}  # conftest.MODEL_SPECS["small_a"]
@@ -248,8 +248,8 @@ def test_uncompressed_200_is_a_clear_error(hub: Any, model_archives: dict[str, P
 
 FORCED_TPU_SCRIPT = """
 import json, sys
-from airflow_provider_tfhub import loading
-from airflow_provider_tfhub.core.staging import stage
+from tfhub_cache import loading
+from tfhub_cache.cache.staging import stage
 from airflow_provider_tfhub.operators.load import TFHubLoadModelOperator
 
 handle, cache, staged_cache = sys.argv[1:4]
@@ -384,7 +384,7 @@ NO_TENSORFLOW_SCRIPT = """
 import json, runpy, sys
 sys.modules["tensorflow"] = None  # "import tensorflow" now raises ImportError, as if not installed
 from airflow.sdk.exceptions import AirflowFailException
-from airflow_provider_tfhub import loading
+from tfhub_cache import loading
 from airflow_provider_tfhub.operators.load import TFHubLoadModelOperator
 runpy.run_path(sys.argv[1])  # the example DAG parses without TensorFlow
 out = {"detect": loading._detect()}
@@ -423,7 +423,7 @@ def test_without_tensorflow_errors_name_the_extra_and_parsing_still_works(tmp_pa
 GS_LOAD_SCRIPT = """
 import json, sys
 import tensorflow as tf
-from airflow_provider_tfhub import loading
+from tfhub_cache import loading
 plan = json.loads(sys.argv[1])
 model = loading.load(plan)
 out = {

@@ -22,10 +22,10 @@ import gcs_helpers
 import pytest
 from gcs_helpers import assert_complete, leftovers
 
-from airflow_provider_tfhub.core.handles import cache_key
-from airflow_provider_tfhub.core.layout import EntryNames
-from airflow_provider_tfhub.core.staging import stage
-from airflow_provider_tfhub.core.storage.gcs import GCSStorage
+from tfhub_cache.cache.layout import EntryNames
+from tfhub_cache.cache.staging import stage
+from tfhub_cache.handles import cache_key
+from tfhub_cache.storage.gcs import GCSStorage
 
 PY = sys.executable
 
@@ -51,7 +51,7 @@ def test_lock_of_a_reused_pid_or_an_empty_lock_is_stale_at_once(
         lock.write_text(f"{socket.gethostname()}.{sleeper.pid}.deadbeef")  # alive, but started after the lock
         an_hour_ago = time.time() - 3600
         os.utime(lock, (an_hour_ago, an_hour_ago))
-        with caplog.at_level(logging.WARNING, logger="airflow_provider_tfhub"):
+        with caplog.at_level(logging.WARNING, logger="tfhub_cache"):
             assert stage(handle, str(tmp_path), lock_timeout=7200)["downloaded"]
         assert f"its process {sleeper.pid} on this host is gone" in caplog.text
     finally:
@@ -63,7 +63,7 @@ def test_lock_of_a_reused_pid_or_an_empty_lock_is_stale_at_once(
     empty.write_bytes(b"")
     os.utime(empty, (time.time() - 60, time.time() - 60))
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="airflow_provider_tfhub"):
+    with caplog.at_level(logging.WARNING, logger="tfhub_cache"):
         assert stage(handle, str(other), lock_timeout=7200)["downloaded"]
     assert "it is empty" in caplog.text
     assert not empty.exists()
@@ -80,7 +80,7 @@ def test_lock_of_a_remote_holder_is_taken_over_after_its_lease_expires(
     names = EntryNames(cache_key(handle))
     foreign = f"tpu-worker-7.example.internal.4242.{uuid.uuid4().hex}".encode()
     assert storage.create_exclusive(names.lock, foreign) is not None  # a holder on another machine that died
-    caplog.set_level(logging.WARNING, logger="airflow_provider_tfhub.core.locks")
+    caplog.set_level(logging.WARNING, logger="tfhub_cache.cache.locks")
     result = stage(handle, gcs_cache, lock_timeout=2)
     assert result["downloaded"] is True
     assert "Took over stale lock" in caplog.text and "tpu-worker-7.example.internal" in caplog.text
@@ -115,7 +115,7 @@ def test_lock_of_a_live_remote_holder_is_respected(
 
     thread = threading.Thread(target=holder)
     thread.start()
-    caplog.set_level(logging.WARNING, logger="airflow_provider_tfhub.core.locks")
+    caplog.set_level(logging.WARNING, logger="tfhub_cache.cache.locks")
     result = stage(handle, gcs_cache, lock_timeout=2)
     thread.join()
     assert errors == [] and "Took over" not in caplog.text

@@ -14,12 +14,12 @@ from typing import Any
 import pytest
 from test_stage_local import run_py
 
-from airflow_provider_tfhub.core.async_probe import acheck_for_update, check_for_update
-from airflow_provider_tfhub.core.errors import ConfigurationError
-from airflow_provider_tfhub.core.handles import cache_key
-from airflow_provider_tfhub.core.mirrors import mirror_url, parse_mirrors, resolve_mirrors, rewrite
-from airflow_provider_tfhub.core.staging import stage
-from airflow_provider_tfhub.testing.hub_server import HubServer
+from tfhub_cache.cache.staging import stage
+from tfhub_cache.errors import ConfigurationError
+from tfhub_cache.fetch.mirrors import mirror_url, parse_mirrors, resolve_mirrors, rewrite
+from tfhub_cache.fetch.update_check import acheck_for_update, check_for_update
+from tfhub_cache.handles import cache_key
+from tfhub_cache.testing.hub_server import HubServer
 
 HANDLE = "https://tfhub.dev/google/x/1"
 TOKEN = "s3cr3t-mirror-token"
@@ -133,7 +133,7 @@ def test_longest_prefix_is_the_one_fetched(mirror: HubServer, tmp_path: Path) ->
 def test_cli_honours_tfhub_mirrors(
     mirror: HubServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from airflow_provider_tfhub.cli import main
+    from tfhub_cache.cli import main
 
     monkeypatch.setenv("TFHUB_MIRRORS", json.dumps({"https://tfhub.dev": mirror.url}))
     assert main(["stage", HANDLE, "--cache-dir", str(tmp_path / "c"), "--json"]) == 0

@@ -35,6 +35,9 @@ else:  # pragma: no cover - the suite runs on 3.11+, the package supports 3.10
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "airflow_provider_tfhub"
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
+LIBRARY = REPO / "tfhub-cache"
+LIBRARY_PACKAGE = LIBRARY / "tfhub_cache"
+LIBRARY_PYPROJECT = tomllib.loads((LIBRARY / "pyproject.toml").read_text())
 UV = Path(sys.executable).with_name("uv")
 
 # What a fresh clone feeds the build backend (pyproject's readme and license files included).
@@ -85,6 +88,7 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
             shutil.copy2(path, src / name)
     env = _clean_env(work / "airflow")
     _run([UV, "build", "--wheel", "--out-dir", work / "dist", src], cwd=work, env=env)
+    _run([UV, "build", "--wheel", "--out-dir", work / "library-dist", LIBRARY], cwd=work, env=env)
     (built,) = (work / "dist").glob("*.whl")
     return built
 
@@ -96,7 +100,9 @@ def installed(wheel: Path) -> Path:
     env = _clean_env(work / "airflow")
     venv = work / "venv"
     _run([UV, "venv", "--python", sys.executable, venv], cwd=work, env=env)
-    _run([UV, "pip", "install", "--python", venv / "bin" / "python", wheel], cwd=work, env=env, timeout=600)
+    (library_wheel,) = (work / "library-dist").glob("*.whl")
+    python = venv / "bin" / "python"
+    _run([UV, "pip", "install", "--python", python, wheel, library_wheel], cwd=work, env=env, timeout=600)
     return venv / "bin"
 
 
@@ -107,7 +113,7 @@ def test_wheel_ships_license_and_py_typed_but_not_the_demo(wheel: Path) -> None:
         metadata = zf.read(f"{dist_info}/METADATA").decode()
         license_text = zf.read(f"{dist_info}/licenses/LICENSE").decode()
     assert "airflow_provider_tfhub/py.typed" in names
-    assert "License-File: LICENSE" in metadata and "License: Apache-2.0" in metadata
+    assert "License-File: LICENSE" in metadata and "License-Expression: Apache-2.0" in metadata
     assert "Apache License" in license_text and "Version 2.0, January 2004" in license_text
     assert f"Version: {airflow_provider_tfhub.__version__}" in metadata  # the one version source
     assert not [n for n in names if n.startswith(("scripts/", "tests/", "dags/")) or n.endswith("/demo.py")]
@@ -149,7 +155,7 @@ def _distribution_of_files() -> dict[Path, str]:
 def _distribution_of(module: str) -> str | None:
     """The installed distribution that provides ``module`` (``None``: the standard library or ours)."""
     top = module.split(".")[0]
-    if top in sys.stdlib_module_names or top == "airflow_provider_tfhub":
+    if top in sys.stdlib_module_names or top in ("airflow_provider_tfhub", "tfhub_cache"):
         return None
     spec = importlib.util.find_spec(module)
     assert spec is not None and spec.origin, f"{module} is imported by the package but is not installed"
@@ -159,7 +165,7 @@ def _distribution_of(module: str) -> str | None:
 
 
 def _is_namespace(module: str) -> bool:
-    if module.split(".")[0] in sys.stdlib_module_names or module.startswith("airflow_provider_tfhub"):
+    if module.split(".")[0] in sys.stdlib_module_names or module.startswith(("airflow_provider_tfhub", "tfhub_cache")):
         return False
     spec = importlib.util.find_spec(module)
     return spec is not None and spec.origin is None
@@ -221,9 +227,18 @@ def test_every_distribution_the_package_imports_is_declared() -> None:
     project = PYPROJECT["project"]
     extras: dict[str, list[str]] = project["optional-dependencies"]
     runtime = _requirement_names(project["dependencies"])
-    with_extras = runtime | _requirement_names([req for reqs in extras.values() for req in reqs])
 
-    testing = PACKAGE / "testing"
-    package_files = [p for p in sorted(PACKAGE.rglob("*.py")) if testing not in p.parents]
+    assert _undeclared(sorted(PACKAGE.rglob("*.py")), runtime, extras) == {}
+    assert "tfhub-cache" in runtime
+
+
+def test_every_distribution_the_library_imports_is_declared() -> None:
+    """The library: ``dependencies`` (optional features: their extra); ``testing/`` may also use extras."""
+    project = LIBRARY_PYPROJECT["project"]
+    extras: dict[str, list[str]] = project["optional-dependencies"]
+    runtime = _requirement_names(project["dependencies"])
+    with_extras = runtime | _requirement_names([req for reqs in extras.values() for req in reqs])
+    testing = LIBRARY_PACKAGE / "testing"
+    package_files = [p for p in sorted(LIBRARY_PACKAGE.rglob("*.py")) if testing not in p.parents]
     assert _undeclared(package_files, runtime, extras) == {}
     assert _undeclared(sorted(testing.rglob("*.py")), with_extras, extras) == {}

@@ -17,10 +17,10 @@ from typing import Any
 
 import pytest
 
-from airflow_provider_tfhub.core import ranged
-from airflow_provider_tfhub.core.errors import ChecksumMismatchError, ConfigurationError
-from airflow_provider_tfhub.core.ranged import connections_from
-from airflow_provider_tfhub.core.staging import stage
+from tfhub_cache.cache.staging import stage
+from tfhub_cache.errors import ChecksumMismatchError, ConfigurationError
+from tfhub_cache.fetch import ranged
+from tfhub_cache.fetch.ranged import connections_from
 
 PART = 512 << 10
 MEDIUM = "/google/medium/1"
@@ -104,7 +104,7 @@ def test_a_part_cut_midway_is_resumed_from_its_last_byte(
     archive = model_archives["medium"]
     # The first three archive responses (part 0's plain request, then two part requests) are cut.
     capped.set_faults(MEDIUM, cut_after_bytes=200_000, cut_times=3)
-    with caplog.at_level(logging.WARNING, logger="airflow_provider_tfhub.core.ranged"):
+    with caplog.at_level(logging.WARNING, logger="tfhub_cache.fetch.ranged"):
         result = stage(handle_of("medium"), cache_dir, download_connections=4)
     assert result["sha256"] == sha256_of(archive)
     assert capped.stats()["models"][MEDIUM]["archive_full"] == 1  # resumed, never restarted

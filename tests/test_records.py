@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 
-from airflow_provider_tfhub.core.handles import cache_key
-from airflow_provider_tfhub.core.layout import EntryNames
-from airflow_provider_tfhub.core.records import entry_meta, revision_meta
-from airflow_provider_tfhub.core.staging import stage
+from tfhub_cache.cache.layout import EntryNames
+from tfhub_cache.cache.records import entry_meta, revision_meta
+from tfhub_cache.cache.staging import stage
+from tfhub_cache.handles import cache_key
 
 REVISION_KEYS = {
     "archive_bytes",

@@ -22,12 +22,12 @@ from typing import Any
 
 import pytest
 
-from airflow_provider_tfhub.core.errors import ChecksumMismatchError, OfflineError
-from airflow_provider_tfhub.core.inventory import verify
-from airflow_provider_tfhub.core.layout import TMP_RE, EntryNames
-from airflow_provider_tfhub.core.staging import stage
-from airflow_provider_tfhub.core.storage.local import LocalStorage
-from airflow_provider_tfhub.testing.models import make_archive
+from tfhub_cache.cache.inventory import verify
+from tfhub_cache.cache.layout import TMP_RE, EntryNames
+from tfhub_cache.cache.staging import stage
+from tfhub_cache.errors import ChecksumMismatchError, OfflineError
+from tfhub_cache.storage.local import LocalStorage
+from tfhub_cache.testing.models import make_archive
 
 MODEL_PATH = "/google/versioned/1"
 

@@ -26,12 +26,12 @@ import pytest
 from test_refresh import Version, versions
 from test_stage_local import run_py
 
-from airflow_provider_tfhub.core.handles import cache_key
-from airflow_provider_tfhub.core.inventory import list_entries, prune, verify
-from airflow_provider_tfhub.core.layout import EntryNames, encode_meta
-from airflow_provider_tfhub.core.staging import lookup_entry, stage
-from airflow_provider_tfhub.core.storage.gcs import GCSStorage
-from airflow_provider_tfhub.core.storage.local import LocalStorage
+from tfhub_cache.cache.inventory import list_entries, prune, verify
+from tfhub_cache.cache.layout import EntryNames, encode_meta
+from tfhub_cache.cache.staging import lookup_entry, stage
+from tfhub_cache.handles import cache_key
+from tfhub_cache.storage.gcs import GCSStorage
+from tfhub_cache.storage.local import LocalStorage
 
 PY = sys.executable
 MODEL_PATH = "/google/revisioned/1"

@@ -12,25 +12,33 @@ from pathlib import Path
 
 import pytest
 
-from airflow_provider_tfhub.core import settings
-from airflow_provider_tfhub.core.errors import InvalidHandleError
-from airflow_provider_tfhub.core.handles import require_cacheable, url_scheme
-from airflow_provider_tfhub.core.locks import DEFAULT_LOCK_TIMEOUT
-from airflow_provider_tfhub.core.responses import TRANSIENT_STATUSES, html_page_error, is_permanent
 from airflow_provider_tfhub.get_provider_info import get_provider_info
+from tfhub_cache import settings
+from tfhub_cache.cache.locks import DEFAULT_LOCK_TIMEOUT
+from tfhub_cache.errors import InvalidHandleError
+from tfhub_cache.handles import require_cacheable, url_scheme
+from tfhub_cache.responses import TRANSIENT_STATUSES, html_page_error, is_permanent
 
-PACKAGE = Path(__file__).resolve().parents[1] / "airflow_provider_tfhub"
+REPO = Path(__file__).resolve().parents[1]
+#: Both distributions' packages; paths below are relative to these roots (``tfhub_cache/...``).
+ROOTS = (REPO / "airflow_provider_tfhub", REPO / "tfhub-cache" / "tfhub_cache")
 #: The test servers imitate hubs and GCS; they are not the provider's rules.
-SOURCES = sorted(p for p in PACKAGE.rglob("*.py") if "testing" not in p.relative_to(PACKAGE).parts)
+SOURCES = sorted(p for root in ROOTS for p in root.rglob("*.py") if "testing" not in p.relative_to(root).parts)
+
+
+def _relative(path: Path) -> str:
+    """``tfhub_cache/responses.py`` or ``airflow_provider_tfhub/hooks/tfhub.py``."""
+    root = next(root for root in ROOTS if path.is_relative_to(root))
+    return f"{root.name}/{path.relative_to(root)}"
 
 
 def _where(pattern: str) -> list[str]:
     regex = re.compile(pattern)
-    return [str(p.relative_to(PACKAGE)) for p in SOURCES if regex.search(p.read_text())]
+    return [_relative(p) for p in SOURCES if regex.search(p.read_text())]
 
 
 def test_the_package_sources_are_found() -> None:
-    assert len(SOURCES) > 40 and PACKAGE / "core" / "responses.py" in SOURCES
+    assert len(SOURCES) > 40 and ROOTS[1] / "responses.py" in SOURCES
 
 
 def test_private_internals_of_google_cloud_storage_are_used_only_by_its_adapter() -> None:
@@ -51,37 +59,37 @@ def test_private_internals_of_google_cloud_storage_are_used_only_by_its_adapter(
                 and any(alias.name.startswith("_") for alias in node.names)
             )
             if reached or by_name or imported:
-                users.add(str(path.relative_to(PACKAGE)))
-    assert users == {"core/storage/gcs/_client.py"}
+                users.add(_relative(path))
+    assert users == {"tfhub_cache/storage/gcs/_client.py"}
 
 
 def test_transient_statuses_are_listed_once() -> None:
-    assert _where(r"\b408\b.*\b429\b") == ["core/responses.py"]
+    assert _where(r"\b408\b.*\b429\b") == ["tfhub_cache/responses.py"]
     assert TRANSIENT_STATUSES == {408, 429, 500, 502, 503, 504}
     assert not is_permanent(503) and not is_permanent(429) and is_permanent(404) and not is_permanent(None)
 
 
 def test_the_html_instead_of_an_archive_check_is_written_once() -> None:
-    assert _where(r"text/html") == ["core/responses.py"]
+    assert _where(r"text/html") == ["tfhub_cache/responses.py"]
     assert html_page_error("h", "text/html; charset=utf-8", 200) is not None
     assert html_page_error("h", "application/gzip", 200) is None
 
 
 def test_a_url_scheme_is_recognised_in_one_place() -> None:
-    assert _where(r"A-Za-z0-9\+") == ["core/handles.py"]
+    assert _where(r"A-Za-z0-9\+") == ["tfhub_cache/handles.py"]
     assert (url_scheme("GS://b/x"), url_scheme("/data/x"), url_scheme("file:///x")) == ("gs", "", "file")
 
 
 def test_the_sinks_share_one_aborted_marker() -> None:
-    assert _where(r"class \w*Abort\w*\(") == ["core/storage/base.py"]
+    assert _where(r"class \w*Abort\w*\(") == ["tfhub_cache/storage/base.py"]
 
 
 def test_the_upload_retries_have_no_backoff_of_their_own() -> None:
-    assert _where(r"2 ?\*\* ?attempt") == ["core/transfer.py"]  # RetryPolicy.delay
+    assert _where(r"2 ?\*\* ?attempt") == ["tfhub_cache/fetch/transfer.py"]  # RetryPolicy.delay
 
 
 def test_the_lock_default_is_one_constant() -> None:
-    assert _where(r'(?im)^.*(lock.*\b600\b|\b600\b.*lock|"600").*$') == ["core/locks.py"]
+    assert _where(r'(?im)^.*(lock.*\b600\b|\b600\b.*lock|"600").*$') == ["tfhub_cache/cache/locks.py"]
     option = get_provider_info()["config"]["tfhub"]["options"]["lock_timeout"]
     assert option["default"] == option["example"] == f"{DEFAULT_LOCK_TIMEOUT:g}"
 
@@ -92,11 +100,14 @@ def test_the_lock_default_applies_when_nothing_is_configured(monkeypatch: pytest
 
 
 def test_completeness_is_decided_in_one_place() -> None:
-    assert _where(r"storage\.has_file\(|target\.has_file\(") == ["core/layout.py"]
+    assert _where(r"storage\.has_file\(|target\.has_file\(") == ["tfhub_cache/cache/layout.py"]
 
 
 def test_a_local_directory_is_refused_by_one_function(tmp_path: Path) -> None:
-    assert _where(r'kind == "local_dir"') == ["core/handles.py", "core/staging.py"]  # staging uses it in place
+    assert _where(r'kind == "local_dir"') == [
+        "tfhub_cache/cache/staging.py",
+        "tfhub_cache/handles.py",
+    ]  # staging uses it in place
     with pytest.raises(InvalidHandleError, match="is a local directory: it is used in place and never cached"):
         require_cacheable(str(tmp_path))
     assert require_cacheable("tfhub.dev/google/m/1").text == "https://tfhub.dev/google/m/1"

@@ -21,13 +21,13 @@ from airflow.sdk import PokeReturnValue
 from airflow.sdk.exceptions import AirflowException, AirflowFailException, TaskDeferred
 from airflow_utils import get_dag, xcom
 
-from airflow_provider_tfhub.core.errors import ConfigurationError, InvalidHandleError
-from airflow_provider_tfhub.core.layout import EntryNames
-from airflow_provider_tfhub.core.staging import lookup_entry, stage
-from airflow_provider_tfhub.core.storage.local import LocalStorage
 from airflow_provider_tfhub.sensors.cached import TFHubModelCachedSensor
 from airflow_provider_tfhub.sensors.updated import TFHubModelUpdatedSensor
 from airflow_provider_tfhub.triggers.tfhub import TFHubModelCachedTrigger, TFHubModelUpdatedTrigger
+from tfhub_cache.cache.layout import EntryNames
+from tfhub_cache.cache.staging import lookup_entry, stage
+from tfhub_cache.errors import ConfigurationError, InvalidHandleError
+from tfhub_cache.storage.local import LocalStorage
 
 PATH = "/google/demo_v1/1"
 TOKEN = "s3cret-token-123"

@@ -7,8 +7,8 @@ import tempfile
 
 import pytest
 
-from airflow_provider_tfhub.core import settings
-from airflow_provider_tfhub.core.errors import ConfigurationError
+from tfhub_cache import settings
+from tfhub_cache.errors import ConfigurationError
 
 
 def test_cache_dir_precedence(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -17,17 +17,17 @@ from typing import Any
 
 import pytest
 
-from airflow_provider_tfhub.core.errors import (
+from tfhub_cache.cache.staging import RESULT_KEYS, is_cached, stage
+from tfhub_cache.errors import (
     ArchiveError,
     CacheError,
     ChecksumMismatchError,
     DownloadError,
     InvalidHandleError,
 )
-from airflow_provider_tfhub.core.handles import cache_key
-from airflow_provider_tfhub.core.staging import RESULT_KEYS, is_cached, stage
-from airflow_provider_tfhub.testing.hub_server import HubServer
-from airflow_provider_tfhub.testing.models import make_malicious_archive
+from tfhub_cache.handles import cache_key
+from tfhub_cache.testing.hub_server import HubServer
+from tfhub_cache.testing.models import make_malicious_archive
 
 PY = sys.executable
 
@@ -129,7 +129,7 @@ def test_two_processes_one_download(hub: Any, handle_of: Any, cache_dir: str) ->
     hub.set_faults("/google/medium/1", rate_bytes_per_s=4_000_000)  # ~2 s body: the stagers overlap
     code = f"""
         import json
-        from airflow_provider_tfhub.core.staging import stage
+        from tfhub_cache.cache.staging import stage
         r = stage({handle!r}, {cache_dir!r})
         print(json.dumps({{"path": r["path"], "downloaded": r["downloaded"]}}))
     """
@@ -152,8 +152,8 @@ def test_staging_never_imports_tensorflow(hub: Any, handle_of: Any, cache_dir: s
     out = run_py(
         f"""
         import sys
-        from airflow_provider_tfhub.core.staging import stage
-        import airflow_provider_tfhub.cli
+        from tfhub_cache.cache.staging import stage
+        import tfhub_cache.cli
         stage({handle_of("small_b")!r}, {cache_dir!r})
         stage({handle_of("small_b")!r}, {cache_dir!r})
         print(sorted(m for m in sys.modules if m.split(".")[0] in ("tensorflow", "tensorflow_hub", "airflow")))

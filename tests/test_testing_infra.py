@@ -1,4 +1,4 @@
-"""Tests of the shipped test infrastructure (``airflow_provider_tfhub.testing``).
+"""Tests of the shipped test infrastructure (``tfhub_cache.testing``).
 
 Everything else in the suite trusts these fakes, so they are tested against real clients: ``requests``,
 urllib (what tensorflow_hub uses), tensorflow_hub itself, TensorFlow and google-cloud-storage.
@@ -29,9 +29,9 @@ import pytest
 import requests
 import urllib3
 
-from airflow_provider_tfhub.testing import models
-from airflow_provider_tfhub.testing.gcs_emulator import GCSEmulator
-from airflow_provider_tfhub.testing.hub_server import HubControl, HubServer, HubServerProcess
+from tfhub_cache.testing import models
+from tfhub_cache.testing.gcs_emulator import GCSEmulator
+from tfhub_cache.testing.hub_server import HubControl, HubServer, HubServerProcess
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MODEL = "/google/demo/1"
@@ -388,7 +388,7 @@ def test_subprocess_mode(tmp_path: Path, blob: Path) -> None:
     shutil.copy(blob, root / "google" / "demo" / "1.tar.gz")
     port_file = tmp_path / "port"
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-    cmd = [sys.executable, "-m", "airflow_provider_tfhub.testing.hub_server", "--root", str(root)]
+    cmd = [sys.executable, "-m", "tfhub_cache.testing.hub_server", "--root", str(root)]
     proc = subprocess.Popen(
         [*cmd, "--port-file", str(port_file), "--uncompressed-prefix", "gs://tfhub-modules"],
         stdout=subprocess.PIPE,
@@ -583,7 +583,7 @@ def test_gcs_emulator_roundtrip_and_precondition(monkeypatch: pytest.MonkeyPatch
 
 def test_gcs_emulator_cli(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-    cmd = [sys.executable, "-m", "airflow_provider_tfhub.testing.gcs_emulator", "--data", str(tmp_path / "d")]
+    cmd = [sys.executable, "-m", "tfhub_cache.testing.gcs_emulator", "--data", str(tmp_path / "d")]
     proc = subprocess.Popen(
         [*cmd, "--bucket", "b1"],
         stdout=subprocess.PIPE,

@@ -21,11 +21,11 @@ import pytest
 from scheme_server import SchemeServers, etag_of
 from stage_helpers import FAST, MEDIUM
 
-from airflow_provider_tfhub.core.async_probe import check_for_update
-from airflow_provider_tfhub.core.errors import DownloadError
-from airflow_provider_tfhub.core.staging import stage
-from airflow_provider_tfhub.core.token_scope import TokenScope, auth_headers
 from airflow_provider_tfhub.triggers.tfhub import TFHubModelUpdatedTrigger
+from tfhub_cache.cache.staging import stage
+from tfhub_cache.errors import DownloadError
+from tfhub_cache.fetch.token_scope import TokenScope, auth_headers
+from tfhub_cache.fetch.update_check import check_for_update
 
 TOKEN = "tok-3f9a-never-leak"
 BEARER = f"Bearer {TOKEN}"

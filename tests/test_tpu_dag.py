@@ -21,8 +21,8 @@ import pytest
 from airflow_utils import get_dag
 from tls_relay import TFGCS, tf_gcs
 
-from airflow_provider_tfhub import loading
-from airflow_provider_tfhub.testing.models import expected_output
+from tfhub_cache import loading
+from tfhub_cache.testing.models import expected_output
 
 TESTS = Path(__file__).resolve().parent
 DAG_ID = "tfhub_tpu_training"

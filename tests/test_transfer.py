@@ -27,9 +27,9 @@ from stage_helpers import (
     sha256_of,
 )
 
-from airflow_provider_tfhub.core.errors import ChecksumMismatchError, DownloadError
-from airflow_provider_tfhub.core.staging import stage
-from airflow_provider_tfhub.core.transfer import RetriesExhausted, RetryPolicy
+from tfhub_cache.cache.staging import stage
+from tfhub_cache.errors import ChecksumMismatchError, DownloadError
+from tfhub_cache.fetch.transfer import RetriesExhausted, RetryPolicy
 
 # -- transient failures: retried with backoff and jitter, bounded ----------------------------------------
 
@@ -54,7 +54,7 @@ def test_failures_of_the_first_hop_are_retried_too(hub: Any, handle_of: Any, tmp
 
 def test_retry_after_is_honoured(hub: Any, handle_of: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     hub.set_faults(MEDIUM, fail_times=1, fail_status=429, retry_after=0.3)
-    with caplog.at_level(logging.WARNING, logger="airflow_provider_tfhub"):
+    with caplog.at_level(logging.WARNING, logger="tfhub_cache"):
         stage(handle_of("medium"), str(tmp_path), retry=FAST)
     assert "answered HTTP 429; retrying in 0.3s" in caplog.text
 

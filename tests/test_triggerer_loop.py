@@ -17,7 +17,7 @@ from typing import Any
 
 import gcs_helpers
 
-from airflow_provider_tfhub.core.staging import stage
+from tfhub_cache.cache.staging import stage
 
 gcs_emulator = gcs_helpers.gcs_emulator
 gcs_env = gcs_helpers.gcs_env

@@ -20,10 +20,10 @@ from typing import Any
 import pytest
 from airflow_utils import get_dag
 
-from airflow_provider_tfhub.core.labels import handle_label
-from airflow_provider_tfhub.core.staging import stage
-from airflow_provider_tfhub.core.units import human_bytes, human_duration, human_rate
 from airflow_provider_tfhub.hooks.tfhub import TFHubHook
+from tfhub_cache.cache.staging import stage
+from tfhub_cache.labels import handle_label
+from tfhub_cache.units import human_bytes, human_duration, human_rate
 
 # A URL with punctuation glued to its end: log viewers make that punctuation part of the link.
 GLUED_URL = re.compile(r"(?:https?|gs)://\S*[:.,;)\]]($|\s)")
@@ -95,10 +95,10 @@ def test_stage_logs_read_like_sentences(
     handle = handle_of("medium")
     hub.set_faults("/google/medium/1", rate_bytes_per_s=4_000_000)  # ~2 s for the ~8 MB archive
     interval = 0.4
-    with caplog.at_level(logging.DEBUG, logger="airflow_provider_tfhub"):
+    with caplog.at_level(logging.DEBUG, logger="tfhub_cache"):
         result = stage(handle, cache_dir, progress_interval=interval)
     assert result["path"] is not None
-    records = [r for r in caplog.records if r.name.startswith("airflow_provider_tfhub")]
+    records = [r for r in caplog.records if r.name.startswith("tfhub_cache")]
     info = [r.getMessage() for r in records if r.levelno >= logging.INFO]
 
     progress = [r for r in records if r.getMessage().startswith("Downloading ")]

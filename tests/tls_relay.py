@@ -302,7 +302,7 @@ def tf_gcs(workdir: Path) -> Iterator[TFGCS]:
     fake-gcs-server keeps its default ``-public-host storage.googleapis.com``, which is what routes
     TensorFlow's path-style media GETs (``Host: storage.googleapis.com``) correctly.
     """
-    from airflow_provider_tfhub.testing.gcs_emulator import GCSEmulator
+    from tfhub_cache.testing.gcs_emulator import GCSEmulator
 
     ca = make_test_ca(workdir / "ca")
     with GCSEmulator() as emulator, TLSRelay(emulator.port, ca) as relay:

@@ -27,7 +27,7 @@ from typing import Any
 
 import pytest
 
-from airflow_provider_tfhub.testing.models import build_archives_in_subprocess
+from tfhub_cache.testing.models import build_archives_in_subprocess
 
 ROOT = Path(__file__).resolve().parents[1]
 SCREENSHOTS = Path(os.environ.get("TFHUB_UI_SCREENSHOTS", ROOT / "ui_tests" / "screenshots"))
@@ -99,7 +99,7 @@ def mapped_run(
     airflow_env: dict[str, str], api_server_process: Any, tmp_path_factory: pytest.TempPathFactory
 ) -> dict[str, Any]:
     """A finished ``tfhub_prestage`` run: its mapped ``stage`` staged the demo models from the loopback hub."""
-    from airflow_provider_tfhub.testing.hub_server import HubServer
+    from tfhub_cache.testing.hub_server import HubServer
 
     archives = _build_archives()
     hub = HubServer().start()

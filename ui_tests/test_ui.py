@@ -21,7 +21,7 @@ from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support import expected_conditions as ec
 from selenium.webdriver.support.ui import WebDriverWait
 
-from airflow_provider_tfhub.core.labels import handle_label
+from tfhub_cache.labels import handle_label
 
 WAIT = 60  # seconds; the first page load compiles nothing, but a busy 2-core machine can be slow
 

@@ -15,11 +15,11 @@ from typing import Any
 
 from airflow.sdk import BaseHook
 
-from airflow_provider_tfhub.core import mirrors as mirrors_mod
-from airflow_provider_tfhub.core import settings
-from airflow_provider_tfhub.core.staging import is_cached as core_is_cached
-from airflow_provider_tfhub.core.staging import stage as core_stage
-from airflow_provider_tfhub.core.storage import Storage, open_storage
+from tfhub_cache import settings
+from tfhub_cache.cache.staging import is_cached as core_is_cached
+from tfhub_cache.cache.staging import stage as core_stage
+from tfhub_cache.fetch import mirrors as mirrors_mod
+from tfhub_cache.storage import Storage, open_storage
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """``TFHubExportForServingOperator``: the last step to serving, ``<base_path>/<model_name>/<version>/``.
 
 Takes the staged-model dict of a stage task (XCom) or a handle to stage first, and exports the
-staged model where TF Serving's poller picks it up; see :mod:`airflow_provider_tfhub.core.export`
+staged model where TF Serving's poller picks it up; see :mod:`tfhub_cache.export`
 for how versions are chosen and why a version directory never appears half written. The XCom is
 ``export_path``, ``version``, ``model_name``, ``base_path``, ``sha256``, ``exported`` (false when
 nothing was written) and ``removed_versions``.
@@ -14,14 +14,14 @@ from typing import Any
 
 from airflow.sdk import BaseOperator
 
-from airflow_provider_tfhub.core import export as core_export
-from airflow_provider_tfhub.core import settings
-from airflow_provider_tfhub.core.errors import ConfigurationError
-from airflow_provider_tfhub.core.handles import parse_handle
-from airflow_provider_tfhub.core.labels import handle_label
 from airflow_provider_tfhub.links import TFHubModelPageLink, TFHubStagedModelLink
 from airflow_provider_tfhub.operators.labels import HANDLE_MAP_INDEX_TEMPLATE
 from airflow_provider_tfhub.task_helpers import check_literals, emit_asset_events, is_literal, result_of, run_core
+from tfhub_cache import export as core_export
+from tfhub_cache import settings
+from tfhub_cache.errors import ConfigurationError
+from tfhub_cache.handles import parse_handle
+from tfhub_cache.labels import handle_label
 
 
 class TFHubExportForServingOperator(BaseOperator):

@@ -10,7 +10,7 @@ their own ``map_index_template`` (or ``""`` for plain indexes).
 
 from __future__ import annotations
 
-from airflow_provider_tfhub.core.labels import handle_label
+from tfhub_cache.labels import handle_label
 
 HANDLE_MAP_INDEX_TEMPLATE = "{{ task.handle_label }}"
 

@@ -1,7 +1,7 @@
 """``TFHubLoadModelOperator``: prove a staged model loads the way training will load it, and say how.
 
 It takes the stage operator's XCom (or stages ``handle`` itself), builds the load plan for the target
-(TPU or not, see :mod:`airflow_provider_tfhub.loading`), loads the SavedModel with exactly that plan,
+(TPU or not, see :mod:`tfhub_cache.loading`), loads the SavedModel with exactly that plan,
 optionally calls a signature once on zeros, and returns the plan plus the model's signatures as XCom.
 Training tasks then call ``loading.load(plan)`` and get the same, already verified, behaviour.
 
@@ -16,11 +16,10 @@ from typing import Any
 
 from airflow.sdk import BaseOperator
 
-from airflow_provider_tfhub import loading
-from airflow_provider_tfhub.core import settings
-from airflow_provider_tfhub.core.errors import ConfigurationError
-from airflow_provider_tfhub.core.handles import parse_handle
 from airflow_provider_tfhub.task_helpers import check_literals, run_core
+from tfhub_cache import loading, settings
+from tfhub_cache.errors import ConfigurationError
+from tfhub_cache.handles import parse_handle
 
 
 class TFHubLoadModelOperator(BaseOperator):

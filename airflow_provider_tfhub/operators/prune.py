@@ -4,7 +4,7 @@ tensorflow_hub never cleans its cache; this removes revisions superseded longer 
 ``superseded_max_age``, whole entries unused for ``max_age``, then
 the least recently used ones until the cache fits ``max_total_bytes``, plus what dead stagers left
 behind. Entries in ``keep`` and entries a running stager holds are never touched (see
-:func:`airflow_provider_tfhub.core.inventory.prune`). The XCom value is the prune report.
+:func:`tfhub_cache.cache.inventory.prune`). The XCom value is the prune report.
 """
 
 from __future__ import annotations
@@ -15,9 +15,10 @@ from typing import Any
 
 from airflow.sdk import BaseOperator
 
-from airflow_provider_tfhub.core import inventory, settings
-from airflow_provider_tfhub.core.units import human_bytes
 from airflow_provider_tfhub.task_helpers import check_literals, run_core
+from tfhub_cache import settings
+from tfhub_cache.cache import inventory
+from tfhub_cache.units import human_bytes
 
 
 class TFHubPruneCacheOperator(BaseOperator):

@@ -12,15 +12,15 @@ from typing import Any
 
 from airflow.sdk import BaseOperator
 
-from airflow_provider_tfhub.core import settings
-from airflow_provider_tfhub.core.extract import check_max_files
-from airflow_provider_tfhub.core.handles import parse_handle
-from airflow_provider_tfhub.core.mirrors import parse_mirrors
-from airflow_provider_tfhub.core.ranged import connections_from
-from airflow_provider_tfhub.core.staging import check_sha256
 from airflow_provider_tfhub.links import TFHubModelPageLink, TFHubStagedModelLink
 from airflow_provider_tfhub.operators.labels import HANDLE_MAP_INDEX_TEMPLATE, HandleLabelMixin
 from airflow_provider_tfhub.task_helpers import check_literals, emit_asset_events, is_literal, result_of, run_core
+from tfhub_cache import settings
+from tfhub_cache.archive.extract import check_max_files
+from tfhub_cache.cache.staging import check_sha256
+from tfhub_cache.fetch.mirrors import parse_mirrors
+from tfhub_cache.fetch.ranged import connections_from
+from tfhub_cache.handles import parse_handle
 
 
 class TFHubStageModelOperator(HandleLabelMixin, BaseOperator):

@@ -15,15 +15,15 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from airflow.sdk import BaseSensorOperator, PokeReturnValue, conf
 
-from airflow_provider_tfhub.core import settings
-from airflow_provider_tfhub.core.errors import ConfigurationError
-from airflow_provider_tfhub.core.handles import require_cacheable
 from airflow_provider_tfhub.task_helpers import check_literals, is_literal
+from tfhub_cache import settings
+from tfhub_cache.errors import ConfigurationError
+from tfhub_cache.handles import require_cacheable
 
 if TYPE_CHECKING:
-    from airflow_provider_tfhub.core.storage import Storage
     from airflow_provider_tfhub.hooks.tfhub import TFHubHook
     from airflow_provider_tfhub.triggers.tfhub import _CacheTrigger
+    from tfhub_cache.storage import Storage
 
 
 def cached_handle(handle: str) -> str:

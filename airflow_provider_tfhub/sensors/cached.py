@@ -11,10 +11,10 @@ from typing import Any
 
 from airflow.sdk import PokeReturnValue
 
-from airflow_provider_tfhub.core.staging import lookup_entry
 from airflow_provider_tfhub.sensors.base import BaseTFHubCacheSensor, cached_handle
 from airflow_provider_tfhub.task_helpers import run_core
 from airflow_provider_tfhub.triggers.tfhub import TFHubModelCachedTrigger
+from tfhub_cache.cache.staging import lookup_entry
 
 
 class TFHubModelCachedSensor(BaseTFHubCacheSensor):

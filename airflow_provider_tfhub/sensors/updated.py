@@ -15,11 +15,11 @@ from typing import Any
 
 from airflow.sdk import PokeReturnValue
 
-from airflow_provider_tfhub.core.async_probe import check_for_update
-from airflow_provider_tfhub.core.errors import TFHubError
-from airflow_provider_tfhub.core.staging import lookup_entry
 from airflow_provider_tfhub.sensors.base import BaseTFHubCacheSensor, cached_handle
 from airflow_provider_tfhub.triggers.tfhub import TFHubModelUpdatedTrigger
+from tfhub_cache.cache.staging import lookup_entry
+from tfhub_cache.errors import TFHubError
+from tfhub_cache.fetch.update_check import check_for_update
 
 
 class TFHubModelUpdatedSensor(BaseTFHubCacheSensor):

@@ -3,7 +3,7 @@
 Only async I/O runs on the triggerer's event loop (``tests/test_triggerer_loop.py`` runs them under
 asyncio debug mode with a 0.1 s slow-callback threshold): the connection comes from
 ``TFHubHook.aget_settings()`` (``aget_connection``), the update probe uses ``httpx``'s async
-client (:func:`~airflow_provider_tfhub.core.async_probe.acheck_for_update`). Reading the cache
+client (:func:`~tfhub_cache.fetch.update_check.acheck_for_update`). Reading the cache
 (a few small local files or GCS objects through the blocking storage clients) runs in a thread via
 ``asyncio.to_thread``; building a ``gs://`` storage may read the Google connection with the sync
 API, so that runs under asgiref's ``sync_to_async``, as the Google provider's async hooks do.
@@ -23,13 +23,13 @@ from typing import Any
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 from asgiref.sync import sync_to_async
 
-from airflow_provider_tfhub.core import settings
-from airflow_provider_tfhub.core.async_probe import acheck_for_update
-from airflow_provider_tfhub.core.errors import TFHubError
-from airflow_provider_tfhub.core.handles import parse_handle
-from airflow_provider_tfhub.core.staging import lookup_entry
-from airflow_provider_tfhub.core.storage import Storage, open_storage
 from airflow_provider_tfhub.hooks.tfhub import TFHubHook
+from tfhub_cache import settings
+from tfhub_cache.cache.staging import lookup_entry
+from tfhub_cache.errors import TFHubError
+from tfhub_cache.fetch.update_check import acheck_for_update
+from tfhub_cache.handles import parse_handle
+from tfhub_cache.storage import Storage, open_storage
 
 
 def _preload() -> None:
@@ -40,7 +40,7 @@ def _preload() -> None:
     cost, not a trigger's first poll. Covered: the async HTTP transport (httpx, anyio's asyncio
     backend and TLS streams) and what ``aget_connection`` imports on first use.
     """
-    from airflow_provider_tfhub.core.async_probe import preload_transport
+    from tfhub_cache.fetch.update_check import preload_transport
 
     preload_transport()
     try:

@@ -47,8 +47,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from airflow_provider_tfhub.testing.hub_server import HubControl
-from airflow_provider_tfhub.testing.models import build_archives_in_subprocess
+from tfhub_cache.testing.hub_server import HubControl
+from tfhub_cache.testing.models import build_archives_in_subprocess
 
 ROOT = Path(__file__).resolve().parents[2]
 CLUSTER_DAG_DIR = Path(__file__).resolve().parent / "dags"
@@ -620,7 +620,7 @@ def run(args: argparse.Namespace) -> int:
         base_env = {**os.environ, "NO_GCE_CHECK": "true"}
         gcs_argv = [
             "-m",
-            "airflow_provider_tfhub.testing.gcs_emulator",
+            "tfhub_cache.testing.gcs_emulator",
             "--data",
             str(work / "gcs"),
             "--bucket",
@@ -636,7 +636,7 @@ def run(args: argparse.Namespace) -> int:
         log(f"GCS emulator ready ({gcs_endpoint}, bucket {BUCKET})")
         hub_proc = cluster.spawn(
             "hub",
-            [sys.executable, "-m", "airflow_provider_tfhub.testing.hub_server", "--root", str(work / "hub")],
+            [sys.executable, "-m", "tfhub_cache.testing.hub_server", "--root", str(work / "hub")],
             env=base_env,
             stdout_pipe=True,
         )

@@ -1,0 +1,154 @@
+"""Aliases: one model known under two handles is downloaded once.
+
+tfhub.dev now answers a model's URL with a redirect to its Kaggle URL, so ``https://tfhub.dev/g/m/1``
+and ``https://www.kaggle.com/models/g/m/...`` are the same model; tensorflow_hub would download and
+store it twice (its cache key is the sha1 of the handle string). We:
+
+* record, at staging, the chain of model-page URLs the download went through (every hop that still
+  asks for ``tf-hub-format``, without its query) in the metadata (``page_urls``), and index each URL
+  as a tiny object ``.alias.<sha1(url)>.<sha1(handle)>.json`` at the cache root (one object per URL
+  and handle: no read-modify-write, so concurrent stagers never lose each other's records; the
+  leading dot keeps it out of tensorflow_hub's and our inventory's way);
+* on a miss, resolve the first hops of the new handle (redirects only, never an archive byte) and
+  look each URL up in the index; a hit is verified against the other entry's own metadata, so a
+  stale index object (its entry was pruned or replaced) only costs a download.
+
+The second handle then gets its own complete, tensorflow_hub-compatible entry built from the first
+one's files without downloading (see :mod:`tfhub_cache.cache.staging`), with
+``downloaded: false`` and ``alias_of`` naming the handle that was downloaded.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import urllib.parse
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from tfhub_cache.fetch.transfer import MAX_REDIRECTS, REDIRECT_STATUSES, HttpSource
+from tfhub_cache.handles import cache_key
+from tfhub_cache.storage.base import Storage
+
+log = logging.getLogger(__name__)
+
+INDEX_PREFIX = ".alias."
+_FORMAT_PARAM = "tf-hub-format"
+
+
+def page_url(url: str) -> str | None:
+    """The model-page URL of a requested hop: a URL asking for ``tf-hub-format``, without its query."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https"):
+        return None
+    if not any(k == _FORMAT_PARAM for k, _ in urllib.parse.parse_qsl(parts.query)):
+        return None
+    pairs = [(k, v) for k, v in urllib.parse.parse_qsl(parts.query) if k != _FORMAT_PARAM]
+    return urllib.parse.urlunsplit((parts.scheme, parts.netloc, parts.path, urllib.parse.urlencode(pairs), ""))
+
+
+def page_urls(handle: str, requested: Iterable[str]) -> list[str]:
+    """The handle and every model-page URL of the redirect chain, in order, without duplicates."""
+    urls = [handle]
+    for url in requested:
+        page = page_url(url)
+        if page and page not in urls:
+            urls.append(page)
+    return urls
+
+
+def index_name(url: str, handle: str) -> str:
+    return f"{INDEX_PREFIX}{cache_key(url)}.{cache_key(handle)}.json"
+
+
+def has_index(storage: Storage) -> bool:
+    """True when any alias URL is indexed (else a miss needs no redirect resolution at all)."""
+    return any(name.endswith(".json") for name in storage.list_root(prefix=INDEX_PREFIX))
+
+
+def record(storage: Storage, handle: str, urls: Iterable[str]) -> None:
+    """Index ``handle`` under each of its page URLs (best effort: a failure only costs a later download)."""
+    for url in urls or ():
+        try:
+            storage.write_bytes(index_name(url, handle), json.dumps({"url": url, "handle": handle}).encode())
+        except Exception as exc:
+            log.debug("Could not index %s as an alias URL of %s: %s", url, handle, exc)
+
+
+def candidates(storage: Storage, url: str) -> list[str]:
+    """Handles indexed under ``url`` (unverified)."""
+    handles = []
+    for name in storage.list_root(prefix=f"{INDEX_PREFIX}{cache_key(url)}."):
+        if not name.endswith(".json"):
+            continue  # a cut-short atomic write
+        data = storage.read_bytes(name)
+        try:
+            item = json.loads(data) if data else None
+        except ValueError:
+            continue
+        if isinstance(item, dict) and item.get("url") == url and isinstance(item.get("handle"), str):
+            handles.append(item["handle"])
+    return handles
+
+
+def lookup(
+    storage: Storage, urls: Iterable[str], *, exclude: str, read: Callable[[str], dict[str, Any] | None]
+) -> dict[str, Any] | None:
+    """The complete entry (``read(handle)``) of another handle whose recorded page URLs include one of ``urls``."""
+    for url in urls:
+        for other in candidates(storage, url):
+            if other == exclude:
+                continue
+            entry = read(other)
+            if entry is not None and url in (entry.get("page_urls") or ()):
+                return entry
+    return None
+
+
+def resolve_first_hops(source: HttpSource, known: Callable[[str], bool]) -> list[str]:
+    """Follow the model-page redirects of ``source.url`` without fetching the archive.
+
+    Returns the page URLs seen, stopping at the first ``known`` one or at the first hop that no
+    longer asks for ``tf-hub-format`` (the archive's storage URL, which is never requested).
+    """
+    url = source.url
+    seen: list[str] = []
+    for _ in range(MAX_REDIRECTS + 1):
+        page = page_url(url)
+        if page is None:
+            break
+        seen.append(page)
+        if known(page):
+            break
+        resp = source.request(url, redirects=False, stream=True)
+        try:
+            location = resp.headers.get("Location")
+            if resp.status_code not in REDIRECT_STATUSES or not location:
+                break  # the archive itself (its body is never read) or an error the download will report
+        finally:
+            resp.close()
+        url = urllib.parse.urljoin(url, location)
+    return seen
+
+
+def recording_session() -> Any:
+    """The thread's HTTP session (keep-alive reuse as before), remembering every URL asked for through it.
+
+    That list is the redirect chain of a download, which :func:`page_urls` turns into page URLs.
+    """
+    from tfhub_cache.fetch.transfer import _thread_session
+
+    return _RecordingSession(_thread_session())
+
+
+class _RecordingSession:
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.requested: list[str] = []
+
+    def get(self, url: Any, **kwargs: Any) -> Any:
+        self.requested.append(str(url))
+        return self.inner.get(url, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
