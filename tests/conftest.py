@@ -30,6 +30,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 for _var in ("TFHUB_CACHE_DIR", "TFHUB_MODEL_LOAD_FORMAT", "TFHUB_OFFLINE", "TFHUB_TOKEN", "STORAGE_EMULATOR_HOST"):
     os.environ.pop(_var, None)
 
+# Fixtures every suite shares: the GCS emulator and per-test gs:// caches (tests/gcs_helpers.py).
+pytest_plugins = ["gcs_helpers"]
+
 MODELS_CACHE = Path(os.environ.get("TFHUB_TEST_MODELS", ROOT / ".cache" / "test-models"))
 
 #: name -> build_saved_model kwargs; y = x * scale + offset
@@ -45,14 +48,6 @@ MODEL_SPECS: dict[str, dict[str, Any]] = {
 def build_archives(specs: dict[str, dict[str, Any]], root: Path = MODELS_CACHE) -> dict[str, Path]:
     """Build (once) the archives of ``specs`` in a subprocess; return name -> archive path."""
     return build_archives_in_subprocess(root, specs)
-
-
-@pytest.fixture(scope="session", autouse=True)
-def airflow_db() -> None:
-    """A migrated SQLite metadata DB for ``dag.test()`` (about 3 s, once per session)."""
-    from airflow.utils import db
-
-    db.resetdb()
 
 
 @pytest.fixture(scope="session")

@@ -36,12 +36,12 @@ PY = sys.executable
 BUCKET = "tfhub-gcs-test"
 
 
-# -- fixtures (import them into a test module to use them) -------------------------------------------------
+# -- fixtures (a pytest plugin: tests/conftest.py lists this module in pytest_plugins) -------------------
 
 
 @pytest.fixture(scope="session")
 def gcs_emulator() -> Iterator[GCSEmulator]:
-    """One fake-gcs-server per module that imports this, on a free loopback port; stopped by its PID."""
+    """One fake-gcs-server per test session, on a free loopback port; stopped by its PID."""
     with GCSEmulator() as emulator:
         emulator.create_bucket(BUCKET)
         yield emulator

@@ -1,9 +1,8 @@
 """Helpers for tests that stage from the loopback hub and then look at the cache on disk.
 
 Shared by the modules that test one part of staging each (``test_transfer``, ``test_extract``,
-``test_locks``, ``test_faults``, ``test_inventory``, ``test_cli``). ``cache`` is a fixture: a module
-that wants it assigns it (``cache = stage_helpers.cache``), like the GCS fixtures of ``gcs_helpers``,
-so that it overrides pytest's own ``cache`` fixture only there.
+``test_locks``, ``test_faults``, ``test_inventory``, ``test_cli``, ``test_refresh``, ...). Fixtures
+built on these live in the ``conftest.py`` files; this module holds plain functions and types only.
 """
 
 from __future__ import annotations
@@ -12,20 +11,23 @@ import base64
 import hashlib
 import json
 import os
-import time
+import subprocess
+import sys
+import textwrap
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import google_crc32c
-import pytest
 
 from tfhub_cache.cache.layout import EntryNames
-from tfhub_cache.cache.records import StagedModel
-from tfhub_cache.cache.staging import stage
 from tfhub_cache.fetch.transfer import RetryPolicy
 from tfhub_cache.handles import cache_key
 
+PY = sys.executable
+#: the ``staged_models`` fixture: model name -> what staging it returned
+StagedModels = dict[str, dict[str, Any]]
 FAST = RetryPolicy(attempts=5, backoff=0.01, max_backoff=0.05)
 MEDIUM = "/google/medium/1"  # ~8 MB of random float32 weights: big enough to cut, stall and kill mid-way
 
@@ -69,7 +71,7 @@ def assert_entry_complete(cache: Path, handle: str, reference: dict[str, dict[st
     assert manifest_of_dir(cache / f"{key}.revisions" / meta["revision"]) == reference
 
 
-NAMES = ("demo_v1", "small_a", "small_b", "demo_v2")  # oldest use first in ``cache``
+NAMES = ("demo_v1", "small_a", "small_b", "demo_v2")  # oldest use first in ``staged_models``
 
 
 def used(cache_dir: str, result: Mapping[str, Any], when: float) -> None:
@@ -77,14 +79,27 @@ def used(cache_dir: str, result: Mapping[str, Any], when: float) -> None:
     os.utime(meta, (when, when))
 
 
-@pytest.fixture
-def cache(hub: Any, handle_of: Any, cache_dir: str) -> dict[str, StagedModel]:
-    """Four staged models, last used 400, 300, 200 and 100 seconds ago (in NAMES order)."""
-    now = time.time()
-    staged = {}
-    for age, name in zip((400, 300, 200, 100), NAMES, strict=True):
-        result = stage(handle_of(name), cache_dir)
-        used(cache_dir, result, now - age)
-        staged[name] = result
-    hub.reset_stats()
-    return staged
+def run_py(code: str, env: dict[str, str] | None = None, timeout: float = 300) -> str:
+    """Run ``code`` in a fresh interpreter (``env`` on top of ours); its stdout, or fail with its stderr."""
+    proc = subprocess.run(
+        [PY, "-c", textwrap.dedent(code)],
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
+@dataclass(frozen=True)
+class Version:
+    """One upstream version of the versioned test model: its archive and the files of its tree."""
+
+    tag: str
+    archive: Path
+    files: dict[str, bytes]  # relpath -> content of the model tree
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.archive.read_bytes()).hexdigest()

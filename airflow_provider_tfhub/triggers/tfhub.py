@@ -1,6 +1,6 @@
 """Triggers behind the deferrable TF Hub sensors: wait in the triggerer, not in a worker slot.
 
-Only async I/O runs on the triggerer's event loop (``tests/test_triggerer_loop.py`` runs them under
+Only async I/O runs on the triggerer's event loop (``tests/provider/test_triggerer_loop.py`` runs them under
 asyncio debug mode with a 0.1 s slow-callback threshold): the connection comes from
 ``TFHubHook.aget_settings()`` (``aget_connection``), the update probe uses ``httpx``'s async
 client (:func:`~tfhub_cache.fetch.update_check.acheck_for_update`). Reading the cache

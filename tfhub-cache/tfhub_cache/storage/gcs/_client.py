@@ -9,7 +9,7 @@ permission errors. They are reached only through the functions below, so a chang
 breaks here and nowhere else.
 
 Tested with google-cloud-storage 3.17 (pyproject holds it below 4). When raising that bound, check
-each function here against the new client: ``tests/test_gcs_cache.py`` exercises them against the
+each function here against the new client: ``tests/library/test_gcs_cache.py`` exercises them against the
 emulator, and ``tests/test_rules.py`` fails if another module reaches for a private internal.
 """
 

@@ -33,7 +33,7 @@ from tfhub_cache.testing import models
 from tfhub_cache.testing.gcs_emulator import GCSEmulator
 from tfhub_cache.testing.hub_server import HubControl, HubServer, HubServerProcess
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 MODEL = "/google/demo/1"
 GS_LOCATION = "gs://tfhub-modules/google/demo/1/uncompressed"
 

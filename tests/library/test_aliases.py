@@ -12,9 +12,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-import gcs_helpers
 import pytest
-from test_stage_local import run_py
+from stage_helpers import run_py
 
 from tfhub_cache.cache import aliases, inventory
 from tfhub_cache.cache.staging import stage
@@ -22,10 +21,6 @@ from tfhub_cache.handles import cache_key
 from tfhub_cache.storage.gcs import GCSStorage
 from tfhub_cache.storage.local import LocalStorage
 from tfhub_cache.testing.hub_server import HubServer
-
-gcs_emulator = gcs_helpers.gcs_emulator
-gcs_env = gcs_helpers.gcs_env
-gcs_cache = gcs_helpers.gcs_cache
 
 
 def downloads(hub: Any, name: str) -> int:

@@ -22,7 +22,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import gcs_helpers
 import google_crc32c
 import pytest
 from gcs_helpers import (
@@ -47,9 +46,6 @@ from tfhub_cache.storage.gcs import GCSArchiveSource, GCSStorage, GCSTreeSink
 MiB = 1024 * 1024
 
 # The emulator and per-test gs:// caches (shared with test_gcs_dag.py).
-gcs_emulator = gcs_helpers.gcs_emulator
-gcs_env = gcs_helpers.gcs_env
-gcs_cache = gcs_helpers.gcs_cache
 
 
 @pytest.fixture

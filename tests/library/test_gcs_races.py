@@ -19,7 +19,6 @@ import tarfile
 from pathlib import Path
 from typing import Any
 
-import gcs_helpers
 from gcs_helpers import BUCKET, all_objects, assert_complete, leftovers, result_of, run_stage_subprocess, wait_ready
 
 from tfhub_cache.handles import cache_key
@@ -29,10 +28,6 @@ from tfhub_cache.testing.models import PLACEHOLDER_SAVED_MODEL
 MB = 1_000_000
 MiB = 1 << 20
 SHARDS = (10 * MB, 64 * MiB, 9 * MB)
-
-gcs_emulator = gcs_helpers.gcs_emulator
-gcs_env = gcs_helpers.gcs_env
-gcs_cache = gcs_helpers.gcs_cache
 
 
 def make_sharded_archive(path: Path, shards: tuple[int, ...] = SHARDS, seed: int = 7) -> Path:

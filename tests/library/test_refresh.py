@@ -10,58 +10,23 @@ a reader sees can be attributed to a version.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import tarfile
 import threading
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+from stage_helpers import Version
 
 from tfhub_cache.cache.inventory import verify
 from tfhub_cache.cache.layout import TMP_RE, EntryNames
 from tfhub_cache.cache.staging import stage
 from tfhub_cache.errors import ChecksumMismatchError, OfflineError
 from tfhub_cache.storage.local import LocalStorage
-from tfhub_cache.testing.models import make_archive
 
 MODEL_PATH = "/google/versioned/1"
-
-
-@dataclass(frozen=True)
-class Version:
-    tag: str
-    archive: Path
-    files: dict[str, bytes]  # relpath -> content of the model tree
-
-    @property
-    def sha256(self) -> str:
-        return hashlib.sha256(self.archive.read_bytes()).hexdigest()
-
-
-@pytest.fixture(scope="session")
-def versions(model_archives: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Version]:
-    """demo_v1 / demo_v2 (offset 1 vs 5) plus ``assets/version.txt``, re-archived like tfhub.dev does."""
-    root = tmp_path_factory.mktemp("versions")
-    result = {}
-    for tag, name in (("v1", "demo_v1"), ("v2", "demo_v2")):
-        src = root / tag / "model"
-        src.mkdir(parents=True)
-        with tarfile.open(model_archives[name]) as tar:
-            tar.extractall(src, filter="data")
-        (src / "assets").mkdir(exist_ok=True)
-        (src / "assets" / "version.txt").write_text(tag)
-        archive = make_archive(src, root / tag / "model.tar.gz")
-        files = {p.relative_to(src).as_posix(): p.read_bytes() for p in src.rglob("*") if p.is_file()}
-        result[tag] = Version(tag, archive, files)
-    assert result["v1"].files["saved_model.pb"]  # a real SavedModel, not a placeholder
-    differing = {r for r in result["v1"].files if result["v1"].files[r] != result["v2"].files.get(r)}
-    assert {"assets/version.txt", "variables/variables.data-00000-of-00001"} <= differing
-    return result
 
 
 @pytest.fixture

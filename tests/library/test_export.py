@@ -2,7 +2,8 @@
 
 Versions, no duplicate on re-export, explicit ``--version`` (+ ``--overwrite``), ``keep_versions``,
 TensorFlow loading the exported directory, hard links into the cache, pollers that must never see a
-numeric directory without (all of) its model, and the example DAG through ``dag.test()``.
+numeric directory without (all of) its model. The operator and the example DAG are tested in
+``tests/provider/test_export_operator.py``.
 """
 
 from __future__ import annotations
@@ -16,18 +17,13 @@ from typing import Any
 
 import gcs_helpers
 import pytest
-from airflow_utils import get_dag, xcom
-from test_stage_local import run_py
+from stage_helpers import run_py
 
 from tfhub_cache.cache.staging import stage
 from tfhub_cache.cli import main as cli_main
 from tfhub_cache.errors import ConfigurationError
 from tfhub_cache.export import EXPORT_KEYS, ExportError, export_for_serving, sidecar_name
 from tfhub_cache.storage.gcs import GCSStorage
-
-gcs_emulator = gcs_helpers.gcs_emulator
-gcs_env = gcs_helpers.gcs_env
-gcs_cache = gcs_helpers.gcs_cache
 
 
 def versions(model_dir: Path) -> list[int]:
@@ -220,39 +216,3 @@ def test_gcs_export_marker_last_and_versions(
     pruned = export_for_serving(staged, base, "medium", keep_versions=1)
     assert pruned["version"] == 3 and pruned["exported"] is False and pruned["removed_versions"] == [1]
     assert not any(n.startswith("1/") or n == ".1.tfhub-export.json" for n in _objects(model))
-
-
-# -- Airflow ----------------------------------------------------------------------------------------
-def test_example_dag_stage_then_export(hub: Any, handle_of: Any, cache_dir: str, tmp_path: Path) -> None:
-    dag = get_dag("tfhub_serving_export")
-    conf = {"handle": handle_of("small_a"), "cache_dir": cache_dir, "base_path": str(tmp_path), "model_name": "a"}
-    dr = dag.test(run_conf=conf)
-    assert dr.state == "success"
-    staged, exported = xcom(dr, "stage", -1), xcom(dr, "export", -1)
-    assert exported["export_path"] == str(tmp_path / "a" / "1") and exported["sha256"] == staged["sha256"]
-    assert exported["exported"] is True and exported["handle"] == staged["handle"]
-    dr = dag.test(run_conf=conf)  # the same model again: no new version
-    assert dr.state == "success" and xcom(dr, "export", -1)["exported"] is False
-    assert versions(tmp_path / "a") == [1]
-
-
-def test_operator_stages_a_handle_and_fails_permanently_on_conflict(
-    hub: Any, handle_of: Any, cache_dir: str, tmp_path: Path
-) -> None:
-    from airflow.sdk.exceptions import AirflowFailException
-
-    from airflow_provider_tfhub.operators.export import TFHubExportForServingOperator
-
-    with pytest.raises(ConfigurationError, match=r"staged= .* or handle="):
-        TFHubExportForServingOperator(task_id="x", base_path=str(tmp_path), model_name="m")
-    with pytest.raises(ConfigurationError, match="model_name"):
-        TFHubExportForServingOperator(task_id="x", handle=handle_of("small_a"), base_path=str(tmp_path), model_name="")
-
-    def op(name: str, **kw: Any) -> Any:
-        return TFHubExportForServingOperator(
-            task_id="e", handle=handle_of(name), cache_dir=cache_dir, base_path=str(tmp_path), model_name="m", **kw
-        )
-
-    assert op("small_a", version=2).execute({})["version"] == 2
-    with pytest.raises(AirflowFailException, match="Version 2"):
-        op("small_b", version=2).execute({})

@@ -17,16 +17,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-import gcs_helpers
 from gcs_helpers import assert_complete, leftovers, make_synthetic_archive, result_of, run_stage_subprocess
 
 from tfhub_cache.storage.gcs import GCSStorage
 
 MiB = 1 << 20
-
-gcs_emulator = gcs_helpers.gcs_emulator
-gcs_env = gcs_helpers.gcs_env
-gcs_cache = gcs_helpers.gcs_cache
 
 
 class StallProxy:

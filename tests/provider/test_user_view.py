@@ -257,7 +257,7 @@ def test_token_field_and_compatibility(
 
 
 # -- make demo --------------------------------------------------------------------------------------
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_demo_prints_only_its_summary(tmp_path: Path) -> None:

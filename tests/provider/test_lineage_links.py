@@ -10,14 +10,13 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
-import gcs_helpers
 from airflow_utils import get_dag, xcom
 
 from airflow_provider_tfhub.links import console_url, model_page_url
 from airflow_provider_tfhub.operators.export import TFHubExportForServingOperator
 from airflow_provider_tfhub.operators.stage import TFHubStageModelOperator
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_stage_and_export_facets(hub: Any, handle_of: Any, cache_dir: str, tmp_path: Path) -> None:
@@ -102,9 +101,6 @@ def test_nothing_of_openlineage_is_imported_by_our_modules() -> None:
 
 
 # -- extra links ------------------------------------------------------------------------------------
-gcs_emulator = gcs_helpers.gcs_emulator
-gcs_env = gcs_helpers.gcs_env
-gcs_cache = gcs_helpers.gcs_cache
 
 
 def test_link_urls() -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from stage_helpers import run_py
 
 from tfhub_cache.cache.staging import RESULT_KEYS, is_cached, stage
 from tfhub_cache.errors import (
@@ -30,18 +31,6 @@ from tfhub_cache.testing.hub_server import HubServer
 from tfhub_cache.testing.models import make_malicious_archive
 
 PY = sys.executable
-
-
-def run_py(code: str, env: dict[str, str] | None = None, timeout: float = 300) -> str:
-    proc = subprocess.run(
-        [PY, "-c", textwrap.dedent(code)],
-        env={**os.environ, **(env or {})},
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc.stdout
 
 
 def leftovers(cache: str | Path) -> list[str]:

@@ -23,8 +23,7 @@ from typing import Any
 
 import gcs_helpers
 import pytest
-from test_refresh import Version, versions
-from test_stage_local import run_py
+from stage_helpers import Version, run_py
 
 from tfhub_cache.cache.inventory import list_entries, prune, verify
 from tfhub_cache.cache.layout import EntryNames, encode_meta
@@ -36,11 +35,6 @@ from tfhub_cache.storage.local import LocalStorage
 PY = sys.executable
 MODEL_PATH = "/google/revisioned/1"
 V1_Y, V2_Y = 1.0, 5.0  # zeros * 2 + offset
-
-gcs_emulator = gcs_helpers.gcs_emulator
-gcs_env = gcs_helpers.gcs_env
-gcs_cache = gcs_helpers.gcs_cache
-versions = versions  # the v1/v2 models of the refresh tests (v2 adds 4 to the output)
 
 
 @pytest.fixture

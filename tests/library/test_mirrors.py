@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_stage_local import run_py
+from stage_helpers import run_py
 
 from tfhub_cache.cache.staging import stage
 from tfhub_cache.errors import ConfigurationError

@@ -18,7 +18,6 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import gcs_helpers
 import pytest
 from gcs_helpers import assert_complete, leftovers
 
@@ -30,9 +29,6 @@ from tfhub_cache.storage.gcs import GCSStorage
 PY = sys.executable
 
 # The GCS emulator and per-test gs:// caches.
-gcs_emulator = gcs_helpers.gcs_emulator
-gcs_env = gcs_helpers.gcs_env
-gcs_cache = gcs_helpers.gcs_cache
 
 
 # -- holders on this host ---------------------------------------------------------------------------------

@@ -29,7 +29,7 @@ from tfhub_cache.cache.staging import stage
 from tfhub_cache.errors import ConfigurationError, DownloadError, InvalidHandleError
 from tfhub_cache.testing.models import expected_output
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SMALL_A = {"scale": 3.0, "offset": 0.5}  # conftest.MODEL_SPECS["small_a"]
 IO_DEVICE_OPTIONS = {"experimental_io_device": "/job:localhost"}
 GS_LOCATION = "gs://tfhub-modules/google/small_a/1/uncompressed"

@@ -15,13 +15,7 @@ import subprocess
 import sys
 from typing import Any
 
-import gcs_helpers
-
 from tfhub_cache.cache.staging import stage
-
-gcs_emulator = gcs_helpers.gcs_emulator
-gcs_env = gcs_helpers.gcs_env
-gcs_cache = gcs_helpers.gcs_cache
 
 RUNNER = r"""
 import asyncio, json, logging, sys

@@ -8,16 +8,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import gcs_helpers
 from airflow_utils import get_dag, xcom
 from gcs_helpers import assert_complete, leftovers
 
 from tfhub_cache.handles import cache_key
 from tfhub_cache.storage.gcs import GCSStorage
-
-gcs_emulator = gcs_helpers.gcs_emulator
-gcs_env = gcs_helpers.gcs_env
-gcs_cache = gcs_helpers.gcs_cache
 
 
 def test_prestage_dag_stages_into_a_gcs_cache(hub: Any, handle_of: Any, gcs_cache: str) -> None:

@@ -24,7 +24,7 @@ from tls_relay import TFGCS, tf_gcs
 from tfhub_cache import loading
 from tfhub_cache.testing.models import expected_output
 
-TESTS = Path(__file__).resolve().parent
+TESTS = Path(__file__).resolve().parents[1]  # where airflow_utils lives
 DAG_ID = "tfhub_tpu_training"
 
 RUN_DAG_SCRIPT = """

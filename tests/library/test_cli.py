@@ -15,16 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import stage_helpers
-from stage_helpers import NAMES
+from stage_helpers import NAMES, StagedModels
 
 from tfhub_cache.cache.inventory import list_entries
 from tfhub_cache.cli import main
 from tfhub_cache.storage.local import LocalStorage
 
 COMMANDS = ("stage", "resolve", "ls", "verify", "prune", "export")
-
-cache = stage_helpers.cache  # four staged models, last used in NAMES order
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -63,40 +60,40 @@ def cli(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_cli_ls_table_and_json(cache: dict[str, dict[str, Any]], cache_dir: str) -> None:
+def test_cli_ls_table_and_json(staged_models: StagedModels, cache_dir: str) -> None:
     table = cli("ls", "--cache-dir", cache_dir)
     assert table.returncode == 0, table.stderr
     lines = table.stdout.splitlines()
     assert lines[0].startswith(f"{cache_dir}: 4 entries")
     assert lines[1].split() == ["STATE", "SIZE", "FILES", "LAST", "USED", "STAGED", "ETAG", "REVISION", "HANDLE"]
-    assert lines[2].startswith("complete") and lines[2].endswith(cache["demo_v2"]["handle"])
+    assert lines[2].startswith("complete") and lines[2].endswith(staged_models["demo_v2"]["handle"])
 
     listed = json.loads(cli("ls", "--json", "--cache-dir", cache_dir).stdout)
-    assert [e["handle"] for e in listed] == [cache[n]["handle"] for n in reversed(NAMES)]
+    assert [e["handle"] for e in listed] == [staged_models[n]["handle"] for n in reversed(NAMES)]
     assert {"handle", "size", "files", "staged_at", "last_used", "etag", "state"} <= set(listed[0])
 
 
-def test_cli_verify_exit_codes(cache: dict[str, dict[str, Any]], cache_dir: str) -> None:
+def test_cli_verify_exit_codes(staged_models: StagedModels, cache_dir: str) -> None:
     assert cli("verify", "--cache-dir", cache_dir).returncode == 0
-    Path(cache["demo_v1"]["path"], "saved_model.pb").unlink()
+    Path(staged_models["demo_v1"]["path"], "saved_model.pb").unlink()
 
     damaged = cli("verify", "--cache-dir", cache_dir)
     assert damaged.returncode == 1
-    assert f"missing: {cache['demo_v1']['path']}/saved_model.pb" in damaged.stdout
-    assert cli("verify", cache["small_a"]["handle"], "--cache-dir", cache_dir).returncode == 0
-    report = json.loads(cli("verify", cache["demo_v1"]["handle"], "--json", "--cache-dir", cache_dir).stdout)
+    assert f"missing: {staged_models['demo_v1']['path']}/saved_model.pb" in damaged.stdout
+    assert cli("verify", staged_models["small_a"]["handle"], "--cache-dir", cache_dir).returncode == 0
+    report = json.loads(cli("verify", staged_models["demo_v1"]["handle"], "--json", "--cache-dir", cache_dir).stdout)
     assert report["ok"] is False
 
 
-def test_cli_prune(cache: dict[str, dict[str, Any]], cache_dir: str) -> None:
-    keep = cache["demo_v2"]["handle"]
+def test_cli_prune(staged_models: StagedModels, cache_dir: str) -> None:
+    keep = staged_models["demo_v2"]["handle"]
     dry = cli("prune", "--cache-dir", cache_dir, "--max-total-bytes", "0", "--keep", keep, "--dry-run", "--json")
     assert dry.returncode == 1  # over budget: the kept model stays
     assert len(json.loads(dry.stdout)["removed"]) == 3 and len(list_entries(LocalStorage(cache_dir))) == 4
 
     real = cli("prune", "--cache-dir", cache_dir, "--max-age", "150s", "--keep", keep)
     assert real.returncode == 0, real.stderr
-    assert "Freed" in real.stdout and cache["demo_v1"]["handle"] in real.stdout
+    assert "Freed" in real.stdout and staged_models["demo_v1"]["handle"] in real.stdout
     assert [e["handle"] for e in list_entries(LocalStorage(cache_dir))] == [keep]
 
 

@@ -16,10 +16,8 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import gcs_helpers
 import pytest
-import stage_helpers
-from stage_helpers import NAMES
+from stage_helpers import NAMES, StagedModels
 
 from tfhub_cache.cache.inventory import list_entries, parse_age, parse_size, prune, verify
 from tfhub_cache.cache.layout import EntryNames, new_uid
@@ -27,12 +25,6 @@ from tfhub_cache.cache.locks import CacheLock
 from tfhub_cache.cache.staging import lookup_entry, stage
 from tfhub_cache.errors import ConfigurationError, InvalidHandleError
 from tfhub_cache.storage.local import LocalStorage
-
-# Four staged models (the default local cache), the GCS emulator and per-test gs:// caches.
-cache = stage_helpers.cache
-gcs_emulator = gcs_helpers.gcs_emulator
-gcs_env = gcs_helpers.gcs_env
-gcs_cache = gcs_helpers.gcs_cache
 
 
 def names_of(cache_dir: str, key: str) -> list[str]:
@@ -115,9 +107,9 @@ def test_parse_age_rejects_nonsense_naming_the_input(text: object) -> None:
 # -- ls --------------------------------------------------------------------------------------------------
 
 
-def test_ls_reports_complete_partial_and_locked_entries(cache: dict[str, dict[str, Any]], cache_dir: str) -> None:
+def test_ls_reports_complete_partial_and_locked_entries(staged_models: StagedModels, cache_dir: str) -> None:
     storage = LocalStorage(cache_dir)
-    v1, small_a = cache["demo_v1"], cache["small_a"]
+    v1, small_a = staged_models["demo_v1"], staged_models["small_a"]
     partial_key = "f" * 40
     dead_tmp = Path(cache_dir, EntryNames(partial_key).tmp(new_uid()), "variables")  # a stager died mid-way
     dead_tmp.mkdir(parents=True)
@@ -143,12 +135,12 @@ def test_ls_reports_complete_partial_and_locked_entries(cache: dict[str, dict[st
     )
     assert e["files"] == v1["files"] and e["size"] == entry_size(cache_dir, v1["cache_key"])
     order = [e["handle"] for e in list_entries(storage) if e["handle"]]
-    assert order == [cache[n]["handle"] for n in reversed(NAMES)]  # most recently used first
+    assert order == [staged_models[n]["handle"] for n in reversed(NAMES)]  # most recently used first
 
 
-def test_a_cache_hit_records_last_use(cache: dict[str, dict[str, Any]], cache_dir: str) -> None:
+def test_a_cache_hit_records_last_use(staged_models: StagedModels, cache_dir: str) -> None:
     storage = LocalStorage(cache_dir)
-    oldest = cache["demo_v1"]
+    oldest = staged_models["demo_v1"]
     stage(oldest["handle"], cache_dir)  # a hit touches the metadata
     assert list_entries(storage)[0]["handle"] == oldest["handle"]
     assert (
@@ -160,7 +152,7 @@ def test_a_cache_hit_records_last_use(cache: dict[str, dict[str, Any]], cache_di
 # -- verify ----------------------------------------------------------------------------------------------
 
 
-def test_verify_passes_on_intact_entries(cache: dict[str, dict[str, Any]], cache_dir: str) -> None:
+def test_verify_passes_on_intact_entries(staged_models: StagedModels, cache_dir: str) -> None:
     report = verify(LocalStorage(cache_dir))
     assert report["ok"] is True
     assert [e["status"] for e in report["entries"]] == ["ok"] * 4
@@ -176,9 +168,9 @@ def test_verify_passes_on_intact_entries(cache: dict[str, dict[str, Any]], cache
     ],
 )
 def test_verify_detects_deleted_altered_and_extra_files(
-    cache: dict[str, dict[str, Any]], cache_dir: str, damage: str, kind: str
+    staged_models: StagedModels, cache_dir: str, damage: str, kind: str
 ) -> None:
-    target = cache["small_b"]
+    target = staged_models["small_b"]
     model = Path(target["path"])
     victim = model / "variables" / "variables.data-00000-of-00001"
     if damage == "delete":
@@ -201,7 +193,7 @@ def test_verify_detects_deleted_altered_and_extra_files(
     expected = "variables/notes.txt" if kind == "extra" else "variables/variables.data-00000-of-00001"
     assert bad["status"] == "damaged" and bad[kind] == [expected]
     assert all(e["status"] == "ok" for k, e in by_key.items() if k != target["cache_key"])
-    assert verify(LocalStorage(cache_dir), cache["demo_v1"]["handle"])["ok"] is True  # one handle only
+    assert verify(LocalStorage(cache_dir), staged_models["demo_v1"]["handle"])["ok"] is True  # one handle only
 
 
 def test_verify_of_an_unstaged_handle_says_so(cache_dir: str, handle_of: Any) -> None:
@@ -213,9 +205,9 @@ def test_verify_of_an_unstaged_handle_says_so(cache_dir: str, handle_of: Any) ->
 
 
 def test_prune_removes_least_recently_used_entries_until_under_budget(
-    hub: Any, cache: dict[str, dict[str, Any]], cache_dir: str
+    hub: Any, staged_models: StagedModels, cache_dir: str
 ) -> None:
-    keys = {n: cache[n]["cache_key"] for n in NAMES}
+    keys = {n: staged_models[n]["cache_key"] for n in NAMES}
     sizes = {n: entry_size(cache_dir, keys[n]) for n in NAMES}
     budget = sizes["small_b"] + sizes["demo_v2"]  # room for exactly the two most recently used
 
@@ -226,26 +218,27 @@ def test_prune_removes_least_recently_used_entries_until_under_budget(
     assert report["total_bytes"] == budget and report["over_budget"] is False
     assert names_of(cache_dir, keys["demo_v1"]) == [] and names_of(cache_dir, keys["small_a"]) == []
     assert {k["key"] for k in report["kept"]} == {keys["small_b"], keys["demo_v2"]}
-    assert lookup_entry(LocalStorage(cache_dir), cache["demo_v2"]["handle"]) is not None
+    assert lookup_entry(LocalStorage(cache_dir), staged_models["demo_v2"]["handle"]) is not None
     json.dumps(report)  # the operator's XCom
 
     hub.reset_stats()
-    again = stage(cache["demo_v1"]["handle"], cache_dir)  # a pruned model is simply staged again
+    again = stage(staged_models["demo_v1"]["handle"], cache_dir)  # a pruned model is simply staged again
     assert again["downloaded"] is True and hub.stats()["models"]["/google/demo_v1/1"]["archive_full"] == 1
 
 
-def test_prune_by_age_of_last_use(cache: dict[str, dict[str, Any]], cache_dir: str) -> None:
+def test_prune_by_age_of_last_use(staged_models: StagedModels, cache_dir: str) -> None:
     report = prune(LocalStorage(cache_dir), max_age="250s")
-    assert {r["handle"] for r in report["removed"]} == {cache["demo_v1"]["handle"], cache["small_a"]["handle"]}
+    oldest = {staged_models["demo_v1"]["handle"], staged_models["small_a"]["handle"]}
+    assert {r["handle"] for r in report["removed"]} == oldest
     assert all("unused for" in r["reason"] for r in report["removed"])
     assert {e["handle"] for e in list_entries(LocalStorage(cache_dir))} == {
-        cache["small_b"]["handle"],
-        cache["demo_v2"]["handle"],
+        staged_models["small_b"]["handle"],
+        staged_models["demo_v2"]["handle"],
     }
 
 
-def test_prune_never_removes_entries_in_keep(cache: dict[str, dict[str, Any]], cache_dir: str) -> None:
-    kept_by_handle, kept_by_key = cache["demo_v1"], cache["small_b"]
+def test_prune_never_removes_entries_in_keep(staged_models: StagedModels, cache_dir: str) -> None:
+    kept_by_handle, kept_by_key = staged_models["demo_v1"], staged_models["small_b"]
 
     report = prune(
         LocalStorage(cache_dir), max_total_bytes=0, keep=[kept_by_handle["handle"], kept_by_key["cache_key"]]
@@ -253,7 +246,8 @@ def test_prune_never_removes_entries_in_keep(cache: dict[str, dict[str, Any]], c
 
     remaining = {e["key"] for e in list_entries(LocalStorage(cache_dir))}
     assert remaining == {kept_by_handle["cache_key"], kept_by_key["cache_key"]}
-    assert {r["key"] for r in report["removed"]} == {cache["small_a"]["cache_key"], cache["demo_v2"]["cache_key"]}
+    unkept = {staged_models["small_a"]["cache_key"], staged_models["demo_v2"]["cache_key"]}
+    assert {r["key"] for r in report["removed"]} == unkept
     assert report["over_budget"] is True  # the budget cannot be met without touching keep
     assert verify(LocalStorage(cache_dir))["ok"] is True
 
@@ -263,9 +257,9 @@ def test_prune_rejects_a_bad_keep_handle(cache_dir: str) -> None:
         prune(LocalStorage(cache_dir), keep=["ftp://nope/x"])
 
 
-def test_prune_never_touches_an_entry_a_live_stager_holds(cache: dict[str, dict[str, Any]], cache_dir: str) -> None:
+def test_prune_never_touches_an_entry_a_live_stager_holds(staged_models: StagedModels, cache_dir: str) -> None:
     storage = LocalStorage(cache_dir)
-    busy = cache["demo_v1"]  # the oldest: first to go if it were not locked
+    busy = staged_models["demo_v1"]  # the oldest: first to go if it were not locked
     names = EntryNames(busy["cache_key"])
     lock = CacheLock(storage, names.lock, new_uid())
     lock.acquire()
@@ -288,10 +282,10 @@ def test_prune_never_touches_an_entry_a_live_stager_holds(cache: dict[str, dict[
 
 
 def test_prune_keeps_a_fresh_lock_of_another_host_but_cleans_an_old_one(
-    cache: dict[str, dict[str, Any]], cache_dir: str
+    staged_models: StagedModels, cache_dir: str
 ) -> None:
     storage = LocalStorage(cache_dir)
-    fresh, old = cache["demo_v1"], cache["small_a"]
+    fresh, old = staged_models["demo_v1"], staged_models["small_a"]
     Path(cache_dir, EntryNames(fresh["cache_key"]).lock).write_text(f"other-host.42.{new_uid()}")
     old_lock = Path(cache_dir, EntryNames(old["cache_key"]).lock)
     old_lock.write_text(f"other-host.43.{new_uid()}")
@@ -307,9 +301,9 @@ def test_prune_keeps_a_fresh_lock_of_another_host_but_cleans_an_old_one(
     assert report["removed"] == [] and lookup_entry(storage, old["handle"]) is not None
 
 
-def test_prune_cleans_up_after_a_dead_stager(cache: dict[str, dict[str, Any]], cache_dir: str) -> None:
+def test_prune_cleans_up_after_a_dead_stager(staged_models: StagedModels, cache_dir: str) -> None:
     storage = LocalStorage(cache_dir)
-    names = EntryNames(cache["small_b"]["cache_key"])
+    names = EntryNames(staged_models["small_b"]["cache_key"])
     uid = new_uid()
     Path(cache_dir, names.lock).write_text(f"{socket.gethostname()}.{dead_pid()}.{uid}")
     tmp = Path(cache_dir, names.tmp(uid))
@@ -332,11 +326,11 @@ def test_prune_cleans_up_after_a_dead_stager(cache: dict[str, dict[str, Any]], c
     assert report["freed_bytes"] == 1000 + 500 + 200
     assert not tmp.exists() and not orphan_tmp.exists() and not half_model.exists()
     assert not Path(cache_dir, names.lock).exists()
-    assert {e["key"] for e in list_entries(storage)} == {r["cache_key"] for r in cache.values()}
+    assert {e["key"] for e in list_entries(storage)} == {r["cache_key"] for r in staged_models.values()}
     assert verify(storage)["ok"] is True
 
 
-def test_dry_run_reports_the_same_plan_and_changes_nothing(cache: dict[str, dict[str, Any]], cache_dir: str) -> None:
+def test_dry_run_reports_the_same_plan_and_changes_nothing(staged_models: StagedModels, cache_dir: str) -> None:
     storage = LocalStorage(cache_dir)
     Path(cache_dir, EntryNames("e" * 40).tmp(new_uid())).mkdir()
     before = snapshot(cache_dir)
@@ -393,19 +387,19 @@ def test_prune_operator_validates_at_parse_time() -> None:
     assert set(op.template_fields) == {"cache_dir", "keep"}
 
 
-def test_prune_operator_returns_the_report(cache: dict[str, dict[str, Any]], cache_dir: str) -> None:
+def test_prune_operator_returns_the_report(staged_models: StagedModels, cache_dir: str) -> None:
     from airflow_provider_tfhub.operators.prune import TFHubPruneCacheOperator
 
-    keep = cache["demo_v1"]["handle"]
+    keep = staged_models["demo_v1"]["handle"]
     op = TFHubPruneCacheOperator(task_id="prune", cache_dir=cache_dir, max_age=250, keep=keep)
 
     report = op.execute({})
 
-    assert {r["handle"] for r in report["removed"]} == {cache["small_a"]["handle"]}
+    assert {r["handle"] for r in report["removed"]} == {staged_models["small_a"]["handle"]}
     assert {e["handle"] for e in list_entries(LocalStorage(cache_dir))} == {
         keep,
-        cache["small_b"]["handle"],
-        cache["demo_v2"]["handle"],
+        staged_models["small_b"]["handle"],
+        staged_models["demo_v2"]["handle"],
     }
 
 

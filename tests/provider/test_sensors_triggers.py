@@ -15,7 +15,6 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import gcs_helpers
 import pytest
 from airflow.sdk import PokeReturnValue
 from airflow.sdk.exceptions import AirflowException, AirflowFailException, TaskDeferred
@@ -33,9 +32,6 @@ PATH = "/google/demo_v1/1"
 TOKEN = "s3cret-token-123"
 
 # The GCS emulator and per-test gs:// caches.
-gcs_emulator = gcs_helpers.gcs_emulator
-gcs_env = gcs_helpers.gcs_env
-gcs_cache = gcs_helpers.gcs_cache
 
 
 @pytest.fixture

@@ -1,0 +1,1 @@
+"""Tests of the ``airflow-provider-tfhub`` distribution: hooks, operators, sensors, triggers, DAGs."""
