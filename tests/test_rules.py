@@ -14,10 +14,10 @@ import pytest
 
 from airflow_provider_tfhub.get_provider_info import get_provider_info
 from tfhub_cache import settings
-from tfhub_cache.cache.locks import DEFAULT_LOCK_TIMEOUT
 from tfhub_cache.errors import InvalidHandleError
 from tfhub_cache.handles import require_cacheable, url_scheme
 from tfhub_cache.responses import TRANSIENT_STATUSES, html_page_error, is_permanent
+from tfhub_cache.settings import DEFAULT_LOCK_TIMEOUT
 
 REPO = Path(__file__).resolve().parents[1]
 #: Both distributions' packages; paths below are relative to these roots (``tfhub_cache/...``).

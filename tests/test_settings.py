@@ -32,5 +32,5 @@ def test_load_format_precedence(monkeypatch: pytest.MonkeyPatch) -> None:
     assert settings.resolve_load_format(None, None, "UNCOMPRESSED") == "COMPRESSED"
     assert settings.resolve_load_format(None, "UNCOMPRESSED") == "UNCOMPRESSED"
     assert settings.resolve_load_format("AUTO", "UNCOMPRESSED") == "COMPRESSED"
-    with pytest.raises(ConfigurationError, match="'zipped' is not one of"):
+    with pytest.raises(ConfigurationError, match=r"Load format 'zipped' \(from argument `load_format`\) is not one of"):
         settings.resolve_load_format("zipped")

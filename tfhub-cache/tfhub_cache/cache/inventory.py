@@ -37,10 +37,11 @@ from tfhub_cache.cache.layout import (
     new_uid,
     tree_of,
 )
-from tfhub_cache.cache.locks import DEFAULT_LOCK_TIMEOUT, CacheLock, LockState, judge_lock
+from tfhub_cache.cache.locks import CacheLock, LockState, judge_lock
 from tfhub_cache.cache.records import EntryMeta, ManifestRecord, RevisionMeta
 from tfhub_cache.errors import InvalidHandleError, LockTimeoutError
 from tfhub_cache.handles import parse_handle
+from tfhub_cache.settings import DEFAULT_LOCK_TIMEOUT
 from tfhub_cache.storage.base import ObjectStat, Storage
 from tfhub_cache.units import format_age, format_size, parse_age, parse_size
 
