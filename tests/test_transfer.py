@@ -28,8 +28,8 @@ from stage_helpers import (
 )
 
 from tfhub_cache.cache.staging import stage
-from tfhub_cache.errors import ChecksumMismatchError, DownloadError
-from tfhub_cache.fetch.transfer import RetriesExhausted, RetryPolicy
+from tfhub_cache.errors import ChecksumMismatchError, DownloadError, RetriesExhausted
+from tfhub_cache.fetch.transfer import RetryPolicy
 
 # -- transient failures: retried with backoff and jitter, bounded ----------------------------------------
 

@@ -42,7 +42,7 @@ from typing import Any
 from tfhub_cache import settings
 from tfhub_cache.cache.layout import find_marker, new_uid, utc_now
 from tfhub_cache.cache.locks import CacheLock
-from tfhub_cache.errors import CacheError, ConfigurationError, TFHubError
+from tfhub_cache.errors import CacheError, ConfigurationError, ExportError, TFHubError
 from tfhub_cache.storage import Storage, open_storage
 from tfhub_cache.storage.base import MODEL_MARKERS
 
@@ -56,10 +56,6 @@ _VERSION_RE = re.compile(r"^[0-9]+$")
 _MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _DEAD_RE = re.compile(r"^\.(export\.[0-9a-f]+\.tmp(\.old)?|[0-9]+\.[0-9a-f]+\.removing)$")
 _LINK_ERRNOS = (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EACCES)
-
-
-class ExportError(TFHubError):
-    """The export cannot be done as asked (a version holds another model, the staged model is missing...)."""
 
 
 def sidecar_name(version: int) -> str:

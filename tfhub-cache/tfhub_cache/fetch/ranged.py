@@ -38,12 +38,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from tfhub_cache import settings
-from tfhub_cache.errors import DownloadError
+from tfhub_cache.errors import DownloadError, RetriesExhausted
 from tfhub_cache.fetch.transfer import (
     CHUNK_SIZE,
     QueuedArchiveStream,
     RestartRequired,
-    RetriesExhausted,
     RetryPolicy,
     SourceInfo,
     _log_progress,

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from tfhub_cache import settings
-from tfhub_cache.errors import DownloadError
+from tfhub_cache.errors import DownloadError, RetriesExhausted
 from tfhub_cache.fetch.token_scope import TokenScope, auth_headers
 from tfhub_cache.responses import html_page_error, is_permanent, is_transient
 from tfhub_cache.units import human_bytes, human_duration, human_rate
@@ -126,14 +126,6 @@ class SourceInfo:
 
 class RestartRequired(Exception):
     """The body was cut off and cannot be resumed: the caller must start extraction again."""
-
-
-class RetriesExhausted(DownloadError):
-    """A transient failure that persisted through every attempt of :class:`RetryPolicy`.
-
-    Not permanent (a later task try may succeed, so Airflow's own retries apply), but
-    :func:`with_retries` does not retry it again: the attempts were already spent.
-    """
 
 
 class ArchiveStream:
