@@ -51,7 +51,6 @@ log = logging.getLogger(__name__)
 #: Keys of the export result (the XCom of the export operator, ``tfhub-cache export --json``).
 EXPORT_KEYS = ("export_path", "version", "model_name", "base_path", "sha256", "exported")
 LOCK_NAME = ".tfhub-export.lock"
-SIDECAR_RE = re.compile(r"^\.(?P<version>[0-9]+)\.tfhub-export\.json$")
 _VERSION_RE = re.compile(r"^[0-9]+$")
 _MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _DEAD_RE = re.compile(r"^\.(export\.[0-9a-f]+\.tmp(\.old)?|[0-9]+\.[0-9a-f]+\.removing)$")

@@ -43,7 +43,7 @@ from tfhub_cache.errors import InvalidHandleError, LockTimeoutError
 from tfhub_cache.handles import parse_handle
 from tfhub_cache.settings import DEFAULT_LOCK_TIMEOUT
 from tfhub_cache.storage.base import ObjectStat, Storage
-from tfhub_cache.units import format_age, format_size, parse_age, parse_size
+from tfhub_cache.units import format_age, format_bytes_iec, parse_age, parse_size
 
 log = logging.getLogger(__name__)
 
@@ -536,7 +536,7 @@ def prune(
         for entry in sorted(survivors, key=lambda e: (e.last_used, e.key)):  # least recently used first
             if total <= budget:
                 break
-            if pruner.remove(entry, f"least recently used while the cache is over {format_size(budget)}"):
+            if pruner.remove(entry, f"least recently used while the cache is over {format_bytes_iec(budget)}"):
                 total -= entry.size
 
     for entry in survivors:

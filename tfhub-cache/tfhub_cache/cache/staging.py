@@ -75,7 +75,7 @@ from tfhub_cache.handles import (
 )
 from tfhub_cache.storage import Storage, open_storage
 from tfhub_cache.storage.base import MODEL_MARKERS
-from tfhub_cache.units import human_bytes, human_duration
+from tfhub_cache.units import format_bytes_si, human_duration
 
 log = logging.getLogger(__name__)
 
@@ -312,8 +312,8 @@ class Stager:
             self.handle.text,
             self.storage.location(self.names.revision(rev)),
             stats.files,
-            human_bytes(stats.bytes),
-            human_bytes(stream.bytes_read),
+            format_bytes_si(stats.bytes),
+            format_bytes_si(stream.bytes_read),
             human_duration(time.monotonic() - started),
         )
         log.debug("Decompressed the archive of %s with %s", self.handle.text, stats.decoder)

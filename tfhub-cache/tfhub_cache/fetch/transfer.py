@@ -28,7 +28,7 @@ from tfhub_cache import settings
 from tfhub_cache.errors import DownloadError, RetriesExhausted
 from tfhub_cache.fetch.token_scope import TokenScope, auth_headers
 from tfhub_cache.responses import html_page_error, is_permanent, is_transient
-from tfhub_cache.units import human_bytes, human_duration, human_rate
+from tfhub_cache.units import format_bytes_si, format_rate_si, human_duration
 
 if TYPE_CHECKING:  # requests costs ~95 ms to import: only stagings that use HTTP pay for it
     import requests
@@ -554,20 +554,22 @@ def _log_progress(what: str, done: int, total: int | None, elapsed: float, *, fi
     """
     rate = done / elapsed if elapsed > 0 else 0.0
     if final:
-        log.info("Downloaded %s (%s in %s, %s)", what, human_bytes(done), human_duration(elapsed), human_rate(rate))
+        log.info(
+            "Downloaded %s (%s in %s, %s)", what, format_bytes_si(done), human_duration(elapsed), format_rate_si(rate)
+        )
     elif total:
         left = f", about {human_duration((total - done) / rate)} left" if rate > 0 and total > done else ""
         log.info(
             "Downloading %s (%s of %s, %d%%, %s%s)",
             what,
-            human_bytes(done),
-            human_bytes(total),
+            format_bytes_si(done),
+            format_bytes_si(total),
             int(100 * done / total),
-            human_rate(rate),
+            format_rate_si(rate),
             left,
         )
     else:
-        log.info("Downloading %s (%s so far, %s)", what, human_bytes(done), human_rate(rate))
+        log.info("Downloading %s (%s so far, %s)", what, format_bytes_si(done), format_rate_si(rate))
 
 
 def _strip_query_secrets(url: str) -> str:

@@ -84,8 +84,6 @@ class GCSStorage(Storage):
         for a bounded time, never the 600 s of a fixed upload timeout.
     """
 
-    atomic_publish = False
-
     def __init__(
         self,
         cache_dir: str,
