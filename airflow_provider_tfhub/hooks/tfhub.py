@@ -1,6 +1,6 @@
-"""The one place where Airflow's connection and ``[tfhub]`` config meet the framework-free core.
+"""The one place where Airflow's connection and ``[tfhub]`` config meet the tfhub_cache library.
 
-Works with no connection defined at all (``tfhub_default`` is optional): the core's environment
+Works with no connection defined at all (``tfhub_default`` is optional): the library's environment
 variables and defaults then apply. Operators, sensors and triggers all get their settings here, so
 precedence (argument > connection extra > environment > ``[tfhub]`` config > default) lives once.
 """

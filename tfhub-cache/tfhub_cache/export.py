@@ -11,7 +11,7 @@ model reload in every serving replica).
   another model (unless ``overwrite``). ``keep_versions=K`` then removes the oldest versions beyond
   the K highest (never the one just exported).
 * **Appearing complete.** Local: the version is built under a hidden temporary name
-  (``.<version>.<uid>.tmp``, which TF Serving ignores: it is not an integer) and renamed into place
+  (``.export.<uid>.tmp``, which TF Serving ignores: it is not an integer) and renamed into place
   in one step; an overwrite swaps the two trees atomically. Files are hard links into the cache when
   both are on one filesystem (no copy, no extra space; staged revisions are never modified in place),
   copies otherwise. ``gs://`` has no rename: every other file is copied first (server side when the

@@ -2,7 +2,7 @@
 
 Each handler prints a human table (or JSON with ``--json``, for scripts) and returns the exit
 code: 0 when all is well, 1 when ``verify`` found damage or ``prune`` could not meet the size
-budget. Errors are the core's :class:`~tfhub_cache.errors.TFHubError`\\ s, which
+budget. Errors are :class:`~tfhub_cache.errors.TFHubError`\\ s, which
 ``tfhub-cache`` prints as one line.
 Imports neither Airflow nor TensorFlow.
 """

@@ -55,7 +55,7 @@ def parse_gs_url(url: str) -> tuple[str, str]:
 
 
 class GCSStorage(Storage):
-    """A cache at ``gs://bucket/prefix``; see the package docstring (``core.storage.gcs``) for the protocol.
+    """A cache at ``gs://bucket/prefix``; see the package docstring (:mod:`tfhub_cache.storage.gcs`) for the protocol.
 
     :param cache_dir: ``gs://bucket[/prefix]``.
     :param client: a ready ``google.cloud.storage.Client``; built lazily from ``credentials`` and
