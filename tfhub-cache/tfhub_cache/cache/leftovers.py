@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 from tfhub_cache.cache.layout import TMP_RE, WRITE_TMP_RE, EntryNames
 from tfhub_cache.cache.revisions import list_revisions
@@ -23,15 +24,21 @@ __all__ = ["remove_dead_leftovers", "remove_unfinished_model"]
 WRITE_TMP_AGE = 60.0
 
 
-def remove_dead_leftovers(storage: Storage, names: EntryNames, *, own_uid: str, current_revision: str | None) -> None:
-    """Under the lock: every other ``<key>.<uid>.tmp``, old small-file write and unpublished revision."""
+def remove_dead_leftovers(
+    storage: Storage, names: EntryNames, *, own_uid: str, current_revision: Callable[[], str | None]
+) -> None:
+    """Under the lock: every other ``<key>.<uid>.tmp``, old small-file write and unpublished revision.
+
+    ``current_revision`` reads the entry's current revision (never removed); it is called only when
+    the entry has a revisions dir, so a first staging costs no metadata read.
+    """
     for name in storage.list_root(prefix=f"{names.key}."):
         match = TMP_RE.match(name)
         if (match and match.group("uid") != own_uid) or (WRITE_TMP_RE.match(name) and _is_old(storage, name)):
             freed = storage.delete_tree(name)
             log.info("Removed leftover %s of a stager that died (%d bytes).", name, freed)
         elif name == names.revisions:
-            _remove_unpublished_revisions(storage, names, current_revision)
+            _remove_unpublished_revisions(storage, names, current_revision())
 
 
 def _remove_unpublished_revisions(storage: Storage, names: EntryNames, current_revision: str | None) -> None:

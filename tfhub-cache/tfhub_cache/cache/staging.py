@@ -185,7 +185,7 @@ class Stager:
             return result
         try:
             remove_dead_leftovers(
-                self.storage, self.names, own_uid=self.uid, current_revision=self.entry.meta().get("revision")
+                self.storage, self.names, own_uid=self.uid, current_revision=lambda: self.entry.meta().get("revision")
             )
             self.entry.remember_generation()
             current = self._entry()
