@@ -28,7 +28,7 @@ from pathlib import Path
 from tfhub_cache.labels import handle_label
 from tfhub_cache.testing.hub_server import HubServer
 from tfhub_cache.testing.models import build_archives_in_subprocess
-from tfhub_cache.units import human_bytes
+from tfhub_cache.units import format_bytes_si
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -104,7 +104,7 @@ def main() -> int:
     print(f"\nStaged models (tensorflow_hub finds them with TFHUB_CACHE_DIR={cache_dir}):")
     for item in staged:
         how = "downloaded" if item["downloaded"] else "cache hit"
-        size = human_bytes(int(str(item.get("bytes") or 0)))
+        size = format_bytes_si(int(str(item.get("bytes") or 0)))
         print(f"  stage [{handle_label(item['handle'])}]: {how}, {item.get('files')} files, {size}")
         print(f"    {item['handle']}\n    -> {item['path']}")
     return 0

@@ -24,9 +24,8 @@ from typing import Any
 
 import pytest
 
-from tfhub_cache.cache.layout import EntryNames, decode_meta
+from tfhub_cache.cache.layout import EntryNames, decode_meta, tree_of
 from tfhub_cache.cache.records import EntryMeta
-from tfhub_cache.cache.staging import tree_of
 from tfhub_cache.handles import cache_key
 from tfhub_cache.storage.gcs import GCSStorage
 from tfhub_cache.testing.gcs_emulator import GCSEmulator

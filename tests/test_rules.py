@@ -14,10 +14,10 @@ import pytest
 
 from airflow_provider_tfhub.get_provider_info import get_provider_info
 from tfhub_cache import settings
-from tfhub_cache.cache.locks import DEFAULT_LOCK_TIMEOUT
 from tfhub_cache.errors import InvalidHandleError
 from tfhub_cache.handles import require_cacheable, url_scheme
 from tfhub_cache.responses import TRANSIENT_STATUSES, html_page_error, is_permanent
+from tfhub_cache.settings import DEFAULT_LOCK_TIMEOUT
 
 REPO = Path(__file__).resolve().parents[1]
 #: Both distributions' packages; paths below are relative to these roots (``tfhub_cache/...``).
@@ -89,7 +89,7 @@ def test_the_upload_retries_have_no_backoff_of_their_own() -> None:
 
 
 def test_the_lock_default_is_one_constant() -> None:
-    assert _where(r'(?im)^.*(lock.*\b600\b|\b600\b.*lock|"600").*$') == ["tfhub_cache/cache/locks.py"]
+    assert _where(r'(?im)^.*(lock.*\b600\b|\b600\b.*lock|"600").*$') == ["tfhub_cache/settings.py"]
     option = get_provider_info()["config"]["tfhub"]["options"]["lock_timeout"]
     assert option["default"] == option["example"] == f"{DEFAULT_LOCK_TIMEOUT:g}"
 
@@ -105,9 +105,10 @@ def test_completeness_is_decided_in_one_place() -> None:
 
 def test_a_local_directory_is_refused_by_one_function(tmp_path: Path) -> None:
     assert _where(r'kind == "local_dir"') == [
+        "tfhub_cache/cache/entries.py",
         "tfhub_cache/cache/staging.py",
         "tfhub_cache/handles.py",
-    ]  # staging uses it in place
+    ]  # staging and is_cached use it in place
     with pytest.raises(InvalidHandleError, match="is a local directory: it is used in place and never cached"):
         require_cacheable(str(tmp_path))
     assert require_cacheable("tfhub.dev/google/m/1").text == "https://tfhub.dev/google/m/1"

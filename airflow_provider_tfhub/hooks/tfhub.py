@@ -1,6 +1,6 @@
-"""The one place where Airflow's connection and ``[tfhub]`` config meet the framework-free core.
+"""The one place where Airflow's connection and ``[tfhub]`` config meet the tfhub_cache library.
 
-Works with no connection defined at all (``tfhub_default`` is optional): the core's environment
+Works with no connection defined at all (``tfhub_default`` is optional): the library's environment
 variables and defaults then apply. Operators, sensors and triggers all get their settings here, so
 precedence (argument > connection extra > environment > ``[tfhub]`` config > default) lives once.
 """
@@ -16,9 +16,11 @@ from typing import Any
 from airflow.sdk import BaseHook
 
 from tfhub_cache import settings
-from tfhub_cache.cache.staging import is_cached as core_is_cached
+from tfhub_cache.cache.entries import is_cached as core_is_cached
+from tfhub_cache.cache.options import StageOptions
 from tfhub_cache.cache.staging import stage as core_stage
 from tfhub_cache.fetch import mirrors as mirrors_mod
+from tfhub_cache.settings import AIRFLOW, Origins
 from tfhub_cache.storage import Storage, open_storage
 
 log = logging.getLogger(__name__)
@@ -38,9 +40,11 @@ class HubSettings:
     mirrors: str | None = None
     config_mirrors: str | None = None
 
-    def mirror_map(self, explicit: Mapping[str, str] | str | None = None) -> dict[str, str]:
+    def mirror_map(
+        self, explicit: Mapping[str, str] | str | None = None, *, origins: Origins = AIRFLOW
+    ) -> dict[str, str]:
         """argument > connection extra ``mirrors`` > ``TFHUB_MIRRORS`` > ``[tfhub] mirrors``."""
-        return mirrors_mod.resolve_mirrors(explicit, self.mirrors, self.config_mirrors)
+        return mirrors_mod.resolve_mirrors(explicit, self.mirrors, self.config_mirrors, origins=origins)
 
 
 def _extra(extra: dict[str, Any], key: str) -> str | None:
@@ -116,17 +120,22 @@ class TFHubHook(BaseHook):
                 raise
             return None
 
+    @property
+    def origins(self) -> Origins:
+        """How a bad setting's source is named: this hook's connection id, airflow.cfg."""
+        return Origins(conn_id=self.tfhub_conn_id)
+
     def resolve_cache_dir(self, explicit: str | None = None) -> str:
         s = self.settings
-        return settings.resolve_cache_dir(explicit, s.cache_dir, s.config_cache_dir)
+        return settings.resolve_cache_dir(explicit, s.cache_dir, s.config_cache_dir, origins=self.origins)
 
     def resolve_load_format(self, explicit: str | None = None) -> str:
         s = self.settings
-        return settings.resolve_load_format(explicit, s.load_format, s.config_load_format)
+        return settings.resolve_load_format(explicit, s.load_format, s.config_load_format, origins=self.origins)
 
     def resolve_mirrors(self, explicit: Mapping[str, str] | str | None = None) -> dict[str, str]:
         """The mirror mapping: argument > connection extra ``mirrors`` > ``TFHUB_MIRRORS`` > ``[tfhub] mirrors``."""
-        return self.settings.mirror_map(explicit)
+        return self.settings.mirror_map(explicit, origins=self.origins)
 
     def get_token(self) -> str | None:
         return self.settings.token
@@ -162,38 +171,34 @@ class TFHubHook(BaseHook):
         cache_dir: str | None = None,
         sha256: str | None = None,
         *,
-        load_format: str | None = None,
-        refresh: str | None = "never",
-        offline: bool | None = None,
-        lock_timeout: float | None = None,
-        mirrors: Mapping[str, str] | str | None = None,
-        download_connections: int | None = None,
-        max_extracted_files: int | None = None,
+        options: StageOptions | None = None,
+        **choices: Any,
     ) -> dict[str, Any]:
-        """Stage ``handle`` and return the staged-model dict (see ``core.staging.RESULT_KEYS``).
+        """Stage ``handle`` and return the staged-model dict (see ``tfhub_cache.cache.records.RESULT_KEYS``).
 
-        ``download_connections``: parallel ranged connections for big archives (default
-        ``TFHUB_DOWNLOAD_CONNECTIONS`` or 8; 1 downloads with one stream).
-
-        ``max_extracted_files`` caps the files and directories the archive may create (default
-        ``TFHUB_MAX_EXTRACTED_FILES``, else 100000).
+        The choices are one :class:`~tfhub_cache.cache.options.StageOptions` (``options=``, as the
+        operators build it) or its fields as keyword arguments (``load_format=``, ``refresh=``,
+        ``download_connections=`` ...); what they leave unset comes from the connection, then the
+        environment, then ``[tfhub]`` config, then the defaults.
         """
+        if options is not None and (choices or sha256 is not None):
+            raise TypeError("TFHubHook.stage() takes options= or sha256/keyword choices, not both.")
+        requested = options if options is not None else StageOptions(sha256=sha256, **choices)
         resolved = self.resolve_cache_dir(cache_dir)
-        result = core_stage(
-            handle,
-            resolved,
-            sha256=sha256,
-            token=self.get_token(),
-            load_format=self.resolve_load_format(load_format),
-            refresh=refresh,
-            offline=offline,
-            lock_timeout=settings.resolve_lock_timeout(lock_timeout, self.settings.config_lock_timeout),
-            storage_options=self.storage_options(resolved),
-            mirrors=self.resolve_mirrors(mirrors),
-            download_connections=download_connections,
-            max_extracted_files=max_extracted_files,
+        return dict(core_stage(handle, resolved, options=self.stage_options(requested, resolved)))
+
+    def stage_options(self, options: StageOptions, cache_dir: str) -> StageOptions:
+        """``options`` with what the connection and ``[tfhub]`` config say where the caller said nothing."""
+        s, origins = self.settings, self.origins
+        return options.filled(
+            token=options.token or self.get_token(),
+            load_format=settings.resolve_load_format(
+                options.load_format, s.load_format, s.config_load_format, origins=origins
+            ),
+            lock_timeout=settings.resolve_lock_timeout(options.lock_timeout, s.config_lock_timeout, origins=origins),
+            mirrors=self.resolve_mirrors(options.mirrors),
+            storage_options=self.storage_options(cache_dir),
         )
-        return dict(result)
 
     def is_cached(self, handle: str, cache_dir: str | None = None) -> bool:
         resolved = self.resolve_cache_dir(cache_dir)

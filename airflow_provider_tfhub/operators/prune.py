@@ -18,7 +18,7 @@ from airflow.sdk import BaseOperator
 from airflow_provider_tfhub.task_helpers import check_literals, run_core
 from tfhub_cache import settings
 from tfhub_cache.cache import inventory
-from tfhub_cache.units import human_bytes
+from tfhub_cache.units import format_bytes_si
 
 
 class TFHubPruneCacheOperator(BaseOperator):
@@ -87,8 +87,8 @@ class TFHubPruneCacheOperator(BaseOperator):
             "Would remove" if self.dry_run_only else "Removed",
             len(report["removed"]),
             len(report["removed_revisions"]),
-            human_bytes(report["freed_bytes"]),
-            human_bytes(report["total_bytes"]),
+            format_bytes_si(report["freed_bytes"]),
+            format_bytes_si(report["total_bytes"]),
             storage.location(),
             " (over budget: the rest is kept or locked)" if report["over_budget"] else "",
         )

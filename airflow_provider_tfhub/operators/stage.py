@@ -8,7 +8,7 @@ The XCom value is the staged-model dict (``handle``, ``path``, ``cache_dir``, ``
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator
 
@@ -17,10 +17,13 @@ from airflow_provider_tfhub.operators.labels import HANDLE_MAP_INDEX_TEMPLATE, H
 from airflow_provider_tfhub.task_helpers import check_literals, emit_asset_events, is_literal, result_of, run_core
 from tfhub_cache import settings
 from tfhub_cache.archive.extract import check_max_files
-from tfhub_cache.cache.staging import check_sha256
+from tfhub_cache.cache.options import StageOptions, check_sha256
 from tfhub_cache.fetch.mirrors import parse_mirrors
 from tfhub_cache.fetch.ranged import connections_from
 from tfhub_cache.handles import parse_handle
+
+if TYPE_CHECKING:
+    from airflow_provider_tfhub.hooks.tfhub import TFHubHook
 
 
 class TFHubStageModelOperator(HandleLabelMixin, BaseOperator):
@@ -98,19 +101,7 @@ class TFHubStageModelOperator(HandleLabelMixin, BaseOperator):
         from airflow_provider_tfhub.hooks.tfhub import TFHubHook
 
         hook = TFHubHook(tfhub_conn_id=self.tfhub_conn_id)
-        staged: dict[str, Any] = run_core(
-            hook.stage,
-            self.handle,
-            self.cache_dir or None,
-            self.sha256 or None,
-            load_format=self.load_format or None,
-            refresh=self.refresh,
-            offline=self.offline,
-            lock_timeout=self.lock_timeout,
-            mirrors=self.mirrors or None,
-            download_connections=self.download_connections,
-            max_extracted_files=self.max_extracted_files,
-        )
+        staged: dict[str, Any] = run_core(self._stage, hook)
         # A download is logged once, by the core ("Staged <handle> into <path> ..."); the rest here.
         if staged.get("load_format") == "UNCOMPRESSED":
             self.log.info("Resolved %s to its uncompressed copy %s", staged["handle"], staged["path"])
@@ -119,6 +110,23 @@ class TFHubStageModelOperator(HandleLabelMixin, BaseOperator):
         emit_asset_events(self, context, staged)
         self._staged_result = staged
         return staged
+
+    def stage_options(self) -> StageOptions:
+        """The operator's arguments (templates rendered) as the options handed down to the stager."""
+        return StageOptions(
+            sha256=self.sha256 or None,
+            load_format=self.load_format or None,
+            refresh=self.refresh,
+            offline=self.offline,
+            lock_timeout=self.lock_timeout,
+            mirrors=self.mirrors or None,
+            download_connections=self.download_connections,
+            max_extracted_files=self.max_extracted_files,
+        )
+
+    def _stage(self, hook: TFHubHook) -> dict[str, Any]:
+        # the options are built inside run_core: a bad rendered value fails without retries
+        return hook.stage(str(self.handle), self.cache_dir or None, options=self.stage_options())
 
     def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
         """Lineage (only called by the OpenLineage provider): handle -> staged path, with sha256/etag/revision."""

@@ -21,8 +21,8 @@ from stage_helpers import run_py
 
 from tfhub_cache.cache.staging import stage
 from tfhub_cache.cli import main as cli_main
-from tfhub_cache.errors import ConfigurationError
-from tfhub_cache.export import EXPORT_KEYS, ExportError, export_for_serving, sidecar_name
+from tfhub_cache.errors import ConfigurationError, ExportError
+from tfhub_cache.export import EXPORT_KEYS, export_for_serving, sidecar_name
 from tfhub_cache.storage.gcs import GCSStorage
 
 

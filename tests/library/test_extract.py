@@ -25,9 +25,10 @@ from airflow.sdk.exceptions import AirflowFailException
 from stage_helpers import FAST, MEDIUM
 
 from airflow_provider_tfhub.operators.stage import TFHubStageModelOperator
-from tfhub_cache.archive.extract import DEFAULT_MAX_EXTRACTED_FILES, max_extracted_files_from_env
+from tfhub_cache.archive.extract import max_extracted_files_from_env
 from tfhub_cache.cache.staging import stage
 from tfhub_cache.errors import ArchiveError, ConfigurationError, DiskFullError
+from tfhub_cache.settings import DEFAULT_MAX_EXTRACTED_FILES
 from tfhub_cache.testing.models import PLACEHOLDER_SAVED_MODEL, make_malicious_archive
 
 PY = sys.executable
@@ -71,7 +72,7 @@ def test_file_limit_from_env_stops_while_streaming(
     assert stage(archive, cache_dir)["files"] == 61
 
     monkeypatch.setenv("TFHUB_MAX_EXTRACTED_FILES", "lots")
-    with pytest.raises(ConfigurationError, match="TFHUB_MAX_EXTRACTED_FILES='lots'"):
+    with pytest.raises(ConfigurationError, match="Environment variable `TFHUB_MAX_EXTRACTED_FILES` is 'lots'"):
         max_extracted_files_from_env()
 
 
@@ -84,7 +85,7 @@ def test_file_limit_as_operator_argument(tmp_path: Path, cache_dir: str) -> None
 
     op = TFHubStageModelOperator(task_id="s", handle=archive, cache_dir=cache_dir, max_extracted_files=1000)
     assert op.execute({})["files"] == 61
-    with pytest.raises(ConfigurationError, match="max_extracted_files=0"):
+    with pytest.raises(ConfigurationError, match="files 0 \\(from argument `max_extracted_files`\\)"):
         TFHubStageModelOperator(task_id="bad", handle=archive, max_extracted_files=0)
 
 

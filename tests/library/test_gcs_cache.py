@@ -36,8 +36,8 @@ from gcs_helpers import (
     wait_ready,
 )
 
-from tfhub_cache.cache.layout import EntryNames, decode_meta, parse_lock_content
-from tfhub_cache.cache.staging import is_cached, lookup_entry, stage, tree_of
+from tfhub_cache.cache.layout import EntryNames, decode_meta, parse_lock_content, tree_of
+from tfhub_cache.cache.staging import is_cached, lookup_entry, stage
 from tfhub_cache.errors import CacheError, ConfigurationError, DownloadError
 from tfhub_cache.handles import cache_key
 from tfhub_cache.storage import open_storage

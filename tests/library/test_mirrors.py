@@ -143,7 +143,7 @@ def test_cli_honours_tfhub_mirrors(
 
     monkeypatch.setenv("TFHUB_MIRRORS", "{oops")
     assert main(["stage", HANDLE, "--cache-dir", str(tmp_path / "c2")]) == 1
-    assert "TFHUB_MIRRORS is not valid JSON" in capsys.readouterr().err
+    assert "Environment variable `TFHUB_MIRRORS` is not valid JSON" in capsys.readouterr().err
 
 
 def test_uncompressed_resolves_through_the_mirror(mirror: HubServer, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -28,8 +28,8 @@ from stage_helpers import (
 )
 
 from tfhub_cache.cache.staging import stage
-from tfhub_cache.errors import ChecksumMismatchError, DownloadError
-from tfhub_cache.fetch.transfer import RetriesExhausted, RetryPolicy
+from tfhub_cache.errors import ChecksumMismatchError, DownloadError, RetriesExhausted
+from tfhub_cache.fetch.transfer import RetryPolicy
 
 # -- transient failures: retried with backoff and jitter, bounded ----------------------------------------
 
@@ -183,7 +183,7 @@ def test_bad_timeout_setting_names_the_variable(
     hub: Any, handle_of: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("TFHUB_HTTP_TIMEOUT", "soon")
-    with pytest.raises(ValueError, match="TFHUB_HTTP_TIMEOUT='soon'"):
+    with pytest.raises(ValueError, match="Environment variable `TFHUB_HTTP_TIMEOUT` is 'soon'"):
         stage(handle_of("medium"), str(tmp_path))
 
 

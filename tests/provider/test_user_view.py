@@ -23,7 +23,7 @@ from airflow_utils import get_dag
 from airflow_provider_tfhub.hooks.tfhub import TFHubHook
 from tfhub_cache.cache.staging import stage
 from tfhub_cache.labels import handle_label
-from tfhub_cache.units import human_bytes, human_duration, human_rate
+from tfhub_cache.units import format_bytes_si, format_rate_si, human_duration
 
 # A URL with punctuation glued to its end: log viewers make that punctuation part of the link.
 GLUED_URL = re.compile(r"(?:https?|gs)://\S*[:.,;)\]]($|\s)")
@@ -46,11 +46,11 @@ GLUED_URL = re.compile(r"(?:https?|gs)://\S*[:.,;)\]]($|\s)")
     ],
 )
 def test_human_bytes(n: int, text: str) -> None:
-    assert human_bytes(n) == text
+    assert format_bytes_si(n) == text
 
 
 def test_human_rate_and_duration() -> None:
-    assert human_rate(8_500_000) == "8.5 MB/s"
+    assert format_rate_si(8_500_000) == "8.5 MB/s"
     assert [human_duration(s) for s in (0.04, 4.25, 12.4, 65, 3_599, 3_661)] == [
         "0.0s",
         "4.2s",

@@ -11,7 +11,7 @@ model reload in every serving replica).
   another model (unless ``overwrite``). ``keep_versions=K`` then removes the oldest versions beyond
   the K highest (never the one just exported).
 * **Appearing complete.** Local: the version is built under a hidden temporary name
-  (``.<version>.<uid>.tmp``, which TF Serving ignores: it is not an integer) and renamed into place
+  (``.export.<uid>.tmp``, which TF Serving ignores: it is not an integer) and renamed into place
   in one step; an overwrite swaps the two trees atomically. Files are hard links into the cache when
   both are on one filesystem (no copy, no extra space; staged revisions are never modified in place),
   copies otherwise. ``gs://`` has no rename: every other file is copied first (server side when the
@@ -42,7 +42,7 @@ from typing import Any
 from tfhub_cache import settings
 from tfhub_cache.cache.layout import find_marker, new_uid, utc_now
 from tfhub_cache.cache.locks import CacheLock
-from tfhub_cache.errors import CacheError, ConfigurationError, TFHubError
+from tfhub_cache.errors import CacheError, ConfigurationError, ExportError, TFHubError
 from tfhub_cache.storage import Storage, open_storage
 from tfhub_cache.storage.base import MODEL_MARKERS
 
@@ -51,15 +51,10 @@ log = logging.getLogger(__name__)
 #: Keys of the export result (the XCom of the export operator, ``tfhub-cache export --json``).
 EXPORT_KEYS = ("export_path", "version", "model_name", "base_path", "sha256", "exported")
 LOCK_NAME = ".tfhub-export.lock"
-SIDECAR_RE = re.compile(r"^\.(?P<version>[0-9]+)\.tfhub-export\.json$")
 _VERSION_RE = re.compile(r"^[0-9]+$")
 _MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _DEAD_RE = re.compile(r"^\.(export\.[0-9a-f]+\.tmp(\.old)?|[0-9]+\.[0-9a-f]+\.removing)$")
 _LINK_ERRNOS = (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EACCES)
-
-
-class ExportError(TFHubError):
-    """The export cannot be done as asked (a version holds another model, the staged model is missing...)."""
 
 
 def sidecar_name(version: int) -> str:

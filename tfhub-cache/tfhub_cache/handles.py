@@ -46,17 +46,6 @@ class Handle:
     def cache_key(self) -> str:
         return cache_key(self.text)
 
-    @property
-    def is_remote(self) -> bool:
-        return self.kind in ("http", "gcs_archive")
-
-    @property
-    def host(self) -> str:
-        """``host[:port]`` of an http(s) handle, '' otherwise (tokens are sent only there)."""
-        if self.kind != "http":
-            return ""
-        return urllib.parse.urlsplit(self.text).netloc.lower()
-
 
 def cache_key(handle: str) -> str:
     """tensorflow_hub's module directory name: the sha1 hex digest of the handle string."""

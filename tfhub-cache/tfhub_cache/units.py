@@ -1,13 +1,13 @@
 """Sizes, rates, durations and ages: as a person reads them, and as a person writes them.
 
-Task logs (:func:`human_bytes`, :func:`human_rate`, :func:`human_duration`) use decimal units
+Task logs (:func:`format_bytes_si`, :func:`format_rate_si`, :func:`human_duration`) use SI units
 (1 KB = 1000 B), the same as the ``MB/s`` of transfer rates and as ``gsutil du -h`` prints, so that
 a size and a rate in one line can be compared by eye. Three significant digits are enough to
 recognise a model and to see that a download moves; more are noise.
 
 Cleanup settings (:func:`parse_size`, :func:`parse_age`) accept both ``G`` (1024-based, what
-``du -h`` shows) and ``GB`` (1000-based); ``tfhub-cache`` tables print :func:`format_size` and
-:func:`format_age`, their inverses.
+``du -h`` shows) and ``GB`` (1000-based); ``tfhub-cache`` tables print :func:`format_bytes_iec`
+(1024-based) and :func:`format_age`, their inverses. Each size formatter's name says its base.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from tfhub_cache.errors import ConfigurationError
 _UNITS = ("B", "KB", "MB", "GB", "TB", "PB")
 
 
-def human_bytes(n: float) -> str:
-    """``0 B``, ``999 B``, ``1.0 KB``, ``12.3 MB``, ``512 MB``, ``1.35 GB`` (negative sizes keep their sign)."""
+def format_bytes_si(n: float) -> str:
+    """SI (1000-based): ``0 B``, ``999 B``, ``1.0 KB``, ``12.3 MB``, ``1.35 GB`` (negative sizes keep their sign)."""
     sign = "-" if n < 0 else ""
     value = float(abs(n))
     if value < 1000:
@@ -39,9 +39,9 @@ def human_bytes(n: float) -> str:
     return f"{sign}{text} {_UNITS[unit]}"
 
 
-def human_rate(bytes_per_second: float) -> str:
-    """``8.5 MB/s``, ``120 KB/s``."""
-    return f"{human_bytes(bytes_per_second)}/s"
+def format_rate_si(bytes_per_second: float) -> str:
+    """SI (1000-based): ``8.5 MB/s``, ``120 KB/s``."""
+    return f"{format_bytes_si(bytes_per_second)}/s"
 
 
 def human_duration(seconds: float) -> str:
@@ -126,8 +126,8 @@ def parse_age(value: object) -> float:
     return seconds
 
 
-def format_size(n: int | None) -> str:
-    """``1.5G``-style (1024-based), the inverse of :func:`parse_size` for display."""
+def format_bytes_iec(n: int | None) -> str:
+    """IEC (1024-based, ``du -h`` style): ``1.5G`` is 1.5 GiB; the inverse of :func:`parse_size` for display."""
     if n is None:
         return "-"
     size = float(n)

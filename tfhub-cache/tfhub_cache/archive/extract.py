@@ -19,24 +19,20 @@ from __future__ import annotations
 import bz2
 import logging
 import lzma
-import os
 import tarfile
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from tfhub_cache.errors import ArchiveError, ConfigurationError
+from tfhub_cache import settings
+from tfhub_cache.errors import ArchiveError
 from tfhub_cache.fetch.transfer import CHUNK_SIZE
 from tfhub_cache.responses import ARCHIVE_ADVICE
 from tfhub_cache.storage.base import MODEL_MARKERS, TreeSink
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MAX_EXTRACTED_BYTES = 256 * 1024**3  # TFHUB_MAX_EXTRACTED_BYTES overrides
-#: Files and directories an archive may create (TFHUB_MAX_EXTRACTED_FILES overrides): real models
-#: have tens to a few thousand; 200,000 empty files in a 1.2 MB archive cost 31 s and 200,000 inodes.
-DEFAULT_MAX_EXTRACTED_FILES = 100_000
 DEFAULT_MAX_MEMBERS = 1_000_000
 #: Longest name of one path component on Linux filesystems (ext4, xfs, ...), in bytes.
 NAME_MAX = 255
@@ -60,27 +56,18 @@ class ExtractStats:
 
 
 def max_extracted_bytes_from_env() -> int:
-    text = os.environ.get("TFHUB_MAX_EXTRACTED_BYTES", "").strip()
-    return int(text) if text.isdigit() else DEFAULT_MAX_EXTRACTED_BYTES
+    """``TFHUB_MAX_EXTRACTED_BYTES`` (a positive integer), else :data:`DEFAULT_MAX_EXTRACTED_BYTES`."""
+    return settings.max_extracted_bytes()
 
 
 def max_extracted_files_from_env() -> int:
     """``TFHUB_MAX_EXTRACTED_FILES`` (a positive integer), else :data:`DEFAULT_MAX_EXTRACTED_FILES`."""
-    text = os.environ.get("TFHUB_MAX_EXTRACTED_FILES", "").strip()
-    if not text:
-        return DEFAULT_MAX_EXTRACTED_FILES
-    return check_max_files(text, "TFHUB_MAX_EXTRACTED_FILES")
+    return settings.max_extracted_files()
 
 
-def check_max_files(value: object, name: str = "max_extracted_files") -> int:
-    """``value`` as a positive number of files, or a :class:`ConfigurationError` naming ``name``."""
-    try:
-        number = int(str(value).strip())
-    except ValueError:
-        number = 0
-    if number < 1:
-        raise ConfigurationError(f"{name}={value!r} is not a positive number of files (default 100000).")
-    return number
+def check_max_files(value: object) -> int:
+    """``value`` as a positive number of files, or a ``ConfigurationError`` naming the argument."""
+    return settings.max_extracted_files(value)
 
 
 def gzip_decoder() -> tuple[Callable[[], Any], str]:

@@ -14,7 +14,7 @@ store it twice (its cache key is the sha1 of the handle string). We:
   stale index object (its entry was pruned or replaced) only costs a download.
 
 The second handle then gets its own complete, tensorflow_hub-compatible entry built from the first
-one's files without downloading (see :mod:`tfhub_cache.cache.staging`), with
+one's files without downloading (:func:`stage_as_alias`, called by the stager on a miss), with
 ``downloaded: false`` and ``alias_of`` naming the handle that was downloaded.
 """
 
@@ -26,8 +26,12 @@ import urllib.parse
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from tfhub_cache.cache.entries import EntryWriter, complete_meta, entry_result
+from tfhub_cache.cache.layout import EntryNames, descriptor_text, encode_meta, new_revision_id, tree_of, utc_now
+from tfhub_cache.cache.records import EntryMeta, StagedModel, revision_meta
+from tfhub_cache.errors import DownloadError, InvalidHandleError
 from tfhub_cache.fetch.transfer import MAX_REDIRECTS, REDIRECT_STATUSES, HttpSource
-from tfhub_cache.handles import cache_key
+from tfhub_cache.handles import Handle, cache_key, is_archive_name, parse_handle
 from tfhub_cache.storage.base import Storage
 
 log = logging.getLogger(__name__)
@@ -129,6 +133,83 @@ def resolve_first_hops(source: HttpSource, known: Callable[[str], bool]) -> list
             resp.close()
         url = urllib.parse.urljoin(url, location)
     return seen
+
+
+def stage_as_alias(
+    writer: EntryWriter,
+    handle: Handle,
+    source: Callable[[], HttpSource],
+    *,
+    sha256: str | None,
+    tmp: str,
+) -> StagedModel | None:
+    """On a miss: if ``handle`` redirects to a model another entry was downloaded through, publish a
+    revision of this entry built from that entry's current revision (hard links locally, server-side
+    copies on gs://), with no archive download. None when there is no such entry.
+
+    ``source`` builds the handle's HTTP source (only called when the index has entries); ``tmp`` is
+    the stager's own temp name.
+    """
+    if handle.kind != "http" or is_archive_name(urllib.parse.urlsplit(handle.text).path):
+        return None  # a direct archive URL is no model page (and its first hop would be the archive)
+    storage, names = writer.storage, writer.names
+    if not has_index(storage):
+        return None  # nothing indexed yet: no request spent on resolving redirects
+
+    def read(other: str) -> dict[str, Any] | None:
+        return _other_entry(storage, other)
+
+    def known(url: str) -> bool:
+        return lookup(storage, [url], exclude=handle.text, read=read) is not None
+
+    try:
+        hops = resolve_first_hops(source(), known)
+    except DownloadError as exc:
+        log.debug("Could not resolve the redirects of %s (%s); downloading it.", handle.text, exc)
+        return None
+    other = lookup(storage, hops, exclude=handle.text, read=read)
+    if other is None or (sha256 is not None and other.get("sha256") != sha256):
+        return None
+    rev = new_revision_id()
+    storage.clone_tree(other["_tree"], names.revision(rev), tmp)
+    now = utc_now()
+    page_list: list[str] = list(dict.fromkeys([handle.text, *hops, *other["page_urls"]]))
+    recorded: EntryMeta = other["_meta"]
+    meta = revision_meta(
+        recorded,
+        handle=handle.text,
+        revision=rev,
+        alias_of=recorded.get("alias_of") or other["handle"],
+        page_urls=page_list,
+        mirror=None,
+        staged_at=now,
+        checked_at=now,
+    )
+    storage.write_bytes(names.revision_meta(rev), encode_meta(meta))
+    storage.write_bytes(names.descriptor, descriptor_text(handle.text).encode("utf8"))
+    writer.switch(meta, previous_rev=None)
+    record(storage, handle.text, page_list)
+    log.info(
+        "%s is the same model as %s (it redirects to %s): staged revision %s from its files, nothing downloaded.",
+        handle.text,
+        meta["alias_of"],
+        next((u for u in hops if u in other["page_urls"]), other["handle"]),
+        rev,
+    )
+    return writer.result(meta, downloaded=False)
+
+
+def _other_entry(storage: Storage, handle: str) -> dict[str, Any] | None:
+    """Another handle's complete entry, with the metadata it recorded (page URLs, revision)."""
+    try:
+        names = EntryNames(parse_handle(handle).cache_key)
+    except InvalidHandleError:
+        return None
+    meta = complete_meta(storage, names)
+    if meta is None or not meta.get("revision"):
+        return None  # an entry of an older release is converted when it is staged again, not here
+    entry = dict(entry_result(storage, names, meta, downloaded=False))
+    return {**entry, "page_urls": meta.get("page_urls") or [], "_meta": meta, "_tree": tree_of(names, meta)}
 
 
 def recording_session() -> Any:

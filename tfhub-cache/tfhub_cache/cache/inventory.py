@@ -27,7 +27,6 @@ import google_crc32c
 
 from tfhub_cache.cache.layout import (
     ENTRY_RE,
-    REVISION_RE,
     TMP_RE,
     WRITE_TMP_RE,
     EntryNames,
@@ -37,12 +36,14 @@ from tfhub_cache.cache.layout import (
     new_uid,
     tree_of,
 )
-from tfhub_cache.cache.locks import DEFAULT_LOCK_TIMEOUT, CacheLock, LockState, judge_lock
+from tfhub_cache.cache.locks import CacheLock, LockState, judge_lock
 from tfhub_cache.cache.records import EntryMeta, ManifestRecord, RevisionMeta
+from tfhub_cache.cache.revisions import list_revisions
 from tfhub_cache.errors import InvalidHandleError, LockTimeoutError
 from tfhub_cache.handles import parse_handle
+from tfhub_cache.settings import DEFAULT_LOCK_TIMEOUT
 from tfhub_cache.storage.base import ObjectStat, Storage
-from tfhub_cache.units import format_age, format_size, parse_age, parse_size
+from tfhub_cache.units import format_age, format_bytes_iec, parse_age, parse_size
 
 log = logging.getLogger(__name__)
 
@@ -265,15 +266,9 @@ def _fill_revisions(storage: Storage, entry: _Entry) -> None:
     """Sizes, metadata and supersession times of every revision dir of ``entry``."""
     names = entry.names
     current = entry.current_revision
-    for rel, size in storage.list_tree(names.revisions):
-        head, sep, _rest = rel.partition("/")
-        if sep:
-            rev = entry.revisions.setdefault(head, _Revision(head))
-            rev.size += size
-            rev.files += 1
-        elif rel.endswith(".json") and REVISION_RE.match(rel[: -len(".json")]):
-            rev = entry.revisions.setdefault(rel[: -len(".json")], _Revision(rel[: -len(".json")]))
-            rev.meta_bytes = size
+    for rev_id, listing in list_revisions(storage, names).items():
+        rev = entry.revisions.setdefault(rev_id, _Revision(rev_id))
+        rev.size, rev.files, rev.meta_bytes = listing.size, listing.files, listing.meta_bytes or 0
     for rev in entry.revisions.values():
         rev.current = rev.rev == current
         if rev.meta_bytes:
@@ -541,7 +536,7 @@ def prune(
         for entry in sorted(survivors, key=lambda e: (e.last_used, e.key)):  # least recently used first
             if total <= budget:
                 break
-            if pruner.remove(entry, f"least recently used while the cache is over {format_size(budget)}"):
+            if pruner.remove(entry, f"least recently used while the cache is over {format_bytes_iec(budget)}"):
                 total -= entry.size
 
     for entry in survivors:

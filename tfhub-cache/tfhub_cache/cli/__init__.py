@@ -1,4 +1,4 @@
-"""``tfhub-cache``: the core on the command line, for shells, init containers and debugging.
+"""``tfhub-cache``: the library on the command line, for shells, init containers and debugging.
 
 Imports neither Airflow nor TensorFlow. Settings come from flags, then the environment
 (``TFHUB_CACHE_DIR``, ``TFHUB_MODEL_LOAD_FORMAT``, ``TFHUB_OFFLINE``, ``TFHUB_TOKEN``, ``TFHUB_MIRRORS``, and the

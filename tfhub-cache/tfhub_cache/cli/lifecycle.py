@@ -2,7 +2,7 @@
 
 Each handler prints a human table (or JSON with ``--json``, for scripts) and returns the exit
 code: 0 when all is well, 1 when ``verify`` found damage or ``prune`` could not meet the size
-budget. Errors are the core's :class:`~tfhub_cache.errors.TFHubError`\\ s, which
+budget. Errors are :class:`~tfhub_cache.errors.TFHubError`\\ s, which
 ``tfhub-cache`` prints as one line.
 Imports neither Airflow nor TensorFlow.
 """
@@ -16,6 +16,7 @@ from tfhub_cache.cache import inventory
 from tfhub_cache.cli import options
 from tfhub_cache.cli.output import print_json, print_table
 from tfhub_cache.storage import Storage, open_storage
+from tfhub_cache.units import format_bytes_iec
 
 
 def add_subcommands(subparsers: Any) -> None:
@@ -72,7 +73,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
     rows = [
         [
             e["state"] + (" (stale)" if e["lock_stale"] else ""),
-            inventory.format_size(e["size"]),
+            format_bytes_iec(e["size"]),
             str(e["files"]),
             _short_time(e["last_used"]),
             _short_time(e["staged_at"]),
@@ -82,7 +83,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
         ]
         for e in entries
     ]
-    print(f"{storage.location()}: {len(entries)} entries, {inventory.format_size(sum(e['size'] for e in entries))}")
+    print(f"{storage.location()}: {len(entries)} entries, {format_bytes_iec(sum(e['size'] for e in entries))}")
     if rows:
         print_table(["STATE", "SIZE", "FILES", "LAST USED", "STAGED", "ETAG", "REVISION", "HANDLE"], rows)
     return 0
@@ -126,18 +127,18 @@ def cmd_prune(args: argparse.Namespace) -> int:
         print_json(result)
         return 1 if result["over_budget"] else 0
     verb = "would remove" if result["dry_run"] else "removed"
-    rows = [[verb, inventory.format_size(r["size"]), r["handle"] or r["key"], r["reason"]] for r in result["removed"]]
+    rows = [[verb, format_bytes_iec(r["size"]), r["handle"] or r["key"], r["reason"]] for r in result["removed"]]
     rows += [
-        [verb, inventory.format_size(r["size"]), f"{r['handle'] or r['key']} @ {r['revision']}", r["reason"]]
+        [verb, format_bytes_iec(r["size"]), f"{r['handle'] or r['key']} @ {r['revision']}", r["reason"]]
         for r in result["removed_revisions"]
     ]
-    rows += [[verb, inventory.format_size(c["size"]), c["name"], c["reason"]] for c in result["cleaned"]]
-    rows += [["kept", inventory.format_size(k["size"]), k["handle"] or k["key"], k["reason"]] for k in result["kept"]]
+    rows += [[verb, format_bytes_iec(c["size"]), c["name"], c["reason"]] for c in result["cleaned"]]
+    rows += [["kept", format_bytes_iec(k["size"]), k["handle"] or k["key"], k["reason"]] for k in result["kept"]]
     if rows:
         print_table(["ACTION", "SIZE", "ENTRY", "REASON"], rows)
     print(
-        f"{'Would free' if result['dry_run'] else 'Freed'} {inventory.format_size(result['freed_bytes'])}; "
-        f"{inventory.format_size(result['total_bytes'])} remain in {storage.location()}."
+        f"{'Would free' if result['dry_run'] else 'Freed'} {format_bytes_iec(result['freed_bytes'])}; "
+        f"{format_bytes_iec(result['total_bytes'])} remain in {storage.location()}."
     )
     if result["over_budget"]:
         print("The size budget could not be met: the rest is kept (--keep) or locked by running stagers.")

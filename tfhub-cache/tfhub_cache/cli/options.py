@@ -41,24 +41,26 @@ def add_quiet(parser: argparse.ArgumentParser) -> None:
 
 def cache_dir(value: str | None) -> str:
     """--cache-dir > TFHUB_CACHE_DIR > AIRFLOW__TFHUB__CACHE_DIR > <tempdir>/tfhub_modules."""
-    return settings.resolve_cache_dir(value, None, os.environ.get("AIRFLOW__TFHUB__CACHE_DIR"))
+    return settings.resolve_cache_dir(value, None, os.environ.get("AIRFLOW__TFHUB__CACHE_DIR"), origins=settings.CLI)
 
 
 def load_format(value: str | None) -> str:
     """--load-format > TFHUB_MODEL_LOAD_FORMAT > AIRFLOW__TFHUB__LOAD_FORMAT > AUTO."""
-    return settings.resolve_load_format(value, None, os.environ.get("AIRFLOW__TFHUB__LOAD_FORMAT"))
+    return settings.resolve_load_format(
+        value, None, os.environ.get("AIRFLOW__TFHUB__LOAD_FORMAT"), origins=settings.CLI
+    )
 
 
 def lock_timeout() -> float:
     """TFHUB_LOCK_TIMEOUT > AIRFLOW__TFHUB__LOCK_TIMEOUT > the default."""
-    return settings.resolve_lock_timeout(None, os.environ.get("AIRFLOW__TFHUB__LOCK_TIMEOUT"))
+    return settings.resolve_lock_timeout(None, os.environ.get("AIRFLOW__TFHUB__LOCK_TIMEOUT"), origins=settings.CLI)
 
 
 def mirrors() -> dict[str, str]:
     """TFHUB_MIRRORS > AIRFLOW__TFHUB__MIRRORS (a JSON object of URL prefix -> mirror prefix)."""
-    return core_mirrors.resolve_mirrors(None, None, os.environ.get("AIRFLOW__TFHUB__MIRRORS"))
+    return core_mirrors.resolve_mirrors(None, None, os.environ.get("AIRFLOW__TFHUB__MIRRORS"), origins=settings.CLI)
 
 
 def token() -> str | None:
     """TFHUB_TOKEN (empty means none); never a flag, so it stays out of shell history and ``ps``."""
-    return os.environ.get("TFHUB_TOKEN") or None
+    return settings.token_from_env()

@@ -10,8 +10,9 @@ import argparse
 from typing import Any
 
 from tfhub_cache import settings
+from tfhub_cache.cache.options import StageOptions
 from tfhub_cache.cache.staging import stage
-from tfhub_cache.cli import options
+from tfhub_cache.cli import options as options_mod
 from tfhub_cache.cli.output import print_record
 
 
@@ -19,17 +20,17 @@ def add_subcommands(subparsers: Any) -> None:
     """Add ``stage`` and ``resolve`` to the ``tfhub-cache`` sub-parsers."""
 
     def common(p: argparse.ArgumentParser) -> None:
-        options.add_handle(p)
-        options.add_cache_dir(p)
-        options.add_offline(p)
+        options_mod.add_handle(p)
+        options_mod.add_cache_dir(p)
+        options_mod.add_offline(p)
         p.add_argument("--refresh", choices=settings.REFRESH_MODES, default="never")
-        options.add_quiet(p)
+        options_mod.add_quiet(p)
 
     p_stage = subparsers.add_parser("stage", help="stage a model and print the staged-model record")
     common(p_stage)
     p_stage.add_argument("--sha256", metavar="HEX", help="expected sha256 of the archive")
     p_stage.add_argument("--load-format", choices=settings.LOAD_FORMATS, type=str.upper)
-    options.add_json(p_stage)
+    options_mod.add_json(p_stage)
     p_stage.set_defaults(func=cmd_stage)
 
     p_resolve = subparsers.add_parser("resolve", help="stage if needed and print only the model path")
@@ -43,19 +44,16 @@ def add_subcommands(subparsers: Any) -> None:
 
 def stage_from_args(args: argparse.Namespace, *, load_format: str | None = None) -> dict[str, Any]:
     """Stage ``args.handle`` with the flags this command has (``export`` has no ``--sha256``...)."""
-    return dict(
-        stage(
-            args.handle,
-            options.cache_dir(args.cache_dir),
-            sha256=getattr(args, "sha256", None),
-            token=options.token(),
-            load_format=options.load_format(load_format or getattr(args, "load_format", None)),
-            refresh=getattr(args, "refresh", "never"),
-            offline=True if getattr(args, "offline", False) else None,
-            lock_timeout=options.lock_timeout(),
-            mirrors=options.mirrors(),
-        )
+    options = StageOptions(
+        sha256=getattr(args, "sha256", None),
+        token=options_mod.token(),
+        load_format=options_mod.load_format(load_format or getattr(args, "load_format", None)),
+        refresh=getattr(args, "refresh", "never"),
+        offline=True if getattr(args, "offline", False) else None,
+        lock_timeout=options_mod.lock_timeout(),
+        mirrors=options_mod.mirrors() or None,
     )
+    return dict(stage(args.handle, options_mod.cache_dir(args.cache_dir), options=options))
 
 
 def cmd_stage(args: argparse.Namespace) -> int:

@@ -15,10 +15,10 @@ whole mapping, so a task can always see exactly which one applies.
 from __future__ import annotations
 
 import json
-import os
 import urllib.parse
 from collections.abc import Mapping
 
+from tfhub_cache import settings
 from tfhub_cache.errors import ConfigurationError
 
 MIRRORS_ENV = "TFHUB_MIRRORS"
@@ -75,16 +75,18 @@ def resolve_mirrors(
     explicit: str | Mapping[str, str] | None = None,
     connection: str | Mapping[str, str] | None = None,
     config: str | Mapping[str, str] | None = None,
+    *,
+    origins: settings.Origins = settings.AIRFLOW,
 ) -> dict[str, str]:
     """argument > connection extra ``mirrors`` > ``TFHUB_MIRRORS`` > ``[tfhub] mirrors`` > no mirrors."""
     candidates = (
-        (explicit, "The mirrors argument"),
-        (connection, "The connection extra 'mirrors'"),
-        (os.environ.get(MIRRORS_ENV), MIRRORS_ENV),
-        (config, "[tfhub] mirrors"),
+        (explicit, origins.argument("mirrors")),
+        (connection, origins.connection("mirrors")),
+        (settings.env_text(MIRRORS_ENV), settings.environment(MIRRORS_ENV)),
+        (config, origins.config("mirrors")),
     )
-    for value, setting in candidates:
-        mapping = parse_mirrors(value, setting=setting)
+    for value, origin in candidates:
+        mapping = parse_mirrors(value, setting=origin[0].upper() + origin[1:])
         if mapping:
             return mapping
     return {}

@@ -3,10 +3,11 @@
 Why: one TCP stream over the internet rarely fills the link (window size x round-trip time, and
 per-connection shaping at CDNs and object stores), so tensorflow_hub's single stream -- and ours,
 before this module -- waits on the network. When the archive's server says it can (a length,
-``Accept-Ranges: bytes`` and a validator), the archive is cut into parts of :func:`part_size_from_env`
-bytes fetched by up to ``connections`` worker threads at once, each part with its own ``Range``
-request. A pump thread takes the parts in order, hashes them (sha256, and CRC32C for GCS) and feeds
-the same bounded queue that a single stream would, so inflate and extraction are unchanged.
+``Accept-Ranges: bytes`` and a validator), the archive is cut into parts of
+:func:`~tfhub_cache.settings.download_part_size` bytes fetched by up to ``connections`` worker
+threads at once, each part with its own ``Range`` request. A pump thread takes the parts in order,
+hashes them (sha256, and CRC32C for GCS) and feeds the same bounded queue that a single stream
+would, so inflate and extraction are unchanged.
 
 The plain request's body serves the first parts, as one stream; the other connections open only
 once the pump is seen waiting for the network (:data:`FAN_OUT_AFTER`): on loopback or a fast LAN
@@ -29,7 +30,6 @@ archive's whole body is remembered and gets one stream on the restart.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections import deque
@@ -37,12 +37,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from tfhub_cache.errors import ConfigurationError, DownloadError
+from tfhub_cache import settings
+from tfhub_cache.errors import DownloadError, RetriesExhausted
 from tfhub_cache.fetch.transfer import (
     CHUNK_SIZE,
     QueuedArchiveStream,
     RestartRequired,
-    RetriesExhausted,
     RetryPolicy,
     SourceInfo,
     _log_progress,
@@ -56,20 +56,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: Connections per download unless ``TFHUB_DOWNLOAD_CONNECTIONS`` or an argument says otherwise.
-DEFAULT_CONNECTIONS = 8
-#: Most connections accepted (more only adds scattered requests; CDNs throttle per client anyway).
-MAX_CONNECTIONS = 64
-#: Bytes per part (``TFHUB_DOWNLOAD_PART_SIZE`` overrides). At most ``connections`` parts are in
-#: memory, so 8 x 2 MiB = 16 MiB bounds what parallel downloads add to a process whose other
-#: buffers (a gs:// cache's uploads: ~40 MiB) also count against the 150 MB budget. Measured on the
-#: 497 MB benchmark archive: 8 MiB parts peaked at ~140 MB RSS for a local cache, 4 MiB at ~100 MB,
-#: and with a gs:// cache 4 MiB reached 165 MB; speed differences were below the shared machine's
-#: noise. At 40 MB/s per connection and 20 ms per request, 8 x 2 MiB parts still move ~230 MB/s,
-#: about what inflate takes on one core (benchmarks/README.md).
-DEFAULT_PART_SIZE = 2 << 20
-#: Smallest part size accepted from the environment (tests use small parts on small archives).
-MIN_PART_SIZE = 64 << 10
 #: Fan out only when the network is what the pipeline waits for: the download starts on the plain
 #: response alone, and this many seconds after its first chunk (then after every chunk) it opens
 #: all connections if the in-order pump spent more than :data:`STARVED_SHARE` of that time waiting
@@ -82,32 +68,7 @@ STARVED_SHARE = 0.5
 
 def connections_from(explicit: int | str | None = None) -> int:
     """Connections for one download: argument > ``TFHUB_DOWNLOAD_CONNECTIONS`` > 8; ``1`` means one stream."""
-    value: int | str | None = explicit
-    what = "download_connections"
-    if value is None or (isinstance(value, str) and not value.strip()):
-        value = os.environ.get("TFHUB_DOWNLOAD_CONNECTIONS", "").strip() or None
-        what = "TFHUB_DOWNLOAD_CONNECTIONS"
-    if value is None:
-        return DEFAULT_CONNECTIONS
-    try:
-        count = int(value)
-    except (TypeError, ValueError):
-        count = 0
-    if not 1 <= count <= MAX_CONNECTIONS:
-        raise ConfigurationError(
-            f"{what}={value!r} is not a whole number from 1 to {MAX_CONNECTIONS} (1 downloads with one stream)."
-        )
-    return count
-
-
-def part_size_from_env() -> int:
-    """``TFHUB_DOWNLOAD_PART_SIZE`` (bytes, at least 64 KiB) or :data:`DEFAULT_PART_SIZE`."""
-    text = os.environ.get("TFHUB_DOWNLOAD_PART_SIZE", "").strip()
-    if not text:
-        return DEFAULT_PART_SIZE
-    if not text.isdigit() or int(text) < MIN_PART_SIZE:
-        raise ConfigurationError(f"TFHUB_DOWNLOAD_PART_SIZE={text!r} is not a number of bytes >= {MIN_PART_SIZE}.")
-    return int(text)
+    return settings.download_connections(explicit)
 
 
 #: Archives of fewer parts than this are fetched as one stream: they take a fraction of a second
@@ -409,7 +370,7 @@ def open_http_ranged(
     ``resp`` is the ``200`` answer to the plain request; its body serves the first part, so the
     parallel download costs no extra round trip.
     """
-    part_size = part_size_from_env()
+    part_size = settings.download_part_size()
     validator = _if_range_validator(info)
     if not (info.accept_ranges and validator) or getattr(source, "ranges_ignored", False):
         return None
@@ -549,7 +510,7 @@ def open_gcs_ranged(
     expected_crc32c: bytes | None,
 ) -> RangedStream | None:
     """Parallel ranged reads of a generation-pinned GCS ``blob``, or None for one stream."""
-    part_size = part_size_from_env()
+    part_size = settings.download_part_size()
     if not plan_parts(info.size, connections, part_size):
         return None
     return RangedStream(

@@ -24,10 +24,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-from tfhub_cache.errors import ConfigurationError, DownloadError
+from tfhub_cache import settings
+from tfhub_cache.errors import DownloadError, RetriesExhausted
 from tfhub_cache.fetch.token_scope import TokenScope, auth_headers
 from tfhub_cache.responses import html_page_error, is_permanent, is_transient
-from tfhub_cache.units import human_bytes, human_duration, human_rate
+from tfhub_cache.units import format_bytes_si, format_rate_si, human_duration
 
 if TYPE_CHECKING:  # requests costs ~95 ms to import: only stagings that use HTTP pay for it
     import requests
@@ -48,7 +49,7 @@ STATUS_HINTS = {
 USER_AGENT = "airflow-provider-tfhub"
 
 
-DEFAULT_TIMEOUT = (15.0, 60.0)
+DEFAULT_TIMEOUT = settings.DEFAULT_HTTP_TIMEOUT
 
 
 def timeout_from_env() -> tuple[float, float]:
@@ -57,18 +58,7 @@ def timeout_from_env() -> tuple[float, float]:
     The read timeout is per socket read, not for the whole download: a stalled body fails after
     that long without data and is then resumed (``Range``) like a cut one.
     """
-    text = os.environ.get("TFHUB_HTTP_TIMEOUT", "").strip()
-    if not text:
-        return DEFAULT_TIMEOUT
-    try:
-        parts = [float(p) for p in text.split(",")]
-    except ValueError:
-        parts = []
-    if len(parts) not in (1, 2) or any(p <= 0 for p in parts):
-        raise ConfigurationError(
-            f"TFHUB_HTTP_TIMEOUT={text!r} is not READ or CONNECT,READ in seconds (e.g. 60 or 15,60)."
-        )
-    return (DEFAULT_TIMEOUT[0], parts[0]) if len(parts) == 1 else (parts[0], parts[1])
+    return settings.http_timeout()
 
 
 @dataclass(frozen=True)
@@ -90,8 +80,8 @@ class RetryPolicy:
 
     @classmethod
     def from_env(cls) -> RetryPolicy:
-        text = os.environ.get("TFHUB_DOWNLOAD_RETRIES", "")
-        return cls(attempts=max(1, int(text))) if text.strip().isdigit() else cls()
+        """The default policy with ``TFHUB_DOWNLOAD_RETRIES`` attempts (default 5)."""
+        return cls(attempts=settings.download_retries())
 
     def delay(self, attempt: int, retry_after: str | None = None) -> float:
         """Seconds to wait before retry number ``attempt + 1`` (``Retry-After`` wins when given)."""
@@ -136,14 +126,6 @@ class SourceInfo:
 
 class RestartRequired(Exception):
     """The body was cut off and cannot be resumed: the caller must start extraction again."""
-
-
-class RetriesExhausted(DownloadError):
-    """A transient failure that persisted through every attempt of :class:`RetryPolicy`.
-
-    Not permanent (a later task try may succeed, so Airflow's own retries apply), but
-    :func:`with_retries` does not retry it again: the attempts were already spent.
-    """
 
 
 class ArchiveStream:
@@ -572,20 +554,22 @@ def _log_progress(what: str, done: int, total: int | None, elapsed: float, *, fi
     """
     rate = done / elapsed if elapsed > 0 else 0.0
     if final:
-        log.info("Downloaded %s (%s in %s, %s)", what, human_bytes(done), human_duration(elapsed), human_rate(rate))
+        log.info(
+            "Downloaded %s (%s in %s, %s)", what, format_bytes_si(done), human_duration(elapsed), format_rate_si(rate)
+        )
     elif total:
         left = f", about {human_duration((total - done) / rate)} left" if rate > 0 and total > done else ""
         log.info(
             "Downloading %s (%s of %s, %d%%, %s%s)",
             what,
-            human_bytes(done),
-            human_bytes(total),
+            format_bytes_si(done),
+            format_bytes_si(total),
             int(100 * done / total),
-            human_rate(rate),
+            format_rate_si(rate),
             left,
         )
     else:
-        log.info("Downloading %s (%s so far, %s)", what, human_bytes(done), human_rate(rate))
+        log.info("Downloading %s (%s so far, %s)", what, format_bytes_si(done), format_rate_si(rate))
 
 
 def _strip_query_secrets(url: str) -> str:

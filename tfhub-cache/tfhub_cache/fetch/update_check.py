@@ -8,8 +8,8 @@ host, exactly as :class:`~tfhub_cache.fetch.transfer.HttpSource` does when stagi
 
 Two transports share :func:`compare`: :func:`check_for_update` (``requests``, for sensors' ``poke``
 on a worker) and :func:`acheck_for_update` (``httpx.AsyncClient``, for triggers, whose event loop
-must never block). httpx is a dependency of Airflow's Task SDK, so the provider adds none; the core
-itself imports it only inside the async function. Archive handles on a local path or ``gs://`` have
+must never block). httpx is imported only inside the async function, so a sensor's ``poke`` and
+the CLI never load it. Archive handles on a local path or ``gs://`` have
 no HTTP validators: their source's own ``open(validators)`` decides (in a thread when async).
 """
 

@@ -79,10 +79,6 @@ class TreeSink(abc.ABC):
 class Storage(abc.ABC):
     """A cache root: the local filesystem or a ``gs://bucket/prefix``."""
 
-    #: True when :meth:`TreeSink.commit` swaps a whole tree in one step (local rename); False when
-    #: readers could observe a partial tree while it runs (GCS), so callers hide metadata first.
-    atomic_publish: bool = True
-
     def __init__(self, root: str) -> None:
         self.root = root
 

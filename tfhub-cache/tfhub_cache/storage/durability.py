@@ -12,24 +12,15 @@ from __future__ import annotations
 
 import os
 
-from tfhub_cache.errors import ConfigurationError
+from tfhub_cache import settings
+from tfhub_cache.settings import DEFAULT_FSYNC
 
-#: Off by default: on the 512 MB cold stage it cost more than 10% (benchmarks/README.md, "fsync").
-DEFAULT_FSYNC = False
-_TRUE = ("1", "true", "yes", "on")
-_FALSE = ("0", "false", "no", "off")
+__all__ = ["DEFAULT_FSYNC", "fsync_dir", "fsync_enabled", "fsync_file", "fsync_tree"]
 
 
 def fsync_enabled() -> bool:
     """``TFHUB_FSYNC``: ``1``/``true`` forces fsync before publishing, ``0``/``false`` turns it off."""
-    text = os.environ.get("TFHUB_FSYNC", "").strip().lower()
-    if not text:
-        return DEFAULT_FSYNC
-    if text in _TRUE:
-        return True
-    if text in _FALSE:
-        return False
-    raise ConfigurationError(f"TFHUB_FSYNC={text!r} is not 1 or 0 (true/false).")
+    return settings.fsync()
 
 
 def fsync_file(path: str) -> None:

@@ -41,8 +41,6 @@ def disk_error(exc: OSError, where: str) -> CacheError:
 class LocalStorage(Storage):
     """A cache directory on a local (or NFS-style mounted) filesystem."""
 
-    atomic_publish = True
-
     def __init__(self, root: str) -> None:
         super().__init__(os.path.abspath(os.path.expanduser(root)))
 

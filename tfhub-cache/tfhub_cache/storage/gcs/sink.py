@@ -35,7 +35,7 @@ _COMPOSITE_DIR = ".composite-parts/"  # under the sink's tmp prefix, so every cl
 
 
 class GCSTreeSink(TreeSink):
-    """Streams a model tree into GCS; see the package docstring (``core.storage.gcs``) for the order of publication.
+    """Streams a model tree into GCS; :mod:`tfhub_cache.storage.gcs` describes the order of publication.
 
     The caller (the extractor's thread) reads each member and computes its CRC32C; workers upload.
     ``peak_inflight`` and ``uploaded_bytes`` are exposed for tests and benchmarks.

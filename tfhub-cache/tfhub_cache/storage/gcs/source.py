@@ -33,7 +33,7 @@ class GCSArchiveSource(ArchiveSource):
         self, handle_url: str, *, storage: Storage | None = None, client: Any = None, connections: int | None = None
     ) -> None:
         self.url = handle_url
-        self.connections = connections  # parallel ranged reads (core/ranged.py); 1: one stream
+        self.connections = connections  # parallel ranged reads (fetch/ranged.py); 1: one stream
         self.description = handle_url
         self.bucket_name, self.name = parse_gs_url(handle_url)
         if not self.name:

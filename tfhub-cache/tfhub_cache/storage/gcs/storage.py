@@ -55,7 +55,7 @@ def parse_gs_url(url: str) -> tuple[str, str]:
 
 
 class GCSStorage(Storage):
-    """A cache at ``gs://bucket/prefix``; see the package docstring (``core.storage.gcs``) for the protocol.
+    """A cache at ``gs://bucket/prefix``; see the package docstring (:mod:`tfhub_cache.storage.gcs`) for the protocol.
 
     :param cache_dir: ``gs://bucket[/prefix]``.
     :param client: a ready ``google.cloud.storage.Client``; built lazily from ``credentials`` and
@@ -83,8 +83,6 @@ class GCSStorage(Storage):
         payload (:meth:`timeout_for`), so a stalled GCS connection holds a stager (and its lock)
         for a bounded time, never the 600 s of a fixed upload timeout.
     """
-
-    atomic_publish = False
 
     def __init__(
         self,
@@ -211,9 +209,9 @@ class GCSStorage(Storage):
                 f"(gcloud storage buckets create gs://{self.bucket_name}) or fix cache_dir."
             )
         if status == 404:
-            err = CacheError(f"An object vanished while {where} ({exc}); another stager or a cleanup removed it.")
-            err.permanent = False
-            return err
+            return CacheError(
+                f"An object vanished while {where} ({exc}); another stager or a cleanup removed it.", permanent=False
+            )
         if status == 403:
             who = principal(client_credentials(self._client) or self._credentials) or "the caller"
             return CacheError(
@@ -226,15 +224,14 @@ class GCSStorage(Storage):
                 f"GCS rejected the credentials {where} ({exc}); fix the tfhub connection's gcp_conn_id or the "
                 "Application Default Credentials."
             )
+        # 5xx, 429, timeouts, connection resets: a later attempt may work
         if is_timeout(exc):
-            err = CacheError(
+            return CacheError(
                 f"GCS stopped answering while {what} in {self.location()} (no progress for {self.stall_timeout:.0f}s, "
-                f"{type(exc).__name__}); gave up so that the lock is released and another stager can take over."
+                f"{type(exc).__name__}); gave up so that the lock is released and another stager can take over.",
+                permanent=False,
             )
-        else:
-            err = CacheError(f"GCS request failed {where}: {type(exc).__name__}: {exc}")
-        err.permanent = False  # 5xx, 429, timeouts, connection resets: a later attempt may work
-        return err
+        return CacheError(f"GCS request failed {where}: {type(exc).__name__}: {exc}", permanent=False)
 
     def _bucket_exists(self) -> bool:
         try:

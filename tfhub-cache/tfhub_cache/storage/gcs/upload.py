@@ -164,7 +164,8 @@ _CANCEL = object()
 class _CannotResume(CacheError):
     """GCS kept less of an interrupted upload than we still hold: only a new staging can send it again."""
 
-    permanent = False
+    def __init__(self, message: str) -> None:
+        super().__init__(message, permanent=False)
 
 
 class _StreamedUpload:
