@@ -59,7 +59,7 @@ compose-config:
 # The documentation site (mkdocs.yml, pages in docs/, API reference from docstrings) into site/.
 # --strict: a broken link, anchor or API reference fails the build.
 docs: install
-	$(VENV)/bin/mkdocs build --strict --site-dir site
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site
 
 clean:
 	rm -rf $(VENV) .airflow .pytest_cache .mypy_cache .ruff_cache benchmarks/.work site
