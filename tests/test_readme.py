@@ -189,6 +189,14 @@ def test_readme_has_runnable_blocks_and_every_skip_says_why() -> None:
     assert len(SKIPPED_BLOCKS) < len(RUN_BLOCKS)
 
 
+def test_readme_links_point_at_files_of_this_repository() -> None:
+    """A relative link of the README (docs pages, example DAGs, LICENSE...) names a file that exists."""
+    targets = re.findall(r"\]\((?!https?://|#)([^)\s#]+)", README.read_text())
+    assert targets
+    missing = [t for t in targets if not (ROOT / t).exists()]
+    assert missing == [], f"README.md links to missing files: {missing}"
+
+
 def test_block_parser_reads_fences_and_skip_marks() -> None:
     text = (
         "intro\n\n<!-- snippet: skip (needs the package index) -->\n```bash\npip install x\n```\n\n"
