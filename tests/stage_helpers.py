@@ -23,8 +23,8 @@ import pytest
 from tfhub_cache.cache.layout import EntryNames
 from tfhub_cache.cache.records import StagedModel
 from tfhub_cache.cache.staging import stage
-from tfhub_cache.fetch.transfer import RetryPolicy
 from tfhub_cache.handles import cache_key
+from tfhub_cache.retry import RetryPolicy
 
 FAST = RetryPolicy(attempts=5, backoff=0.01, max_backoff=0.05)
 MEDIUM = "/google/medium/1"  # ~8 MB of random float32 weights: big enough to cut, stall and kill mid-way

@@ -852,7 +852,7 @@ def test_gs_archive_is_read_as_parallel_ranges_of_one_generation(
     """Issue 12: a gs:// archive handle is fetched as parallel ranged reads, pinned to one generation."""
     import hashlib
 
-    from tfhub_cache.fetch.transfer import RestartRequired
+    from tfhub_cache.fetch.streams import RestartRequired
 
     monkeypatch.setenv("TFHUB_DOWNLOAD_PART_SIZE", str(512 << 10))
     storage = GCSStorage(gcs_cache)

@@ -19,7 +19,7 @@ import requests
 from google.api_core import exceptions as api_exceptions
 
 from tfhub_cache.errors import CacheError
-from tfhub_cache.fetch.transfer import RetryPolicy
+from tfhub_cache.retry import RetryPolicy
 from tfhub_cache.storage.gcs._client import is_timeout
 from tfhub_cache.storage.gcs.upload import UPLOAD_RETRY, send_with_retries
 

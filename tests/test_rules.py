@@ -85,7 +85,7 @@ def test_the_sinks_share_one_aborted_marker() -> None:
 
 
 def test_the_upload_retries_have_no_backoff_of_their_own() -> None:
-    assert _where(r"2 ?\*\* ?attempt") == ["tfhub_cache/fetch/transfer.py"]  # RetryPolicy.delay
+    assert _where(r"2 ?\*\* ?attempt") == ["tfhub_cache/retry.py"]  # RetryPolicy.delay
 
 
 def test_the_lock_default_is_one_constant() -> None:

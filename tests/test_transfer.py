@@ -29,7 +29,8 @@ from stage_helpers import (
 
 from tfhub_cache.cache.staging import stage
 from tfhub_cache.errors import ChecksumMismatchError, DownloadError
-from tfhub_cache.fetch.transfer import RetriesExhausted, RetryPolicy
+from tfhub_cache.fetch.streams import RetriesExhausted
+from tfhub_cache.retry import RetryPolicy
 
 # -- transient failures: retried with backoff and jitter, bounded ----------------------------------------
 

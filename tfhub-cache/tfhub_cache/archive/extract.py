@@ -27,9 +27,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from tfhub_cache.errors import ArchiveError, ConfigurationError
-from tfhub_cache.fetch.transfer import CHUNK_SIZE
 from tfhub_cache.responses import ARCHIVE_ADVICE
-from tfhub_cache.storage.base import MODEL_MARKERS, TreeSink
+from tfhub_cache.storage.base import CHUNK_SIZE, MODEL_MARKERS, TreeSink
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +106,7 @@ def gzip_decoder() -> tuple[Callable[[], Any], str]:
 def source_chunks(raw: Any) -> Iterator[bytes]:
     """The compressed bytes of ``raw`` as an iterator of chunks.
 
-    Sources that queue whole chunks (:class:`~tfhub_cache.fetch.transfer.ArchiveStream`)
+    Sources that queue whole chunks (:class:`~tfhub_cache.fetch.streams.ArchiveStream`)
     hand them over as they are; any other readable file object is read in :data:`CHUNK_SIZE` steps.
     """
     chunks = getattr(raw, "chunks", None)
@@ -360,7 +359,7 @@ def extract_archive(
 ) -> ExtractStats:
     """Stream-extract ``raw`` (compressed archive bytes) into ``sink``; validate it is a model.
 
-    ``raw`` is an :class:`~tfhub_cache.fetch.transfer.ArchiveStream` or any readable
+    ``raw`` is an :class:`~tfhub_cache.fetch.streams.ArchiveStream` or any readable
     binary file object; it is read to its end, so its hash covers the whole archive.
     ``max_files`` caps the files and directories created (default ``TFHUB_MAX_EXTRACTED_FILES``).
     """

@@ -26,7 +26,7 @@ import urllib.parse
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from tfhub_cache.fetch.transfer import MAX_REDIRECTS, REDIRECT_STATUSES, HttpSource
+from tfhub_cache.fetch.transfer import MAX_REDIRECTS, REDIRECT_STATUSES, HttpSource, thread_session
 from tfhub_cache.handles import cache_key
 from tfhub_cache.storage.base import Storage
 
@@ -136,9 +136,7 @@ def recording_session() -> Any:
 
     That list is the redirect chain of a download, which :func:`page_urls` turns into page URLs.
     """
-    from tfhub_cache.fetch.transfer import _thread_session
-
-    return _RecordingSession(_thread_session())
+    return _RecordingSession(thread_session())
 
 
 class _RecordingSession:

@@ -55,14 +55,8 @@ from tfhub_cache.errors import (
 )
 from tfhub_cache.fetch import mirrors as mirrors_mod
 from tfhub_cache.fetch.ranged import connections_from
-from tfhub_cache.fetch.transfer import (
-    ArchiveSource,
-    ArchiveStream,
-    HttpSource,
-    LocalFileSource,
-    RetryPolicy,
-    with_retries,
-)
+from tfhub_cache.fetch.streams import ArchiveSource, ArchiveStream
+from tfhub_cache.fetch.transfer import HttpSource, LocalFileSource, with_retries
 from tfhub_cache.handles import (
     COMPRESSED_FORMAT_QUERY,
     Handle,
@@ -70,6 +64,7 @@ from tfhub_cache.handles import (
     parse_handle,
     with_format_query,
 )
+from tfhub_cache.retry import RetryPolicy
 from tfhub_cache.storage import Storage, open_storage
 from tfhub_cache.storage.base import MODEL_MARKERS
 from tfhub_cache.units import human_bytes, human_duration

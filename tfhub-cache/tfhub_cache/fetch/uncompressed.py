@@ -10,8 +10,9 @@ from collections.abc import Mapping
 
 from tfhub_cache.errors import DownloadError
 from tfhub_cache.fetch import mirrors as mirrors_mod
-from tfhub_cache.fetch.transfer import HttpSource, RetryPolicy
+from tfhub_cache.fetch.transfer import HttpSource
 from tfhub_cache.handles import UNCOMPRESSED_FORMAT_QUERY, parse_handle, with_format_query
+from tfhub_cache.retry import RetryPolicy
 
 
 def resolve_uncompressed(

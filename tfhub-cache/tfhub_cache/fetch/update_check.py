@@ -26,20 +26,12 @@ from typing import Any
 from tfhub_cache.cache.layout import utc_now
 from tfhub_cache.errors import DownloadError
 from tfhub_cache.fetch import mirrors as mirrors_mod
+from tfhub_cache.fetch.streams import ArchiveSource, redact_error
 from tfhub_cache.fetch.token_scope import TokenScope, auth_headers
-from tfhub_cache.fetch.transfer import (
-    MAX_REDIRECTS,
-    REDIRECT_STATUSES,
-    STATUS_HINTS,
-    USER_AGENT,
-    ArchiveSource,
-    HttpSource,
-    LocalFileSource,
-    RetryPolicy,
-    redact_error,
-)
+from tfhub_cache.fetch.transfer import MAX_REDIRECTS, REDIRECT_STATUSES, USER_AGENT, HttpSource, LocalFileSource
 from tfhub_cache.handles import COMPRESSED_FORMAT_QUERY, Handle, require_cacheable, with_format_query
-from tfhub_cache.responses import html_page_error, is_permanent
+from tfhub_cache.responses import STATUS_HINTS, html_page_error, is_permanent
+from tfhub_cache.retry import RetryPolicy
 from tfhub_cache.storage.base import Storage
 
 

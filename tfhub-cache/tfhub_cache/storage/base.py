@@ -14,6 +14,9 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
+#: Bytes per chunk handed from an archive source through the extractor to a sink (and per read).
+CHUNK_SIZE = 1 << 20
+
 # Model files that mark a directory as a SavedModel; written last on backends without atomic
 # publish so that a tensorflow_hub reader of a partial tree gets a load error, not a partial model.
 MODEL_MARKERS = ("saved_model.pb", "saved_model.pbtxt", "tfhub_module.pb")

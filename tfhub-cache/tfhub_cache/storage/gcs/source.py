@@ -9,15 +9,9 @@ from collections.abc import Callable
 from typing import Any
 
 from tfhub_cache.errors import ConfigurationError, DownloadError
-from tfhub_cache.fetch.transfer import (
-    CHUNK_SIZE,
-    ArchiveSource,
-    ArchiveStream,
-    QueuedArchiveStream,
-    SourceInfo,
-)
+from tfhub_cache.fetch.streams import ArchiveSource, ArchiveStream, QueuedArchiveStream, SourceInfo
 from tfhub_cache.responses import is_permanent
-from tfhub_cache.storage.base import Storage
+from tfhub_cache.storage.base import CHUNK_SIZE, Storage
 from tfhub_cache.storage.gcs._client import client_credentials, is_gcs_error, status_of
 from tfhub_cache.storage.gcs.credentials import make_client, principal
 from tfhub_cache.storage.gcs.storage import GCSStorage, parse_gs_url

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
 from tfhub_cache.errors import CacheError
-from tfhub_cache.fetch.transfer import RetryPolicy
 from tfhub_cache.responses import is_transient
+from tfhub_cache.retry import RetryPolicy
 from tfhub_cache.storage.base import SinkAborted
 from tfhub_cache.storage.gcs._client import http_session, is_timeout, media_upload_url
 
