@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from airflow_provider_tfhub import __version__
-from tfhub_cache.cache.locks import DEFAULT_LOCK_TIMEOUT
+from tfhub_cache.settings import DEFAULT_LOCK_TIMEOUT
 
 #: The documented default of ``[tfhub] lock_timeout``: the lock's own default, as config text.
 _LOCK_TIMEOUT = f"{DEFAULT_LOCK_TIMEOUT:g}"

@@ -40,9 +40,10 @@ from gcs_helpers import (
 from tfhub_cache.cache.layout import EntryNames, decode_meta, parse_lock_content
 from tfhub_cache.cache.staging import is_cached, lookup_entry, stage, tree_of
 from tfhub_cache.errors import CacheError, ConfigurationError, DownloadError
+from tfhub_cache.fetch.gcs_source import GCSArchiveSource
 from tfhub_cache.handles import cache_key
 from tfhub_cache.storage import open_storage
-from tfhub_cache.storage.gcs import GCSArchiveSource, GCSStorage, GCSTreeSink
+from tfhub_cache.storage.gcs import GCSStorage, GCSTreeSink
 
 MiB = 1024 * 1024
 

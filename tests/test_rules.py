@@ -14,10 +14,10 @@ import pytest
 
 from airflow_provider_tfhub.get_provider_info import get_provider_info
 from tfhub_cache import settings
-from tfhub_cache.cache.locks import DEFAULT_LOCK_TIMEOUT
 from tfhub_cache.errors import InvalidHandleError
 from tfhub_cache.handles import require_cacheable, url_scheme
 from tfhub_cache.responses import TRANSIENT_STATUSES, html_page_error, is_permanent
+from tfhub_cache.settings import DEFAULT_LOCK_TIMEOUT
 
 REPO = Path(__file__).resolve().parents[1]
 #: Both distributions' packages; paths below are relative to these roots (``tfhub_cache/...``).
@@ -60,7 +60,7 @@ def test_private_internals_of_google_cloud_storage_are_used_only_by_its_adapter(
             )
             if reached or by_name or imported:
                 users.add(_relative(path))
-    assert users == {"tfhub_cache/storage/gcs/_client.py"}
+    assert users == {"tfhub_cache/storage/gcs/client_adapter.py"}
 
 
 def test_transient_statuses_are_listed_once() -> None:
@@ -89,7 +89,7 @@ def test_the_upload_retries_have_no_backoff_of_their_own() -> None:
 
 
 def test_the_lock_default_is_one_constant() -> None:
-    assert _where(r'(?im)^.*(lock.*\b600\b|\b600\b.*lock|"600").*$') == ["tfhub_cache/cache/locks.py"]
+    assert _where(r'(?im)^.*(lock.*\b600\b|\b600\b.*lock|"600").*$') == ["tfhub_cache/settings.py"]
     option = get_provider_info()["config"]["tfhub"]["options"]["lock_timeout"]
     assert option["default"] == option["example"] == f"{DEFAULT_LOCK_TIMEOUT:g}"
 

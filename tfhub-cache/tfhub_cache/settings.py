@@ -10,9 +10,10 @@ from __future__ import annotations
 import os
 import tempfile
 
-from tfhub_cache.cache.locks import DEFAULT_LOCK_TIMEOUT
 from tfhub_cache.errors import ConfigurationError
 
+#: Seconds a cache lock may go unrenewed before another stager takes it over (``lock_timeout``).
+DEFAULT_LOCK_TIMEOUT = 600.0
 LOAD_FORMATS = ("AUTO", "COMPRESSED", "UNCOMPRESSED")
 REFRESH_MODES = ("never", "if_changed", "always")
 

@@ -147,7 +147,7 @@ def _format_of(head: bytes, source: str) -> str:
     raise ArchiveError(f"{source!r} is not a gzip/bz2/xz/tar archive (first bytes {head[:8]!r}).")
 
 
-def _inflate_zlib(chunks: Iterable[bytes], factory: Callable[[], Any], source: str) -> Iterator[bytes]:
+def inflate_zlib(chunks: Iterable[bytes], factory: Callable[[], Any], source: str) -> Iterator[bytes]:
     """Decompress (possibly multi-member) gzip into blocks of at most :data:`BLOCK_SIZE` bytes.
 
     The gzip trailer's CRC-32 and length are checked by the decompressor; junk after the last
@@ -231,7 +231,7 @@ def decompressed_blocks(raw: Any, source: str) -> tuple[Iterator[bytes], str]:
 
     if kind == "gzip":
         factory, name = gzip_decoder()
-        return _inflate_zlib(chunks(), factory, source), name
+        return inflate_zlib(chunks(), factory, source), name
     if kind == "bz2":
         return _inflate_other(chunks(), bz2.BZ2Decompressor(), source), "bz2"
     if kind == "xz":

@@ -31,11 +31,11 @@ from dataclasses import dataclass
 
 from tfhub_cache.cache.layout import LockOwner, lock_content, parse_lock_content
 from tfhub_cache.errors import LockTimeoutError, TFHubError
+from tfhub_cache.settings import DEFAULT_LOCK_TIMEOUT
 from tfhub_cache.storage.base import Storage
 
 log = logging.getLogger(__name__)
 
-DEFAULT_LOCK_TIMEOUT = 600.0
 #: An empty lock older than this was left by a writer killed mid-create: no live writer takes that long.
 EMPTY_LOCK_GRACE = 5.0
 

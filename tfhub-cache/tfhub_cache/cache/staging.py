@@ -32,7 +32,6 @@ from tfhub_cache.cache.layout import (
     new_revision_id,
     new_uid,
     tree_of,
-    utc_now,
 )
 from tfhub_cache.cache.locks import CacheLock
 from tfhub_cache.cache.records import (
@@ -67,6 +66,7 @@ from tfhub_cache.handles import (
 from tfhub_cache.retry import RetryPolicy
 from tfhub_cache.storage import Storage, open_storage
 from tfhub_cache.storage.base import MODEL_MARKERS
+from tfhub_cache.timestamps import iso_utc, utc_now
 from tfhub_cache.units import human_bytes, human_duration
 
 log = logging.getLogger(__name__)
@@ -508,7 +508,7 @@ class Stager:
         if kind == "local_archive":
             return LocalFileSource(self.handle.text)
         if kind == "gcs_archive":
-            from tfhub_cache.storage.gcs import GCSArchiveSource
+            from tfhub_cache.fetch.gcs_source import GCSArchiveSource
 
             return GCSArchiveSource(self.handle.text, storage=self.storage, connections=self.download_connections)
         raise InvalidHandleError(f"Cannot stage {self.handle.text!r} ({kind}).")
@@ -691,9 +691,5 @@ def check_sha256(value: str | None) -> str | None:
 
 
 def _mtime_iso(storage: Storage, model: str, marker: str) -> str | None:
-    import datetime
-
     stat = storage.stat(f"{model}/{marker}")
-    if stat is None:
-        return None
-    return datetime.datetime.fromtimestamp(stat.mtime, datetime.timezone.utc).isoformat(timespec="seconds")
+    return iso_utc(stat.mtime) if stat is not None else None

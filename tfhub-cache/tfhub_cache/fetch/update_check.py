@@ -23,7 +23,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from tfhub_cache.cache.layout import utc_now
 from tfhub_cache.errors import DownloadError
 from tfhub_cache.fetch import mirrors as mirrors_mod
 from tfhub_cache.fetch.streams import ArchiveSource, redact_error
@@ -33,6 +32,7 @@ from tfhub_cache.handles import COMPRESSED_FORMAT_QUERY, Handle, require_cacheab
 from tfhub_cache.responses import STATUS_HINTS, html_page_error, is_permanent
 from tfhub_cache.retry import RetryPolicy
 from tfhub_cache.storage.base import Storage
+from tfhub_cache.timestamps import utc_now
 
 
 @dataclass(frozen=True)
@@ -229,7 +229,7 @@ def _check_source(parsed: Handle, cached: Mapping[str, Any], storage: Storage | 
     if parsed.kind == "local_archive":
         source = LocalFileSource(parsed.text)
     else:
-        from tfhub_cache.storage.gcs import GCSArchiveSource
+        from tfhub_cache.fetch.gcs_source import GCSArchiveSource
 
         source = GCSArchiveSource(parsed.text, storage=storage)
     validators = {k: str(cached[k]) for k in ("etag", "last_modified") if cached.get(k)}
