@@ -120,11 +120,8 @@ def check_file(path: Path, modules: dict[str, Path]) -> Iterator[Finding]:
 def check(root: Path) -> list[Finding]:
     modules = module_names(root)
     findings: list[Finding] = []
-    for folder in SCANNED:
-        for path in sorted((root / folder).rglob("*.py")):
-            if ".venv" in path.parts or "__pycache__" in path.parts:
-                continue
-            findings.extend(check_file(path, modules))
+    for path in check_sources(root):
+        findings.extend(check_file(path, modules))
     return findings
 
 
@@ -147,7 +144,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def check_sources(root: Path) -> list[Path]:
-    return [p for folder in SCANNED for p in (root / folder).rglob("*.py") if "__pycache__" not in p.parts]
+    """The files :data:`SCANNED` holds under ``root`` (a missing folder holds none)."""
+    return sorted(
+        path
+        for folder in SCANNED
+        if (root / folder).is_dir()
+        for path in (root / folder).rglob("*.py")
+        if "__pycache__" not in path.parts and ".venv" not in path.parts
+    )
 
 
 if __name__ == "__main__":
