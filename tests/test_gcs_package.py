@@ -27,7 +27,7 @@ from tfhub_cache.storage.gcs.upload import UPLOAD_RETRY, send_with_retries
 def test_the_package_names_its_backend_sink_and_object_layer() -> None:
     from tfhub_cache.storage import gcs
 
-    for name in ("GCSObjects", "GCSStorage", "GCSTreeSink", "parse_gs_url"):
+    for name in ("GCSObjects", "GCSStorage", "GCSTreeSink"):
         assert getattr(gcs, name).__module__.startswith("tfhub_cache.storage.gcs.")
     assert gcs.LAST_USED_KEY == "tfhub-last-used" and gcs.DEFAULT_STALL_TIMEOUT == 60.0
     assert gcs.parse_gs_url("gs://bucket/some/prefix/") == ("bucket", "some/prefix")

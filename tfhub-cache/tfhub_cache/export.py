@@ -41,6 +41,7 @@ from tfhub_cache import settings
 from tfhub_cache.cache.layout import find_marker, new_uid
 from tfhub_cache.cache.locks import CacheLock
 from tfhub_cache.errors import ConfigurationError, TFHubError
+from tfhub_cache.locations import check_location, is_gs_url
 from tfhub_cache.storage import Storage, open_storage
 from tfhub_cache.storage.base import MODEL_MARKERS
 from tfhub_cache.timestamps import utc_now
@@ -264,15 +265,5 @@ def check_positive_int(value: object, what: str) -> int | None:
 
 
 def check_base_path(value: object) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise ConfigurationError(f"base_path={value!r} is empty; give a local directory or gs://bucket[/prefix].")
-    text = value.strip()
-    if text.startswith("gs://"):
-        if len(text.rstrip("/")) <= len("gs://"):
-            raise ConfigurationError(f"base_path={value!r} names no bucket; use gs://<bucket>[/prefix].")
-        return text.rstrip("/")
-    if "://" in text:
-        raise ConfigurationError(
-            f"base_path={value!r} has an unsupported scheme; use a local directory or gs://<bucket>[/prefix]."
-        )
-    return os.path.abspath(os.path.expanduser(text))
+    location = check_location(value, "base_path")
+    return location if is_gs_url(location) else os.path.abspath(os.path.expanduser(location))

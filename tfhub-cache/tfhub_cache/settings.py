@@ -11,6 +11,7 @@ import os
 import tempfile
 
 from tfhub_cache.errors import ConfigurationError
+from tfhub_cache.locations import check_location
 
 #: Seconds a cache lock may go unrenewed before another stager takes it over (``lock_timeout``).
 DEFAULT_LOCK_TIMEOUT = 600.0
@@ -33,13 +34,7 @@ def default_cache_dir() -> str:
 def resolve_cache_dir(explicit: str | None = None, connection: str | None = None, config: str | None = None) -> str:
     """explicit argument > connection extra ``cache_dir`` > ``TFHUB_CACHE_DIR`` > ``[tfhub] cache_dir`` > tempdir."""
     value = _first(explicit, connection, os.environ.get("TFHUB_CACHE_DIR"), config) or default_cache_dir()
-    if value.startswith("gs://") and len(value.rstrip("/")) <= len("gs://"):
-        raise ConfigurationError(f"Cache dir {value!r} names no bucket; use gs://<bucket>[/prefix].")
-    if "://" in value and not value.startswith("gs://"):
-        raise ConfigurationError(
-            f"Cache dir {value!r} has an unsupported scheme; use a local directory or gs://<bucket>[/prefix]."
-        )
-    return value.rstrip("/") if value.startswith("gs://") else value
+    return check_location(value, "Cache dir")
 
 
 def resolve_load_format(explicit: str | None = None, connection: str | None = None, config: str | None = None) -> str:

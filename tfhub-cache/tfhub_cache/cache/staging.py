@@ -55,13 +55,12 @@ from tfhub_cache.errors import (
 from tfhub_cache.fetch import mirrors as mirrors_mod
 from tfhub_cache.fetch.ranged import connections_from
 from tfhub_cache.fetch.streams import ArchiveSource, ArchiveStream
-from tfhub_cache.fetch.transfer import HttpSource, LocalFileSource, with_retries
+from tfhub_cache.fetch.transfer import HttpSource, LocalFileSource, hub_source, with_retries
 from tfhub_cache.handles import (
     COMPRESSED_FORMAT_QUERY,
     Handle,
     is_archive_name,
     parse_handle,
-    with_format_query,
 )
 from tfhub_cache.retry import RetryPolicy
 from tfhub_cache.storage import Storage, open_storage
@@ -492,17 +491,16 @@ class Stager:
     def _source(self) -> ArchiveSource:
         kind = self.handle.kind
         if kind == "http":
-            fetch_url = mirrors_mod.rewrite(self.handle.text, self.mirrors)
             if self._session is None:
                 self._session = aliases.recording_session()
-            return HttpSource(
-                with_format_query(fetch_url, COMPRESSED_FORMAT_QUERY),
+            return hub_source(
+                self.handle.text,
+                COMPRESSED_FORMAT_QUERY,
+                mirrors=self.mirrors,
                 session=self._session,
                 token=self.token,
-                token_host=urllib.parse.urlsplit(fetch_url).netloc,  # with a mirror, the mirror's host
                 retry=self.retry,
                 progress_interval=self.progress_interval,
-                description=self.handle.text,
                 connections=self.download_connections,
             )
         if kind == "local_archive":

@@ -10,11 +10,12 @@ from typing import Any
 
 from tfhub_cache.errors import ConfigurationError, DownloadError
 from tfhub_cache.fetch.streams import ArchiveSource, ArchiveStream, QueuedArchiveStream, SourceInfo
+from tfhub_cache.locations import parse_gs_url
 from tfhub_cache.responses import is_permanent
 from tfhub_cache.storage.base import CHUNK_SIZE, Storage
 from tfhub_cache.storage.gcs.client_adapter import client_credentials, is_gcs_error, status_of
 from tfhub_cache.storage.gcs.credentials import make_client, principal
-from tfhub_cache.storage.gcs.objects import GCSObjects, parse_gs_url
+from tfhub_cache.storage.gcs.objects import GCSObjects
 
 
 class GCSArchiveSource(ArchiveSource):

@@ -15,10 +15,11 @@ import os
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from tfhub_cache.errors import ConfigurationError, DownloadError
+from tfhub_cache.fetch import mirrors as mirrors_mod
 from tfhub_cache.fetch.ranged import connections_from, open_http_ranged
 from tfhub_cache.fetch.streams import (
     CHUNK_SIZE,
@@ -33,6 +34,7 @@ from tfhub_cache.fetch.streams import (
     strip_query_secrets,
 )
 from tfhub_cache.fetch.token_scope import TokenScope, auth_headers
+from tfhub_cache.handles import with_format_query
 from tfhub_cache.responses import check_archive_response, is_transient
 from tfhub_cache.retry import RetryPolicy
 
@@ -221,6 +223,47 @@ class HttpSource(ArchiveSource):
         info = _source_info(resp)
         ranged = open_http_ranged(self, resp, info, connections_from(self.connections))
         return ranged if ranged is not None else _HttpStream(self, resp)
+
+
+def hub_url(
+    handle_url: str, format_query: tuple[str, str], mirrors: Mapping[str, str] | None = None
+) -> tuple[str, str]:
+    """What to ask for ``handle_url`` in one format (``?tf-hub-format=...``), and the host the token goes to.
+
+    With a mirror for the handle, both are the mirror's: it is asked instead of the hub, and it is
+    the one host that gets the token (the hub itself is never contacted).
+    """
+    fetch_url = mirrors_mod.rewrite(handle_url, mirrors)
+    return with_format_query(fetch_url, format_query), urllib.parse.urlsplit(fetch_url).netloc
+
+
+def hub_source(
+    handle_url: str,
+    format_query: tuple[str, str],
+    *,
+    mirrors: Mapping[str, str] | None = None,
+    token: str | None = None,
+    retry: RetryPolicy | None = None,
+    session: requests.Session | None = None,
+    progress_interval: float = 5.0,
+    connections: int | None = None,
+) -> HttpSource:
+    """The :class:`HttpSource` of a hub handle in one format, its mirror's when one applies (:func:`hub_url`).
+
+    The one way staging, UNCOMPRESSED resolution and update checks address a hub, so a mirror and
+    the token's host are handled alike by all three.
+    """
+    url, token_host = hub_url(handle_url, format_query, mirrors)
+    return HttpSource(
+        url,
+        token=token,
+        token_host=token_host,
+        retry=retry,
+        session=session,
+        progress_interval=progress_interval,
+        description=handle_url,
+        connections=connections,
+    )
 
 
 class _HttpStream(QueuedArchiveStream):

@@ -40,6 +40,7 @@ source live with the other sources, in :mod:`tfhub_cache.fetch.gcs_source`.
 
 from __future__ import annotations
 
+from tfhub_cache.locations import parse_gs_url
 from tfhub_cache.storage.gcs.objects import (
     DEFAULT_COMPOSITE_PART_BYTES,
     DEFAULT_MAX_INFLIGHT_BYTES,
@@ -50,7 +51,6 @@ from tfhub_cache.storage.gcs.objects import (
     DEFAULT_TOUCH_INTERVAL,
     LAST_USED_KEY,
     GCSObjects,
-    parse_gs_url,
 )
 from tfhub_cache.storage.gcs.sink import GCSTreeSink
 from tfhub_cache.storage.gcs.storage import GCSStorage

@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NoReturn, TypeVar
 
 from tfhub_cache.errors import CacheError, ConfigurationError
+from tfhub_cache.locations import parse_gs_url
 from tfhub_cache.storage.base import MODEL_MARKERS
 from tfhub_cache.storage.gcs.client_adapter import client_credentials, is_gcs_error, is_status, is_timeout, status_of
 from tfhub_cache.storage.gcs.credentials import emulator_host, make_client, principal
@@ -38,16 +39,6 @@ _SERVER_BYTES_PER_S = 32 * MiB
 #: A hit records "last used" at most this often per entry: GCS allows ~1 mutation/s per object.
 DEFAULT_TOUCH_INTERVAL = 600.0
 LAST_USED_KEY = "tfhub-last-used"
-
-
-def parse_gs_url(url: str) -> tuple[str, str]:
-    """Split ``gs://bucket/some/prefix`` into ``("bucket", "some/prefix")`` (prefix without slashes at the ends)."""
-    if not url.startswith("gs://"):
-        raise ConfigurationError(f"{url!r} is not a gs:// URL; use gs://<bucket>[/prefix].")
-    bucket, _, prefix = url[len("gs://") :].partition("/")
-    if not bucket:
-        raise ConfigurationError(f"{url!r} names no bucket; use gs://<bucket>[/prefix].")
-    return bucket, prefix.strip("/")
 
 
 class GCSObjects:
@@ -356,5 +347,4 @@ __all__ = [
     "LAST_USED_KEY",
     "GCSObjects",
     "copy_object",
-    "parse_gs_url",
 ]
