@@ -257,6 +257,18 @@ def count_requests(storage: GCSStorage, monkeypatch: pytest.MonkeyPatch) -> list
     return calls
 
 
+def test_a_view_keeps_its_marker_when_a_new_revision_changes_only_other_files(storage: GCSStorage) -> None:
+    for rev, variables in (("r1", b"v1"), ("r2", b"v22")):
+        storage.write_bytes(f"{rev}/saved_model.pb", b"graph")  # the same marker in both revisions
+        storage.write_bytes(f"{rev}/variables/variables.index", variables)
+    storage.publish_view("view", "r1", "view.tmp")
+    storage.publish_view("view", "r2", "view.tmp")
+    assert dict(storage.list_tree("view")) == {"saved_model.pb": 5, "variables/variables.index": 3}
+    storage.publish_view("view", "r2", "view.tmp")  # nothing changed: nothing is taken away either
+    assert dict(storage.list_tree("view")) == {"saved_model.pb": 5, "variables/variables.index": 3}
+    assert read_all(storage, "view/variables/variables.index") == b"v22"
+
+
 def test_missing_bucket_is_a_clear_error_without_retries(
     gcs_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

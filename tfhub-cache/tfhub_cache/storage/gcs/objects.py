@@ -90,6 +90,8 @@ class GCSObjects:
         stall_timeout: float = DEFAULT_STALL_TIMEOUT,
     ) -> None:
         bucket, prefix = parse_gs_url(cache_dir)
+        #: ``gs://bucket[/prefix]``, normalised (the root of the cache built on these objects).
+        self.root = f"gs://{bucket}/{prefix}" if prefix else f"gs://{bucket}"
         if int(max_workers) < 1:
             raise ConfigurationError(f"max_workers={max_workers!r} must be at least 1.")
         if not 0 < int(small_file_max) <= _MAX_MULTIPART:
@@ -334,17 +336,3 @@ def copy_object(source: Any, target: Any, **conditions: Any) -> None:
         token, _done, _total = target.rewrite(source, token=token, retry=DEFAULT_RETRY, **conditions)
         if token is None:
             return
-
-
-__all__ = [
-    "DEFAULT_COMPOSITE_PART_BYTES",
-    "DEFAULT_MAX_INFLIGHT_BYTES",
-    "DEFAULT_MAX_WORKERS",
-    "DEFAULT_RESUME_WINDOW",
-    "DEFAULT_SMALL_FILE_MAX",
-    "DEFAULT_STALL_TIMEOUT",
-    "DEFAULT_TOUCH_INTERVAL",
-    "LAST_USED_KEY",
-    "GCSObjects",
-    "copy_object",
-]

@@ -13,17 +13,7 @@ from tfhub_cache.storage.gcs.client_adapter import (
     is_gcs_error,
     is_status,
 )
-from tfhub_cache.storage.gcs.objects import (
-    DEFAULT_MAX_INFLIGHT_BYTES,
-    DEFAULT_MAX_WORKERS,
-    DEFAULT_RESUME_WINDOW,
-    DEFAULT_SMALL_FILE_MAX,
-    DEFAULT_STALL_TIMEOUT,
-    DEFAULT_TOUCH_INTERVAL,
-    LAST_USED_KEY,
-    GCSObjects,
-    copy_object,
-)
+from tfhub_cache.storage.gcs.objects import LAST_USED_KEY, GCSObjects, copy_object
 from tfhub_cache.storage.gcs.sink import GCSTreeSink
 from tfhub_cache.storage.local import LocalStorage
 
@@ -36,65 +26,11 @@ _READ_CHUNK = 8 * 1024 * 1024
 class GCSStorage(GCSObjects, Storage):
     """A cache at ``gs://bucket/prefix``; see the package docstring (``tfhub_cache.storage.gcs``) for the protocol.
 
-    :param cache_dir: ``gs://bucket[/prefix]``.
-    :param client: a ready ``google.cloud.storage.Client``; built lazily from ``credentials`` and
-        ``project`` (Application Default Credentials when None) otherwise. With
-        ``STORAGE_EMULATOR_HOST`` set, the emulator is used with anonymous credentials.
-    :param max_workers: parallel uploads (and deletes) per staging.
-    :param max_inflight_bytes: model bytes held in memory while uploading, across all workers. A
-        staging process peaks at about 85 MB (runtime, client and decompressor) plus about this
-        much, whatever the model's size.
-    :param small_file_max: files up to this size (at most 8 MiB) are uploaded from memory in one
-        request; larger ones are streamed, each in one request of a resumable upload session.
-    :param resume_window: the most recent bytes of a streamed upload kept to resume it after a
-        dropped connection (part of ``max_inflight_bytes``).
-    :param composite_part_bytes: files larger than two such parts (and of at most 1024 parts) are
-        uploaded as parts in parallel (each held in memory until stored, so a failed part is re-sent
-        whole) and composed server side; 0 disables it. At most half of ``max_inflight_bytes``:
-        parallelism is about ``max_inflight_bytes / composite_part_bytes``. Default: 16 MiB when
-        ``max_inflight_bytes`` holds two such parts, else off. The composed objects have a CRC32C but
-        no MD5 (GCS computes none for composite objects); turn it off for buckets whose storage class
-        charges early deletion of the parts (Nearline, Coldline, Archive) or whose retention policy
-        forbids deleting them.
-    :param touch_interval: minimum seconds between two "last used" updates of one object.
-    :param stall_timeout: seconds a request may make no progress before it is abandoned (and
-        retried a bounded number of times); every request's timeout is sized from it and its
-        payload (:meth:`timeout_for`), so a stalled GCS connection holds a stager (and its lock)
-        for a bounded time, never the 600 s of a fixed upload timeout.
+    Built like :class:`~tfhub_cache.storage.gcs.objects.GCSObjects`, whose parameters (client,
+    credentials, workers, memory budget, upload sizes, stall timeout) it takes.
     """
 
     atomic_publish = False
-
-    def __init__(
-        self,
-        cache_dir: str,
-        *,
-        client: Any = None,
-        credentials: Any = None,
-        project: str | None = None,
-        max_workers: int = DEFAULT_MAX_WORKERS,
-        max_inflight_bytes: int = DEFAULT_MAX_INFLIGHT_BYTES,
-        small_file_max: int = DEFAULT_SMALL_FILE_MAX,
-        resume_window: int = DEFAULT_RESUME_WINDOW,
-        composite_part_bytes: int | None = None,
-        touch_interval: float = DEFAULT_TOUCH_INTERVAL,
-        stall_timeout: float = DEFAULT_STALL_TIMEOUT,
-    ) -> None:
-        GCSObjects.__init__(
-            self,
-            cache_dir,
-            client=client,
-            credentials=credentials,
-            project=project,
-            max_workers=max_workers,
-            max_inflight_bytes=max_inflight_bytes,
-            small_file_max=small_file_max,
-            resume_window=resume_window,
-            composite_part_bytes=composite_part_bytes,
-            touch_interval=touch_interval,
-            stall_timeout=stall_timeout,
-        )
-        Storage.__init__(self, self.location())
 
     # -- names -----------------------------------------------------------------------------------
     def ensure_root(self) -> None:
