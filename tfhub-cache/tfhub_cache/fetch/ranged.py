@@ -413,14 +413,8 @@ class RangedHttpSource(Protocol):
     #: Set here when the server advertised ranges but answered one with the whole body.
     ranges_ignored: bool
 
-    def request(
-        self,
-        url: str,
-        headers: dict[str, str] | None = None,
-        *,
-        stream: bool = True,
-        redirects: bool = True,
-        session: requests.Session | None = None,
+    def request(  # the part of HttpSource.request the parts use
+        self, url: str, headers: dict[str, str] | None = None, *, redirects: bool, session: requests.Session | None
     ) -> requests.Response: ...
 
 
