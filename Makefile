@@ -32,6 +32,8 @@ demo: install
 test: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
+	$(PY) scripts/check_imports.py
 	$(VENV)/bin/mypy
 	$(VENV)/bin/pytest -q -ra --durations=15 $(PYTEST_ARGS)
 
@@ -43,6 +45,8 @@ test-ui: install
 
 lint: install
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
+	$(PY) scripts/check_imports.py
 
 typecheck: install
 	$(VENV)/bin/mypy

@@ -14,6 +14,9 @@ from typing import Any
 
 from airflow.sdk import BaseOperatorLink
 
+from tfhub_cache.errors import ConfigurationError
+from tfhub_cache.locations import is_gs_url, parse_gs_url
+
 CONSOLE_BROWSER = "https://console.cloud.google.com/storage/browser/"
 
 
@@ -32,12 +35,13 @@ def model_page_url(handle: object) -> str:
 
 def console_url(path: object) -> str:
     """``gs://bucket/a/b`` -> ``https://console.cloud.google.com/storage/browser/bucket/a/b``; "" otherwise."""
-    if not isinstance(path, str) or not path.startswith("gs://"):
+    if not isinstance(path, str) or not is_gs_url(path):
         return ""
-    bucket, _, prefix = path[len("gs://") :].partition("/")
-    if not bucket:
+    try:
+        bucket, prefix = parse_gs_url(path)
+    except ConfigurationError:  # no bucket
         return ""
-    quoted = urllib.parse.quote(prefix.strip("/"), safe="/")
+    quoted = urllib.parse.quote(prefix, safe="/")
     return f"{CONSOLE_BROWSER}{bucket}/{quoted}".rstrip("/")
 
 

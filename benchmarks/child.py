@@ -189,7 +189,7 @@ def decompress(args: dict[str, Any]) -> None:
         with open(args["archive"], "rb") as f:
             if args.get("decoder") == "zlib":
                 chunks = extract.source_chunks(f)
-                blocks = extract._inflate_zlib(chunks, lambda: zlib.decompressobj(31), args["archive"])
+                blocks = extract.inflate_zlib(chunks, lambda: zlib.decompressobj(31), args["archive"])
                 name = "zlib"
             else:
                 blocks, name = extract.decompressed_blocks(f, args["archive"])

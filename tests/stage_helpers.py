@@ -22,8 +22,8 @@ from typing import Any
 import google_crc32c
 
 from tfhub_cache.cache.layout import EntryNames
-from tfhub_cache.fetch.transfer import RetryPolicy
 from tfhub_cache.handles import cache_key
+from tfhub_cache.retry import RetryPolicy
 
 PY = sys.executable
 #: the ``staged_models`` fixture: model name -> what staging it returned

@@ -22,7 +22,7 @@ from tfhub_cache.handles import require_cacheable
 
 if TYPE_CHECKING:
     from airflow_provider_tfhub.hooks.tfhub import TFHubHook
-    from airflow_provider_tfhub.triggers.tfhub import _CacheTrigger
+    from airflow_provider_tfhub.triggers.tfhub import BaseTFHubCacheTrigger
     from tfhub_cache.storage import Storage
 
 
@@ -46,7 +46,7 @@ class BaseTFHubCacheSensor(BaseSensorOperator):
 
     template_fields: Sequence[str] = ("handle", "cache_dir", "poll_interval")
     ui_color = "#ffe8cc"
-    trigger_class: ClassVar[type[_CacheTrigger]]
+    trigger_class: ClassVar[type[BaseTFHubCacheTrigger]]
 
     def __init__(
         self,

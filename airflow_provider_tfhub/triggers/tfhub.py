@@ -64,7 +64,7 @@ def error_event(handle: str, exc: BaseException) -> TriggerEvent:
     )
 
 
-class _CacheTrigger(BaseTrigger):
+class BaseTFHubCacheTrigger(BaseTrigger):
     """Shared arguments (all serialized; the token never is, it is re-read from the connection)."""
 
     def __init__(
@@ -109,7 +109,7 @@ class _CacheTrigger(BaseTrigger):
         return None if entry is None else dict(entry)
 
 
-class TFHubModelCachedTrigger(_CacheTrigger):
+class TFHubModelCachedTrigger(BaseTFHubCacheTrigger):
     """Fires once ``handle`` is completely staged in the cache (its metadata exists)."""
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
@@ -127,7 +127,7 @@ class TFHubModelCachedTrigger(_CacheTrigger):
             yield error_event(self.handle, exc)
 
 
-class TFHubModelUpdatedTrigger(_CacheTrigger):
+class TFHubModelUpdatedTrigger(BaseTFHubCacheTrigger):
     """Fires once upstream differs from the cached copy, or at once when nothing is cached.
 
     Each poll sends one conditional request. Transient failures (5xx, timeouts) are logged and

@@ -39,9 +39,10 @@ from gcs_helpers import (
 from tfhub_cache.cache.layout import EntryNames, decode_meta, parse_lock_content, tree_of
 from tfhub_cache.cache.staging import is_cached, lookup_entry, stage
 from tfhub_cache.errors import CacheError, ConfigurationError, DownloadError
+from tfhub_cache.fetch.gcs_source import GCSArchiveSource
 from tfhub_cache.handles import cache_key
 from tfhub_cache.storage import open_storage
-from tfhub_cache.storage.gcs import GCSArchiveSource, GCSStorage, GCSTreeSink
+from tfhub_cache.storage.gcs import GCSStorage, GCSTreeSink
 
 MiB = 1024 * 1024
 
@@ -250,6 +251,18 @@ def count_requests(storage: GCSStorage, monkeypatch: pytest.MonkeyPatch) -> list
 
     monkeypatch.setattr(session, "request", counting)
     return calls
+
+
+def test_a_view_keeps_its_marker_when_a_new_revision_changes_only_other_files(storage: GCSStorage) -> None:
+    for rev, variables in (("r1", b"v1"), ("r2", b"v22")):
+        storage.write_bytes(f"{rev}/saved_model.pb", b"graph")  # the same marker in both revisions
+        storage.write_bytes(f"{rev}/variables/variables.index", variables)
+    storage.publish_view("view", "r1", "view.tmp")
+    storage.publish_view("view", "r2", "view.tmp")
+    assert dict(storage.list_tree("view")) == {"saved_model.pb": 5, "variables/variables.index": 3}
+    storage.publish_view("view", "r2", "view.tmp")  # nothing changed: nothing is taken away either
+    assert dict(storage.list_tree("view")) == {"saved_model.pb": 5, "variables/variables.index": 3}
+    assert read_all(storage, "view/variables/variables.index") == b"v22"
 
 
 def test_missing_bucket_is_a_clear_error_without_retries(
@@ -848,7 +861,7 @@ def test_gs_archive_is_read_as_parallel_ranges_of_one_generation(
     """Issue 12: a gs:// archive handle is fetched as parallel ranged reads, pinned to one generation."""
     import hashlib
 
-    from tfhub_cache.fetch.transfer import RestartRequired
+    from tfhub_cache.fetch.streams import RestartRequired
 
     monkeypatch.setenv("TFHUB_DOWNLOAD_PART_SIZE", str(512 << 10))
     storage = GCSStorage(gcs_cache)

@@ -1,4 +1,4 @@
-"""The ``core/storage/gcs`` package: its public names, and the one retry loop of its uploads.
+"""The ``tfhub_cache.storage.gcs`` package: its public names, and the one retry loop of its uploads.
 
 The uploads' behaviour against GCS (streamed, resumed, composite) is covered against the emulator in
 test_gcs_cache.py and test_gcs_stall.py; here the retry loop both upload kinds share is driven by a
@@ -19,15 +19,15 @@ import requests
 from google.api_core import exceptions as api_exceptions
 
 from tfhub_cache.errors import CacheError
-from tfhub_cache.fetch.transfer import RetryPolicy
-from tfhub_cache.storage.gcs._client import is_timeout
+from tfhub_cache.retry import RetryPolicy
+from tfhub_cache.storage.gcs.client_adapter import is_timeout
 from tfhub_cache.storage.gcs.upload import UPLOAD_RETRY, send_with_retries
 
 
-def test_the_package_keeps_every_name_imported_from_the_old_module() -> None:
+def test_the_package_names_its_backend_sink_and_object_layer() -> None:
     from tfhub_cache.storage import gcs
 
-    for name in ("GCSArchiveSource", "GCSStorage", "GCSTreeSink", "parse_gs_url"):
+    for name in ("GCSObjects", "GCSStorage", "GCSTreeSink"):
         assert getattr(gcs, name).__module__.startswith("tfhub_cache.storage.gcs.")
     assert gcs.LAST_USED_KEY == "tfhub-last-used" and gcs.DEFAULT_STALL_TIMEOUT == 60.0
     assert gcs.parse_gs_url("gs://bucket/some/prefix/") == ("bucket", "some/prefix")

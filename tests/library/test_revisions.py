@@ -379,8 +379,8 @@ def test_two_refreshes_at_once_publish_one_new_revision(
 
 
 def gcs_tree(storage: GCSStorage, name: str) -> dict[str, tuple[int, str]]:
-    prefix = storage._dir_key(name)
-    return {b.name[len(prefix) :]: (int(b.size), b.crc32c) for b in storage._list(prefix)}
+    prefix = storage.dir_key(name)
+    return {b.name[len(prefix) :]: (int(b.size), b.crc32c) for b in storage.list_objects(prefix)}
 
 
 def test_gcs_refreshes_keep_old_revisions_intact_and_readers_never_see_not_staged(

@@ -15,7 +15,7 @@ from tfhub_cache import settings
 from tfhub_cache.archive.extract import max_extracted_bytes_from_env
 from tfhub_cache.errors import ConfigurationError
 from tfhub_cache.fetch.mirrors import resolve_mirrors
-from tfhub_cache.fetch.transfer import RetryPolicy
+from tfhub_cache.retry import RetryPolicy
 
 
 def test_cache_dir_precedence(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -85,7 +85,7 @@ _BAD = {
     "TFHUB_FSYNC": "sometimes",
 }
 _PACKAGE = Path(settings.__file__).parent
-_DOCS = Path(__file__).resolve().parents[1] / "docs" / "settings.md"
+_DOCS = Path(__file__).resolve().parents[2] / "docs" / "settings.md"
 
 
 def _table() -> dict[str, dict[str, str]]:

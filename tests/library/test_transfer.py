@@ -29,7 +29,7 @@ from stage_helpers import (
 
 from tfhub_cache.cache.staging import stage
 from tfhub_cache.errors import ChecksumMismatchError, DownloadError, RetriesExhausted
-from tfhub_cache.fetch.transfer import RetryPolicy
+from tfhub_cache.retry import RetryPolicy
 
 # -- transient failures: retried with backoff and jitter, bounded ----------------------------------------
 

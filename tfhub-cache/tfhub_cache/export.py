@@ -10,7 +10,8 @@ model reload in every serving replica).
   version is written when absent, kept when it holds the same sha256, and an error when it holds
   another model (unless ``overwrite``). ``keep_versions=K`` then removes the oldest versions beyond
   the K highest (never the one just exported).
-* **Appearing complete.** Local: the version is built under a hidden temporary name
+* **Appearing complete.** The target's :meth:`~tfhub_cache.storage.base.Storage.publish_tree` writes a
+  version. Local: it is built under a hidden temporary name
   (``.export.<uid>.tmp``, which TF Serving ignores: it is not an integer) and renamed into place
   in one step; an overwrite swaps the two trees atomically. Files are hard links into the cache when
   both are on one filesystem (no copy, no extra space; staged revisions are never modified in place),
@@ -28,23 +29,22 @@ never recomputed from the handle. Framework-free: no Airflow, no TensorFlow.
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import logging
 import os
 import re
-import shutil
-from collections.abc import Iterable, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Mapping
 from typing import Any
 
 from tfhub_cache import settings
-from tfhub_cache.cache.layout import find_marker, new_uid, utc_now
+from tfhub_cache.cache.layout import find_marker, new_uid
 from tfhub_cache.cache.locks import CacheLock
-from tfhub_cache.errors import CacheError, ConfigurationError, ExportError, TFHubError
+from tfhub_cache.errors import ConfigurationError, ExportError
+from tfhub_cache.locations import check_location, is_gs_url
 from tfhub_cache.storage import Storage, open_storage
 from tfhub_cache.storage.base import MODEL_MARKERS
+from tfhub_cache.timestamps import utc_now
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,6 @@ LOCK_NAME = ".tfhub-export.lock"
 _VERSION_RE = re.compile(r"^[0-9]+$")
 _MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _DEAD_RE = re.compile(r"^\.(export\.[0-9a-f]+\.tmp(\.old)?|[0-9]+\.[0-9a-f]+\.removing)$")
-_LINK_ERRNOS = (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EACCES)
 
 
 def sidecar_name(version: int) -> str:
@@ -89,7 +88,7 @@ def export_for_serving(
     keep = check_positive_int(keep_versions, "keep_versions")
     base = check_base_path(base_path)
     options = dict(storage_options or {})
-    source = open_storage(path, **(options if path.startswith("gs://") else {}))
+    source = open_storage(path, **options)
     files = sorted(source.list_tree(""))
     if not any(rel in MODEL_MARKERS for rel, _ in files):
         raise ExportError(
@@ -97,8 +96,7 @@ def export_for_serving(
             "before exporting it."
         )
     digest = staged.get("sha256") or tree_digest(source, [rel for rel, _ in files])
-    model_dir = base.rstrip("/") + "/" + name if base.startswith("gs://") else os.path.join(base, name)
-    target = open_storage(model_dir, **(options if model_dir.startswith("gs://") else {}))
+    target = open_storage(f"{base.rstrip('/')}/{name}", **options)
     target.ensure_root()
     exporter = _Exporter(source, files, target, str(digest), handle=staged.get("handle"))
     lock = CacheLock(
@@ -146,7 +144,6 @@ class _Exporter:
         self.sha256 = sha256
         self.handle = handle
         self.uid = new_uid()
-        self.gcs_target = target.location().startswith("gs://")
 
     # -- what is there ------------------------------------------------------------------------------
     def numeric(self) -> set[int]:
@@ -172,7 +169,7 @@ class _Exporter:
             if complete and self.recorded_sha256(complete[-1]) == self.sha256:
                 return complete[-1], False
             version = max(numeric, default=0) + 1  # numbers of incomplete dirs are skipped, never reused
-            self.publish(version, replace=False)
+            self.publish(version)
             return version, True
         if version in numeric:
             if self.complete(version) and self.recorded_sha256(version) == self.sha256:
@@ -187,14 +184,12 @@ class _Exporter:
                     f"{self.sha256}; choose another version, omit it (next version), or overwrite it "
                     "(overwrite=True / --overwrite)."
                 )
-        self.publish(version, replace=version in numeric)
+        self.publish(version)
         return version, True
 
-    def publish(self, version: int, *, replace: bool) -> None:
-        if self.gcs_target:
-            self._publish_gcs(version)
-        else:
-            self._publish_local(version, replace=replace)
+    def publish(self, version: int) -> None:
+        rels = [rel for rel, _size in self.files]
+        self.target.publish_tree(str(version), _tmp_name(self.uid), self.source, rels)
         record = {
             "format_version": 1,
             "sha256": self.sha256,
@@ -205,109 +200,8 @@ class _Exporter:
         }
         self.target.write_bytes(sidecar_name(version), json.dumps(record, indent=1, sort_keys=True).encode())
 
-    def _publish_local(self, version: int, *, replace: bool) -> None:
-        final = self.target.location(str(version))
-        tmp = self.target.location(_tmp_name(self.uid))
-        try:
-            self._fill_local(tmp)
-            if replace and os.path.isdir(final):
-                from tfhub_cache.storage.local import _exchange
-
-                if not _exchange(tmp, final):  # no renameat2: a short moment without the version
-                    old = f"{tmp}.old"
-                    os.rename(final, old)
-                    os.rename(tmp, final)
-                    tmp = old
-            else:
-                os.rename(tmp, final)
-        except OSError as exc:
-            raise CacheError(
-                f"Cannot export to {final!r}: {exc.strerror or exc}; check that base_path is writable and has space."
-            ) from exc
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-
-    def _fill_local(self, dest: str) -> None:
-        os.makedirs(dest)
-        local_source = not self.source.location().startswith("gs://")
-        if local_source:  # keep empty directories (assets/) as they are in the cache
-            top = self.source.location()
-            for dirpath, dirnames, _files in os.walk(top):
-                for d in dirnames:
-                    os.makedirs(os.path.join(dest, os.path.relpath(os.path.join(dirpath, d), top)), exist_ok=True)
-        link = local_source
-        for rel, _size in self.files:
-            dst = os.path.join(dest, *rel.split("/"))
-            os.makedirs(os.path.dirname(dst), exist_ok=True)
-            if not local_source:
-                self._download(rel, dst)
-                continue
-            src = self.source.location(rel)
-            if link:
-                try:
-                    os.link(src, dst)
-                    continue
-                except OSError as exc:
-                    if exc.errno not in _LINK_ERRNOS:
-                        raise
-                    link = False  # another filesystem (or no hard links): copy this and every other file
-            shutil.copyfile(src, dst)
-
-    def _download(self, rel: str, dst: str) -> None:
-        src = self.source.open_read(rel)
-        try:
-            with open(dst, "wb") as out:
-                shutil.copyfileobj(src, out, 8 << 20)
-        finally:
-            src.close()
-
-    def _publish_gcs(self, version: int) -> None:
-        """Copy every file but the markers (in parallel), drop objects of an older tree, markers last."""
-        target: Any = self.target
-        prefix = f"{version}/"
-        new = {rel for rel, _ in self.files}
-        present = {rel for rel, _ in target.list_tree(str(version))}
-        try:
-            # A replaced model must never pair its old marker with new files: markers go first.
-            target.delete_keys([target.key(prefix + m) for m in MODEL_MARKERS if m in present])
-            others = [rel for rel in sorted(new) if rel not in MODEL_MARKERS]
-            self._parallel(others, prefix)
-            target.delete_keys([target.key(prefix + rel) for rel in sorted(present - new)])
-            for marker in [m for m in MODEL_MARKERS if m in new]:
-                self._copy_to_gcs(marker, prefix + marker)
-        except TFHubError:
-            raise
-        except Exception as exc:
-            target.fail_with(exc, f"exporting version {version}", object_level=True)
-
-    def _parallel(self, rels: Iterable[str], prefix: str) -> None:
-        rels = list(rels)
-        if not rels:
-            return
-        workers = min(int(getattr(self.target, "max_workers", 8)), len(rels))
-        with ThreadPoolExecutor(workers, thread_name_prefix="tfhub-export") as pool:
-            for future in [pool.submit(self._copy_to_gcs, rel, prefix + rel) for rel in rels]:
-                future.result()
-
-    def _copy_to_gcs(self, rel: str, dest: str) -> None:
-        from google.cloud.storage.retry import DEFAULT_RETRY
-
-        target: Any = self.target
-        blob = target.bucket.blob(target.key(dest))
-        if self.source.location().startswith("gs://"):
-            source: Any = self.source
-            src_blob = source.bucket.blob(source.key(rel))
-            token = None
-            while True:  # server side: the bytes never pass through this worker
-                token, _done, _total = blob.rewrite(src_blob, token=token, retry=DEFAULT_RETRY)
-                if token is None:
-                    return
-        blob.upload_from_filename(self.source.location(rel), retry=DEFAULT_RETRY)
-
     def _remove_dead_tmp(self) -> None:
         """Temporary trees of exporters that died: we hold the lock, so no other exporter is working."""
-        if self.gcs_target:
-            return
         for name in self.target.list_root(prefix="."):
             if _DEAD_RE.match(name):
                 self.target.delete_tree(name)
@@ -323,16 +217,8 @@ class _Exporter:
         return victims
 
     def _remove(self, version: int) -> None:
-        if self.gcs_target:
-            target: Any = self.target
-            # The marker goes first: a poller must not load a version whose files are vanishing.
-            target.delete_keys([target.key(f"{version}/{m}") for m in MODEL_MARKERS])
-            self.target.delete_tree(str(version))
-        else:
-            final = self.target.location(str(version))
-            doomed = self.target.location(f".{version}.{self.uid}.removing")
-            os.rename(final, doomed)  # the version disappears in one step
-            shutil.rmtree(doomed, ignore_errors=True)
+        # The version leaves its name before its files go: a poller never loads a vanishing version.
+        self.target.delete_tree(str(version), tmp=f".{version}.{self.uid}.removing")
         self.target.delete(sidecar_name(version))
 
 
@@ -374,15 +260,5 @@ def check_positive_int(value: object, what: str) -> int | None:
 
 
 def check_base_path(value: object) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise ConfigurationError(f"base_path={value!r} is empty; give a local directory or gs://bucket[/prefix].")
-    text = value.strip()
-    if text.startswith("gs://"):
-        if len(text.rstrip("/")) <= len("gs://"):
-            raise ConfigurationError(f"base_path={value!r} names no bucket; use gs://<bucket>[/prefix].")
-        return text.rstrip("/")
-    if "://" in text:
-        raise ConfigurationError(
-            f"base_path={value!r} has an unsupported scheme; use a local directory or gs://<bucket>[/prefix]."
-        )
-    return os.path.abspath(os.path.expanduser(text))
+    location = check_location(value, "base_path")
+    return location if is_gs_url(location) else os.path.abspath(os.path.expanduser(location))

@@ -7,7 +7,12 @@ sync, async and GCS paths all share them without sharing a transport.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from tfhub_cache.errors import DownloadError
+
+if TYPE_CHECKING:
+    import requests
 
 #: Statuses a later attempt may get past: timeouts, rate limits, overload and server errors.
 TRANSIENT_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
@@ -19,6 +24,15 @@ HTML_CONTENT_TYPES = ("text/html", "application/xhtml+xml")
 ARCHIVE_ADVICE = (
     "use the model's handle or a direct .tar.gz URL, and set a token in the tfhub connection if the hub needs one"
 )
+
+
+#: What to do about a hub's error status, for error messages of downloads and update checks alike.
+STATUS_HINTS = {
+    401: "the hub needs credentials: set the token (password) of the tfhub connection",
+    403: "access was denied: check the token and that the model is public",
+    404: "no model at that handle: check publisher, name and version",
+    410: "the model was removed from the hub",
+}
 
 
 def is_transient(status: int | None) -> bool:
@@ -49,10 +63,30 @@ def html_page_error(description: str, content_type_header: str | None, status: i
     )
 
 
+def check_archive_response(resp: requests.Response, description: str) -> None:
+    """Raise a clear, permanent-or-not DownloadError for anything but a 200 archive body."""
+    status = resp.status_code
+    if status == 200:
+        html = html_page_error(description, resp.headers.get("Content-Type"), status)
+        if html is not None:
+            resp.close()
+            raise html
+        return
+    resp.close()
+    hint = STATUS_HINTS.get(status, "the server could not serve the archive")
+    raise DownloadError(
+        f"{description!r} answered HTTP {status} ({resp.reason}): {hint}.",
+        permanent=is_permanent(status),
+        status=status,
+    )
+
+
 __all__ = [
     "ARCHIVE_ADVICE",
     "HTML_CONTENT_TYPES",
+    "STATUS_HINTS",
     "TRANSIENT_STATUSES",
+    "check_archive_response",
     "content_type",
     "html_page_error",
     "is_permanent",

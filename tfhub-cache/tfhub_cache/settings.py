@@ -24,6 +24,8 @@ from tfhub_cache.errors import ConfigurationError
 
 T = TypeVar("T")
 
+#: Seconds a cache lock may go unrenewed before another stager takes it over (``lock_timeout``).
+DEFAULT_LOCK_TIMEOUT = 600.0
 LOAD_FORMATS = ("AUTO", "COMPRESSED", "UNCOMPRESSED")
 REFRESH_MODES = ("never", "if_changed", "always")
 

@@ -27,9 +27,8 @@ from typing import Any
 
 from tfhub_cache import settings
 from tfhub_cache.errors import ArchiveError
-from tfhub_cache.fetch.transfer import CHUNK_SIZE
 from tfhub_cache.responses import ARCHIVE_ADVICE
-from tfhub_cache.storage.base import MODEL_MARKERS, TreeSink
+from tfhub_cache.storage.base import CHUNK_SIZE, MODEL_MARKERS, TreeSink
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +93,7 @@ def gzip_decoder() -> tuple[Callable[[], Any], str]:
 def source_chunks(raw: Any) -> Iterator[bytes]:
     """The compressed bytes of ``raw`` as an iterator of chunks.
 
-    Sources that queue whole chunks (:class:`~tfhub_cache.fetch.transfer.ArchiveStream`)
+    Sources that queue whole chunks (:class:`~tfhub_cache.fetch.streams.ArchiveStream`)
     hand them over as they are; any other readable file object is read in :data:`CHUNK_SIZE` steps.
     """
     chunks = getattr(raw, "chunks", None)
@@ -135,7 +134,7 @@ def _format_of(head: bytes, source: str) -> str:
     raise ArchiveError(f"{source!r} is not a gzip/bz2/xz/tar archive (first bytes {head[:8]!r}).")
 
 
-def _inflate_zlib(chunks: Iterable[bytes], factory: Callable[[], Any], source: str) -> Iterator[bytes]:
+def inflate_zlib(chunks: Iterable[bytes], factory: Callable[[], Any], source: str) -> Iterator[bytes]:
     """Decompress (possibly multi-member) gzip into blocks of at most :data:`BLOCK_SIZE` bytes.
 
     The gzip trailer's CRC-32 and length are checked by the decompressor; junk after the last
@@ -219,7 +218,7 @@ def decompressed_blocks(raw: Any, source: str) -> tuple[Iterator[bytes], str]:
 
     if kind == "gzip":
         factory, name = gzip_decoder()
-        return _inflate_zlib(chunks(), factory, source), name
+        return inflate_zlib(chunks(), factory, source), name
     if kind == "bz2":
         return _inflate_other(chunks(), bz2.BZ2Decompressor(), source), "bz2"
     if kind == "xz":
@@ -347,7 +346,7 @@ def extract_archive(
 ) -> ExtractStats:
     """Stream-extract ``raw`` (compressed archive bytes) into ``sink``; validate it is a model.
 
-    ``raw`` is an :class:`~tfhub_cache.fetch.transfer.ArchiveStream` or any readable
+    ``raw`` is an :class:`~tfhub_cache.fetch.streams.ArchiveStream` or any readable
     binary file object; it is read to its end, so its hash covers the whole archive.
     ``max_files`` caps the files and directories created (default ``TFHUB_MAX_EXTRACTED_FILES``).
     """

@@ -27,12 +27,13 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from tfhub_cache.cache.entries import EntryWriter, complete_meta, entry_result
-from tfhub_cache.cache.layout import EntryNames, descriptor_text, encode_meta, new_revision_id, tree_of, utc_now
+from tfhub_cache.cache.layout import EntryNames, descriptor_text, encode_meta, new_revision_id, tree_of
 from tfhub_cache.cache.records import EntryMeta, StagedModel, revision_meta
 from tfhub_cache.errors import DownloadError, InvalidHandleError
-from tfhub_cache.fetch.transfer import MAX_REDIRECTS, REDIRECT_STATUSES, HttpSource
+from tfhub_cache.fetch.transfer import MAX_REDIRECTS, REDIRECT_STATUSES, HttpSource, thread_session
 from tfhub_cache.handles import Handle, cache_key, is_archive_name, parse_handle
 from tfhub_cache.storage.base import Storage
+from tfhub_cache.timestamps import utc_now
 
 log = logging.getLogger(__name__)
 
@@ -217,9 +218,7 @@ def recording_session() -> Any:
 
     That list is the redirect chain of a download, which :func:`page_urls` turns into page URLs.
     """
-    from tfhub_cache.fetch.transfer import _thread_session
-
-    return _RecordingSession(_thread_session())
+    return _RecordingSession(thread_session())
 
 
 class _RecordingSession:

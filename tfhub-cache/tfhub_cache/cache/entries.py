@@ -20,12 +20,12 @@ from tfhub_cache.cache.layout import (
     is_complete,
     new_uid,
     tree_of,
-    utc_now,
 )
 from tfhub_cache.cache.records import EntryMeta, RevisionMeta, StagedModel, entry_meta, revision_meta, staged_model
 from tfhub_cache.errors import CacheError
 from tfhub_cache.handles import parse_handle
 from tfhub_cache.storage import Storage, open_storage
+from tfhub_cache.timestamps import utc_now
 
 __all__ = ["EntryWriter", "complete_meta", "entry_result", "is_cached", "is_settled", "lookup_entry"]
 

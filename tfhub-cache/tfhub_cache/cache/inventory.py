@@ -15,7 +15,6 @@ progress for ``lock_timeout``) are cleaned up, like their tmp dirs.
 from __future__ import annotations
 
 import base64
-import datetime
 import logging
 import re
 import time
@@ -43,6 +42,7 @@ from tfhub_cache.errors import InvalidHandleError, LockTimeoutError
 from tfhub_cache.handles import parse_handle
 from tfhub_cache.settings import DEFAULT_LOCK_TIMEOUT
 from tfhub_cache.storage.base import ObjectStat, Storage
+from tfhub_cache.timestamps import iso_utc, parse_iso
 from tfhub_cache.units import format_age, format_bytes_iec, parse_age, parse_size
 
 log = logging.getLogger(__name__)
@@ -74,7 +74,7 @@ class _Revision:
 
     def as_dict(self, storage: Storage, names: EntryNames, now: float) -> dict[str, Any]:
         meta = self.meta or {}
-        staged = _parse_iso(meta.get("staged_at"))
+        staged = parse_iso(meta.get("staged_at"))
         return {
             "revision": self.rev,
             "current": self.current,
@@ -164,7 +164,7 @@ class _Entry:
             "files": self.model_files,
             "staged_at": meta.get("staged_at"),
             "checked_at": meta.get("checked_at"),
-            "last_used": _iso(self.last_used) if self.last_used else None,
+            "last_used": iso_utc(self.last_used) if self.last_used else None,
             "etag": meta.get("etag"),
             "last_modified": meta.get("last_modified"),
             "sha256": meta.get("sha256"),
@@ -274,20 +274,11 @@ def _fill_revisions(storage: Storage, entry: _Entry) -> None:
         if rev.meta_bytes:
             rev.meta = decode_meta(storage.read_bytes(names.revision_meta(rev.rev)))
         if not rev.current:
-            since = _parse_iso((rev.meta or {}).get("superseded_at"))
+            since = parse_iso((rev.meta or {}).get("superseded_at"))
             if since is None:
                 st = storage.stat(names.revision_meta(rev.rev)) if rev.meta_bytes else None
                 since = st.mtime if st is not None else None
             rev.superseded_since = since
-
-
-def _parse_iso(value: object) -> float | None:
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        return datetime.datetime.fromisoformat(value).timestamp()
-    except ValueError:
-        return None
 
 
 def _descriptor_handle(data: bytes | None) -> str | None:
@@ -582,7 +573,7 @@ class _Pruner:
             key=entry.key,
             path=self.storage.location(entry.key),
             size=entry.size if size is None else size,
-            last_used=_iso(entry.last_used) if entry.last_used else None,
+            last_used=iso_utc(entry.last_used) if entry.last_used else None,
             reason=reason,
         )
 
@@ -766,7 +757,3 @@ def _key_of(handle: str) -> str:
         return parse_handle(text).cache_key
     except InvalidHandleError as exc:
         raise InvalidHandleError(f"{exc} (given in keep/verify; a 40-character cache key works too)") from exc
-
-
-def _iso(ts: float) -> str:
-    return datetime.datetime.fromtimestamp(ts, datetime.timezone.utc).isoformat(timespec="seconds")

@@ -118,10 +118,6 @@ def descriptor_text(handle: str) -> str:
     )
 
 
-def utc_now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-
-
 def encode_meta(meta: Mapping[str, Any]) -> bytes:
     return json.dumps({**meta, "format_version": META_VERSION}, indent=1, sort_keys=True).encode("utf8")
 

@@ -18,7 +18,7 @@ from typing import Any
 from tfhub_cache import settings
 from tfhub_cache.errors import ConfigurationError
 from tfhub_cache.fetch.mirrors import parse_mirrors, resolve_mirrors
-from tfhub_cache.fetch.transfer import RetryPolicy
+from tfhub_cache.retry import RetryPolicy
 
 __all__ = ["StageOptions", "check_sha256"]
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import logging
 import os
 import time
-import urllib.parse
 from collections.abc import Mapping
 from typing import Any
 
@@ -35,7 +34,6 @@ from tfhub_cache.cache.layout import (
     is_complete,
     new_revision_id,
     new_uid,
-    utc_now,
 )
 from tfhub_cache.cache.leftovers import remove_dead_leftovers, remove_unfinished_model
 from tfhub_cache.cache.locks import CacheLock
@@ -59,22 +57,17 @@ from tfhub_cache.errors import (
     OfflineError,
 )
 from tfhub_cache.fetch import mirrors as mirrors_mod
-from tfhub_cache.fetch.transfer import (
-    ArchiveSource,
-    ArchiveStream,
-    HttpSource,
-    LocalFileSource,
-    RetryPolicy,
-    with_retries,
-)
+from tfhub_cache.fetch.streams import ArchiveSource, ArchiveStream
+from tfhub_cache.fetch.transfer import HttpSource, LocalFileSource, hub_source, with_retries
 from tfhub_cache.handles import (
     COMPRESSED_FORMAT_QUERY,
     Handle,
     parse_handle,
-    with_format_query,
 )
+from tfhub_cache.retry import RetryPolicy
 from tfhub_cache.storage import Storage, open_storage
 from tfhub_cache.storage.base import MODEL_MARKERS
+from tfhub_cache.timestamps import utc_now
 from tfhub_cache.units import format_bytes_si, human_duration
 
 log = logging.getLogger(__name__)
@@ -359,23 +352,22 @@ class Stager:
     def _source(self) -> ArchiveSource:
         kind = self.handle.kind
         if kind == "http":
-            fetch_url = mirrors_mod.rewrite(self.handle.text, self.mirrors)
             if self._session is None:
                 self._session = aliases.recording_session()
-            return HttpSource(
-                with_format_query(fetch_url, COMPRESSED_FORMAT_QUERY),
+            return hub_source(
+                self.handle.text,
+                COMPRESSED_FORMAT_QUERY,
+                mirrors=self.mirrors,
                 session=self._session,
                 token=self.token,
-                token_host=urllib.parse.urlsplit(fetch_url).netloc,  # with a mirror, the mirror's host
                 retry=self.retry,
                 progress_interval=self.progress_interval,
-                description=self.handle.text,
                 connections=self.download_connections,
             )
         if kind == "local_archive":
             return LocalFileSource(self.handle.text)
         if kind == "gcs_archive":
-            from tfhub_cache.storage.gcs import GCSArchiveSource
+            from tfhub_cache.fetch.gcs_source import GCSArchiveSource
 
             return GCSArchiveSource(self.handle.text, storage=self.storage, connections=self.download_connections)
         raise InvalidHandleError(f"Cannot stage {self.handle.text!r} ({kind}).")

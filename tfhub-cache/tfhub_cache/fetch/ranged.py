@@ -35,24 +35,23 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from tfhub_cache import settings
 from tfhub_cache.errors import DownloadError, RetriesExhausted
-from tfhub_cache.fetch.transfer import (
+from tfhub_cache.fetch.streams import (
     CHUNK_SIZE,
     QueuedArchiveStream,
     RestartRequired,
-    RetryPolicy,
     SourceInfo,
-    _log_progress,
+    log_progress,
     redact_error,
 )
+from tfhub_cache.responses import check_archive_response
+from tfhub_cache.retry import RetryPolicy
 
 if TYPE_CHECKING:
     import requests
-
-    from tfhub_cache.fetch.transfer import HttpSource
 
 log = logging.getLogger(__name__)
 
@@ -329,7 +328,7 @@ class RangedStream(QueuedArchiveStream):
                 now = time.monotonic()
                 if now - last_log >= self.progress_interval:
                     last_log = now
-                    _log_progress(self.description, self.bytes_read, self.info.size, now - started)
+                    log_progress(self.description, self.bytes_read, self.info.size, now - started)
             if self._closed.is_set():
                 return
             if crc is not None and crc.digest() != self.expected_crc32c:
@@ -337,7 +336,7 @@ class RangedStream(QueuedArchiveStream):
                     f"The CRC32C of {self.description!r} as downloaded does not match the object's; "
                     "the download was corrupted in transit: retrying."
                 )
-            _log_progress(self.description, self.bytes_read, self.info.size, time.monotonic() - started, final=True)
+            log_progress(self.description, self.bytes_read, self.info.size, time.monotonic() - started, final=True)
             self._put(None)
         except BaseException as exc:
             self._put(exc)
@@ -362,8 +361,26 @@ class RangedStream(QueuedArchiveStream):
 # -- HTTP ---------------------------------------------------------------------------------------------------
 
 
+class RangedHttpSource(Protocol):
+    """What the parts need of the HTTP source (:class:`~tfhub_cache.fetch.transfer.HttpSource`).
+
+    A protocol rather than the class, so that the source can hand its response over to this module
+    without the two importing each other.
+    """
+
+    description: str
+    retry: RetryPolicy
+    progress_interval: float
+    #: Set here when the server advertised ranges but answered one with the whole body.
+    ranges_ignored: bool
+
+    def request(  # the part of HttpSource.request the parts use
+        self, url: str, headers: dict[str, str] | None = None, *, redirects: bool, session: requests.Session | None
+    ) -> requests.Response: ...
+
+
 def open_http_ranged(
-    source: HttpSource, resp: requests.Response, info: SourceInfo, connections: int
+    source: RangedHttpSource, resp: requests.Response, info: SourceInfo, connections: int
 ) -> RangedStream | None:
     """A :class:`RangedStream` over ``resp``'s URL, or None when one stream is better or the only way.
 
@@ -372,7 +389,7 @@ def open_http_ranged(
     """
     part_size = settings.download_part_size()
     validator = _if_range_validator(info)
-    if not (info.accept_ranges and validator) or getattr(source, "ranges_ignored", False):
+    if not (info.accept_ranges and validator) or source.ranges_ignored:
         return None
     if not plan_parts(info.size, connections, part_size):
         return None
@@ -396,7 +413,7 @@ def _if_range_validator(info: SourceInfo) -> str | None:
 
 
 class _HttpPartFetcher(PartFetcher):
-    def __init__(self, source: HttpSource, first: requests.Response, info: SourceInfo, validator: str) -> None:
+    def __init__(self, source: RangedHttpSource, first: requests.Response, info: SourceInfo, validator: str) -> None:
         import requests
         import urllib3.exceptions
 
@@ -466,8 +483,6 @@ class _HttpPartFetcher(PartFetcher):
 
     def _not_partial(self, resp: requests.Response, start: int) -> None:
         """A part answered other than 206: the archive changed, the server ignores ranges, or an error."""
-        from tfhub_cache.fetch.transfer import check_archive_response
-
         status = resp.status_code
         if status == 416:
             resp.close()

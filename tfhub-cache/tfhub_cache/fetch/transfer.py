@@ -1,6 +1,6 @@
-"""Archive sources: HTTP(S) with the TF Hub protocol, local files (and GCS objects, in storage.gcs).
+"""Archive sources: HTTP(S) with the TF Hub protocol and local files (``gs://`` objects: :mod:`.gcs_source`).
 
-An :class:`ArchiveStream` is a read-only byte stream of the (compressed) archive. For HTTP a
+An :class:`~tfhub_cache.fetch.streams.ArchiveStream` is a read-only byte stream of the (compressed) archive. For HTTP a
 network thread fills a small bounded queue, so download and decompression overlap while memory
 stays bounded; the stream hashes what it delivers (sha256), retries transient failures with
 exponential backoff and jitter, and resumes a cut-off body with ``Range`` + ``If-Range`` when the
@@ -10,42 +10,41 @@ the extraction over.
 
 from __future__ import annotations
 
-import datetime
-import email.utils
-import hashlib
 import logging
 import os
-import queue
-import random
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from tfhub_cache import settings
 from tfhub_cache.errors import DownloadError, RetriesExhausted
+from tfhub_cache.fetch import mirrors as mirrors_mod
+from tfhub_cache.fetch.ranged import connections_from, open_http_ranged
+from tfhub_cache.fetch.streams import (
+    CHUNK_SIZE,
+    ArchiveSource,
+    ArchiveStream,
+    QueuedArchiveStream,
+    RestartRequired,
+    SourceInfo,
+    log_progress,
+    redact_error,
+    strip_query_secrets,
+)
 from tfhub_cache.fetch.token_scope import TokenScope, auth_headers
-from tfhub_cache.responses import html_page_error, is_permanent, is_transient
-from tfhub_cache.units import format_bytes_si, format_rate_si, human_duration
+from tfhub_cache.handles import with_format_query
+from tfhub_cache.responses import check_archive_response, is_transient
+from tfhub_cache.retry import RetryPolicy
 
 if TYPE_CHECKING:  # requests costs ~95 ms to import: only stagings that use HTTP pay for it
     import requests
 
 log = logging.getLogger(__name__)
 
-CHUNK_SIZE = 1 << 20
-_QUEUE_CHUNKS = 8
 REDIRECT_STATUSES = (301, 302, 303, 307, 308)
 MAX_REDIRECTS = 10
-#: What to do about a hub's error status, for error messages of downloads and update checks alike.
-STATUS_HINTS = {
-    401: "the hub needs credentials: set the token (password) of the tfhub connection",
-    403: "access was denied: check the token and that the model is public",
-    404: "no model at that handle: check publisher, name and version",
-    410: "the model was removed from the hub",
-}
 USER_AGENT = "airflow-provider-tfhub"
 
 
@@ -59,131 +58,6 @@ def timeout_from_env() -> tuple[float, float]:
     that long without data and is then resumed (``Range``) like a cut one.
     """
     return settings.http_timeout()
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """Bounded retries with exponential backoff and full jitter.
-
-    ``attempts`` counts tries of one operation (``TFHUB_DOWNLOAD_RETRIES`` sets it): a request
-    that keeps failing is tried that many times, then surfaces as :class:`RetriesExhausted`,
-    which nothing above retries again (so attempts never multiply across layers). The n-th
-    retry waits a uniform random time in ``[0, min(max_backoff, backoff * 2**n)]`` ("full
-    jitter": many workers hitting one hub do not retry in lockstep), or what ``Retry-After`` says.
-    """
-
-    attempts: int = 5
-    backoff: float = 0.5
-    max_backoff: float = 20.0
-    #: Longest ``Retry-After`` we obey; a server asking for more gets this (and, if still busy, a 429 again).
-    max_retry_after: float = 120.0
-
-    @classmethod
-    def from_env(cls) -> RetryPolicy:
-        """The default policy with ``TFHUB_DOWNLOAD_RETRIES`` attempts (default 5)."""
-        return cls(attempts=settings.download_retries())
-
-    def delay(self, attempt: int, retry_after: str | None = None) -> float:
-        """Seconds to wait before retry number ``attempt + 1`` (``Retry-After`` wins when given)."""
-        wait = _retry_after_seconds(retry_after)
-        if wait is not None:
-            return min(wait, self.max_retry_after)
-        return random.uniform(0, min(self.max_backoff, self.backoff * (2**attempt)))
-
-
-def _retry_after_seconds(value: str | None) -> float | None:
-    """``Retry-After`` as seconds: delta-seconds (fractions tolerated) or an HTTP date; None if absent or bad."""
-    if not value or not value.strip():
-        return None
-    text = value.strip()
-    try:
-        seconds = float(text)
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(text)
-        except (TypeError, ValueError, IndexError):
-            return None
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=datetime.timezone.utc)
-        seconds = (when - datetime.datetime.now(datetime.timezone.utc)).total_seconds()
-    if seconds != seconds:  # NaN
-        return None
-    return max(0.0, seconds)
-
-
-@dataclass
-class SourceInfo:
-    """What the source said about the archive: validators for refresh and the final URL."""
-
-    url: str
-    etag: str | None = None
-    last_modified: str | None = None
-    size: int | None = None
-    content_type: str | None = None
-    accept_ranges: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-class RestartRequired(Exception):
-    """The body was cut off and cannot be resumed: the caller must start extraction again."""
-
-
-class ArchiveStream:
-    """Base class: a readable byte stream that hashes and counts what it delivers.
-
-    Consumers that can take whole chunks use :meth:`chunks` (no copies: that is what the
-    extractor does); :meth:`read` serves file-object style callers.
-    """
-
-    info: SourceInfo
-
-    def __init__(self) -> None:
-        self._sha = hashlib.sha256()
-        self.bytes_read = 0
-
-    def read(self, n: int = -1) -> bytes:
-        data = self._read(n)
-        if data:
-            self._sha.update(data)
-            self.bytes_read += len(data)
-        return data
-
-    def readinto(self, buf: Any) -> int:
-        data = self.read(len(buf))
-        buf[: len(data)] = data
-        return len(data)
-
-    def readable(self) -> bool:
-        return True
-
-    def chunks(self) -> Iterator[bytes]:
-        """The rest of the stream as chunks of at most :data:`CHUNK_SIZE` bytes (hashed, counted)."""
-        while data := self.read(CHUNK_SIZE):
-            yield data
-
-    @property
-    def sha256(self) -> str:
-        return self._sha.hexdigest()
-
-    def drain(self) -> None:
-        """Read to the end (so that :attr:`sha256` covers the whole archive)."""
-        for _ in self.chunks():
-            pass
-
-    def _read(self, n: int) -> bytes:
-        raise NotImplementedError
-
-    def close(self) -> None:
-        pass
-
-
-class ArchiveSource:
-    """Where an archive comes from. ``open`` returns None when conditional validators still match."""
-
-    description: str = ""
-
-    def open(self, validators: dict[str, str] | None = None) -> ArchiveStream | None:
-        raise NotImplementedError
 
 
 class LocalFileSource(ArchiveSource):
@@ -246,7 +120,7 @@ class HttpSource(ArchiveSource):
         self.token_scope = TokenScope.for_url(scope_url)
         self.retry = retry or RetryPolicy.from_env()
         self.timeout = timeout or timeout_from_env()
-        self.session = session or _thread_session()
+        self.session = session or thread_session()
         self.progress_interval = progress_interval
         self.description = description or url
         #: Parallel ranged connections (None: ``TFHUB_DOWNLOAD_CONNECTIONS`` or 8; 1: one stream).
@@ -335,102 +209,50 @@ class HttpSource(ArchiveSource):
 
     def _stream(self, resp: requests.Response) -> ArchiveStream:
         """Parallel ranged parts when the server allows it and the archive is big enough, else one stream."""
-        from tfhub_cache.fetch.ranged import connections_from, open_http_ranged
-
         info = _source_info(resp)
         ranged = open_http_ranged(self, resp, info, connections_from(self.connections))
         return ranged if ranged is not None else _HttpStream(self, resp)
 
 
-def check_archive_response(resp: requests.Response, description: str) -> None:
-    """Raise a clear, permanent-or-not DownloadError for anything but a 200 archive body."""
-    status = resp.status_code
-    if status == 200:
-        html = html_page_error(description, resp.headers.get("Content-Type"), status)
-        if html is not None:
-            resp.close()
-            raise html
-        return
-    resp.close()
-    hint = STATUS_HINTS.get(status, "the server could not serve the archive")
-    raise DownloadError(
-        f"{description!r} answered HTTP {status} ({resp.reason}): {hint}.",
-        permanent=is_permanent(status),
-        status=status,
-    )
+def hub_url(
+    handle_url: str, format_query: tuple[str, str], mirrors: Mapping[str, str] | None = None
+) -> tuple[str, str]:
+    """What to ask for ``handle_url`` in one format (``?tf-hub-format=...``), and the host the token goes to.
 
-
-class QueuedArchiveStream(ArchiveStream):
-    """An archive stream filled by a producer thread through a bounded queue.
-
-    The producer (a network or GCS download) runs while the consumer inflates, so both overlap,
-    and memory stays bounded by ``_QUEUE_CHUNKS`` x :data:`CHUNK_SIZE`. The producer puts bytes,
-    then None at the end, or the exception that stopped it (re-raised to the consumer).
+    With a mirror for the handle, both are the mirror's: it is asked instead of the hub, and it is
+    the one host that gets the token (the hub itself is never contacted).
     """
+    fetch_url = mirrors_mod.rewrite(handle_url, mirrors)
+    return with_format_query(fetch_url, format_query), urllib.parse.urlsplit(fetch_url).netloc
 
-    def __init__(self) -> None:
-        super().__init__()
-        self._queue: queue.Queue[bytes | BaseException | None] = queue.Queue(maxsize=_QUEUE_CHUNKS)
-        self._buffer = b""
-        self._pos = 0
-        self._eof = False
-        self._closed = threading.Event()
-        self._thread: threading.Thread | None = None
 
-    def _start(self, target: Callable[..., None], name: str, *args: Any) -> None:
-        self._thread = threading.Thread(target=target, args=args, name=name, daemon=True)
-        self._thread.start()
+def hub_source(
+    handle_url: str,
+    format_query: tuple[str, str],
+    *,
+    mirrors: Mapping[str, str] | None = None,
+    token: str | None = None,
+    retry: RetryPolicy | None = None,
+    session: requests.Session | None = None,
+    progress_interval: float = 5.0,
+    connections: int | None = None,
+) -> HttpSource:
+    """The :class:`HttpSource` of a hub handle in one format, its mirror's when one applies (:func:`hub_url`).
 
-    def _put(self, item: bytes | BaseException | None) -> bool:
-        """Queue ``item`` for the consumer; False once the stream was closed (the producer stops)."""
-        while not self._closed.is_set():
-            try:
-                self._queue.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def _next_chunk(self) -> bytes:
-        """The next queued chunk, b"" at the end; re-raises the producer's failure."""
-        if self._eof:
-            return b""
-        item = self._queue.get()
-        if item is None:
-            self._eof = True
-            return b""
-        if isinstance(item, BaseException):
-            self._eof = True
-            raise item
-        return item
-
-    def _raw_chunks(self) -> Iterator[bytes]:
-        if self._pos < len(self._buffer):
-            rest, self._buffer, self._pos = self._buffer[self._pos :], b"", 0
-            yield rest
-        while chunk := self._next_chunk():
-            yield chunk
-
-    def _read(self, n: int) -> bytes:
-        # Serve one queued chunk from an offset: short reads are fine for a raw stream, and small
-        # reads never copy the rest of the chunk.
-        if n < 0:
-            return b"".join(self._raw_chunks())
-        if self._pos >= len(self._buffer):
-            self._buffer, self._pos = self._next_chunk(), 0
-        data = self._buffer[self._pos : self._pos + n]
-        self._pos += len(data)
-        return data
-
-    def close(self) -> None:
-        self._closed.set()
-        while self._thread is not None and self._thread.is_alive():  # unblock a producer on a full queue
-            try:
-                self._queue.get(timeout=0.05)
-            except queue.Empty:
-                pass
-        if self._thread is not None:
-            self._thread.join()
+    The one way staging, UNCOMPRESSED resolution and update checks address a hub, so a mirror and
+    the token's host are handled alike by all three.
+    """
+    url, token_host = hub_url(handle_url, format_query, mirrors)
+    return HttpSource(
+        url,
+        token=token,
+        token_host=token_host,
+        retry=retry,
+        session=session,
+        progress_interval=progress_interval,
+        description=handle_url,
+        connections=connections,
+    )
 
 
 class _HttpStream(QueuedArchiveStream):
@@ -472,7 +294,7 @@ class _HttpStream(QueuedArchiveStream):
                         now = time.monotonic()
                         if now - last_log >= self.source.progress_interval:
                             last_log = now
-                            _log_progress(self.source.description, received, self.info.size, now - started)
+                            log_progress(self.source.description, received, self.info.size, now - started)
                     if self.info.size is not None and received < self.info.size:
                         raise requests.ConnectionError(f"body ended after {received} of {self.info.size} bytes")
                     break
@@ -485,7 +307,7 @@ class _HttpStream(QueuedArchiveStream):
                             f"{received}: {redact_error(exc)}."
                         ) from exc
                     resp = self._resume(received, attempt, exc)
-            _log_progress(self.source.description, received, self.info.size, time.monotonic() - started, final=True)
+            log_progress(self.source.description, received, self.info.size, time.monotonic() - started, final=True)
             self._put(None)
         except BaseException as exc:
             self._put(exc)
@@ -518,7 +340,7 @@ def _source_info(resp: requests.Response) -> SourceInfo:
     h = resp.headers
     length = h.get("Content-Length")
     return SourceInfo(
-        url=_strip_query_secrets(resp.url),
+        url=strip_query_secrets(resp.url),
         etag=h.get("ETag"),
         last_modified=h.get("Last-Modified"),
         size=int(length) if length and length.isdigit() else None,
@@ -530,7 +352,7 @@ def _source_info(resp: requests.Response) -> SourceInfo:
 _local = threading.local()
 
 
-def _thread_session() -> requests.Session:
+def thread_session() -> requests.Session:
     """One session per thread: stagings that follow each other on a worker thread reuse its
     keep-alive connections (three hops per model), while threads never share one."""
     import requests
@@ -545,43 +367,6 @@ def _urllib3_errors() -> type[BaseException]:
     import urllib3.exceptions
 
     return urllib3.exceptions.HTTPError
-
-
-def _log_progress(what: str, done: int, total: int | None, elapsed: float, *, final: bool = False) -> None:
-    """One line a person reads: ``Downloading <url> (12.3 MB of 50.0 MB, 25%, 8.1 MB/s, about 5.0s left)``.
-
-    ``what`` (a URL) is followed by a space, never by punctuation, so log viewers link it correctly.
-    """
-    rate = done / elapsed if elapsed > 0 else 0.0
-    if final:
-        log.info(
-            "Downloaded %s (%s in %s, %s)", what, format_bytes_si(done), human_duration(elapsed), format_rate_si(rate)
-        )
-    elif total:
-        left = f", about {human_duration((total - done) / rate)} left" if rate > 0 and total > done else ""
-        log.info(
-            "Downloading %s (%s of %s, %d%%, %s%s)",
-            what,
-            format_bytes_si(done),
-            format_bytes_si(total),
-            int(100 * done / total),
-            format_rate_si(rate),
-            left,
-        )
-    else:
-        log.info("Downloading %s (%s so far, %s)", what, format_bytes_si(done), format_rate_si(rate))
-
-
-def _strip_query_secrets(url: str) -> str:
-    """Drop the query of a (possibly signed) URL before it is stored or logged."""
-    parts = urllib.parse.urlsplit(url)
-    return urllib.parse.urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
-
-
-def redact_error(exc: BaseException) -> str:
-    """An exception message without URL queries (signed URLs carry credentials)."""
-    text = str(exc)
-    return text.split("?", 1)[0] + ("?…" if "?" in text else "")
 
 
 def with_retries(fn: Callable[[], Any], what: str, retry: RetryPolicy) -> Any:

@@ -5,13 +5,12 @@ downloading it, exactly as tensorflow_hub 0.16 does: ``?tf-hub-format=uncompress
 
 from __future__ import annotations
 
-import urllib.parse
 from collections.abc import Mapping
 
 from tfhub_cache.errors import DownloadError
-from tfhub_cache.fetch import mirrors as mirrors_mod
-from tfhub_cache.fetch.transfer import HttpSource, RetryPolicy
-from tfhub_cache.handles import UNCOMPRESSED_FORMAT_QUERY, parse_handle, with_format_query
+from tfhub_cache.fetch.transfer import hub_source
+from tfhub_cache.handles import UNCOMPRESSED_FORMAT_QUERY, parse_handle
+from tfhub_cache.retry import RetryPolicy
 
 
 def resolve_uncompressed(
@@ -23,11 +22,8 @@ def resolve_uncompressed(
 ) -> str:
     """Return the ``gs://`` location the hub (or its mirror) names for ``handle``; a clear error otherwise."""
     parsed = parse_handle(handle)
-    fetch_url = mirrors_mod.rewrite(parsed.text, mirrors)
-    url = with_format_query(fetch_url, UNCOMPRESSED_FORMAT_QUERY)
-    token_host = urllib.parse.urlsplit(fetch_url).netloc  # with a mirror, the token goes to the mirror
-    source = HttpSource(url, token=token, token_host=token_host, retry=retry, description=parsed.text)
-    resp = source.request(url, redirects=False, stream=False)
+    source = hub_source(parsed.text, UNCOMPRESSED_FORMAT_QUERY, mirrors=mirrors, token=token, retry=retry)
+    resp = source.request(source.url, redirects=False, stream=False)
     try:
         if resp.status_code != 303:
             raise DownloadError(

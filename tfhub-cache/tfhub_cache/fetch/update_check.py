@@ -23,24 +23,22 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from tfhub_cache.cache.layout import utc_now
 from tfhub_cache.errors import DownloadError
-from tfhub_cache.fetch import mirrors as mirrors_mod
+from tfhub_cache.fetch.streams import ArchiveSource, redact_error
 from tfhub_cache.fetch.token_scope import TokenScope, auth_headers
 from tfhub_cache.fetch.transfer import (
     MAX_REDIRECTS,
     REDIRECT_STATUSES,
-    STATUS_HINTS,
     USER_AGENT,
-    ArchiveSource,
-    HttpSource,
     LocalFileSource,
-    RetryPolicy,
-    redact_error,
+    hub_source,
+    hub_url,
 )
-from tfhub_cache.handles import COMPRESSED_FORMAT_QUERY, Handle, require_cacheable, with_format_query
-from tfhub_cache.responses import html_page_error, is_permanent
+from tfhub_cache.handles import COMPRESSED_FORMAT_QUERY, Handle, require_cacheable
+from tfhub_cache.responses import STATUS_HINTS, html_page_error, is_permanent
+from tfhub_cache.retry import RetryPolicy
 from tfhub_cache.storage.base import Storage
+from tfhub_cache.timestamps import utc_now
 
 
 @dataclass(frozen=True)
@@ -146,13 +144,8 @@ def check_for_update(
         return NOT_CACHED
     if parsed.kind != "http":
         return _check_source(parsed, cached, storage)
-    fetch_url = mirrors_mod.rewrite(parsed.text, mirrors)
-    source = HttpSource(
-        with_format_query(fetch_url, COMPRESSED_FORMAT_QUERY),
-        token=token,
-        token_host=urllib.parse.urlsplit(fetch_url).netloc,
-        retry=retry or RetryPolicy(attempts=2),
-        description=parsed.text,
+    source = hub_source(
+        parsed.text, COMPRESSED_FORMAT_QUERY, mirrors=mirrors, token=token, retry=retry or RetryPolicy(attempts=2)
     )
     resp = source.request(source.url, probe_headers(cached), stream=True)
     try:
@@ -182,7 +175,7 @@ async def acheck_for_update(
         return await asyncio.to_thread(_check_source, parsed, cached, storage)
     import httpx
 
-    url = with_format_query(mirrors_mod.rewrite(parsed.text, mirrors), COMPRESSED_FORMAT_QUERY)
+    url, _token_host = hub_url(parsed.text, COMPRESSED_FORMAT_QUERY, mirrors)
     scope = TokenScope.for_url(url)  # the handle's URL, or its mirror's
     headers = probe_headers(cached)
     new_client = await asyncio.to_thread(_async_client, timeout)
@@ -237,7 +230,7 @@ def _check_source(parsed: Handle, cached: Mapping[str, Any], storage: Storage | 
     if parsed.kind == "local_archive":
         source = LocalFileSource(parsed.text)
     else:
-        from tfhub_cache.storage.gcs import GCSArchiveSource
+        from tfhub_cache.fetch.gcs_source import GCSArchiveSource
 
         source = GCSArchiveSource(parsed.text, storage=storage)
     validators = {k: str(cached[k]) for k in ("etag", "last_modified") if cached.get(k)}

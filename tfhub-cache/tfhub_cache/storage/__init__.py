@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from tfhub_cache.locations import is_gs_url
 from tfhub_cache.storage.base import FileRecord, ObjectStat, Storage, TreeSink
 
 
@@ -13,7 +14,7 @@ def open_storage(cache_dir: str, **options: Any) -> Storage:
     ``options`` go to the GCS backend (``client``, ``credentials``, ``project``, ``max_workers``...).
     The GCS backend is imported only when asked for, so local staging never loads the GCS client.
     """
-    if cache_dir.startswith("gs://"):
+    if is_gs_url(cache_dir):
         from tfhub_cache.storage.gcs import GCSStorage
 
         return GCSStorage(cache_dir, **options)

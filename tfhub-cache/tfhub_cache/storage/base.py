@@ -10,9 +10,12 @@ backend allows) on :meth:`TreeSink.commit`.
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import BinaryIO
+
+#: Bytes per chunk handed from an archive source through the extractor to a sink (and per read).
+CHUNK_SIZE = 1 << 20
 
 # Model files that mark a directory as a SavedModel; written last on backends without atomic
 # publish so that a tensorflow_hub reader of a partial tree gets a load error, not a partial model.
@@ -146,8 +149,13 @@ class Storage(abc.ABC):
         """Yield ``(relpath, size)`` of every file below ``name``."""
 
     @abc.abstractmethod
-    def delete_tree(self, name: str) -> int:
-        """Delete ``name`` and everything below it; return the bytes freed (0 when missing)."""
+    def delete_tree(self, name: str, *, tmp: str | None = None) -> int:
+        """Delete ``name`` and everything below it; return the bytes freed (0 when missing).
+
+        A reader never finds a model marker over a tree whose files are going: GCS deletes the markers
+        first; local deletes in place, or, given ``tmp``, first renames the tree there (it leaves its
+        name in one step).
+        """
 
     @abc.abstractmethod
     def list_root(self, prefix: str = "") -> list[str]:
@@ -156,6 +164,16 @@ class Storage(abc.ABC):
     @abc.abstractmethod
     def open_sink(self, final: str, tmp: str, *, replace: bool = False) -> TreeSink:
         """A sink that writes a tree via the temporary name ``tmp`` and publishes it at ``final``."""
+
+    @abc.abstractmethod
+    def publish_tree(self, name: str, tmp: str, source: Storage, rels: Sequence[str]) -> None:
+        """Publish the files ``rels`` of ``source`` (any backend) as the tree ``name``, replacing what is there.
+
+        A reader of ``name`` never loads a partial or mixed model. Local: the tree is built under
+        ``tmp`` and exchanged (or renamed) into place in one step. GCS: old model markers are deleted
+        first, then the files are copied (server side when ``source`` is on GCS), objects the new
+        tree lacks are deleted, and the markers are copied last.
+        """
 
     @abc.abstractmethod
     def clone_tree(self, src: str, dst: str, tmp: str) -> None:

@@ -15,7 +15,7 @@ import queue
 import shutil
 import threading
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import BinaryIO
 
 import google_crc32c
@@ -25,6 +25,9 @@ from tfhub_cache.storage.base import FileRecord, ObjectStat, SinkAborted, Storag
 from tfhub_cache.storage.durability import fsync_dir, fsync_enabled, fsync_tree
 
 _DISK_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+#: What ``link`` fails with where hard links cannot be made (another filesystem, no link support,
+#: the link limit, a filesystem that refuses them): then the bytes are copied (or written) instead.
+NO_HARD_LINK_ERRNOS = frozenset({errno.EXDEV, errno.EPERM, errno.EMLINK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EACCES})
 _QUEUE_CHUNKS = 16  # x 1 MiB chunks from the extractor: the writer's bounded share of memory
 
 
@@ -112,7 +115,7 @@ class LocalStorage(Storage):
         except (FileExistsError, FileNotFoundError):
             return None  # taken, or our temp file was swept as a leftover: the caller tries again
         except OSError as exc:
-            if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOSYS, errno.EXDEV, errno.EMLINK):
+            if exc.errno not in NO_HARD_LINK_ERRNOS:
                 raise disk_error(exc, path) from exc
             return self._create_exclusive_plain(path, data)
         finally:
@@ -191,7 +194,8 @@ class LocalStorage(Storage):
                     continue
                 yield os.path.relpath(full, top).replace(os.sep, "/"), size
 
-    def delete_tree(self, name: str) -> int:
+    def delete_tree(self, name: str, *, tmp: str | None = None) -> int:
+        """With ``tmp``, a directory is first renamed to ``tmp``: it leaves its name in one step."""
         path = self.location(name)
         if os.path.isfile(path) or os.path.islink(path):
             size = os.lstat(path).st_size
@@ -199,6 +203,9 @@ class LocalStorage(Storage):
             return size
         if not os.path.isdir(path):
             return 0
+        if tmp is not None:
+            os.rename(path, self.location(tmp))
+            name, path = tmp, self.location(tmp)
         freed = sum(size for _, size in self.list_tree(name))
         shutil.rmtree(path, ignore_errors=True)
         return freed
@@ -221,7 +228,7 @@ class LocalStorage(Storage):
         """
         source, staging, final = self.location(src), self.location(tmp), self.location(dst)
         try:
-            shutil.copytree(source, staging, symlinks=False, copy_function=_link_or_copy)
+            shutil.copytree(source, staging, symlinks=False, copy_function=link_or_copy)
             os.makedirs(os.path.dirname(final), exist_ok=True)
             if fsync_enabled():
                 fsync_tree(staging)
@@ -240,11 +247,7 @@ class LocalStorage(Storage):
             if os.path.isdir(path) and not os.path.islink(path):
                 # A model dir of an older release (or of tensorflow_hub) whose files were cloned into a
                 # revision already: swap it for the link in one step, then drop the old names.
-                if not _exchange(link, path):
-                    os.rename(path, f"{link}.old")
-                    os.rename(link, path)
-                    link = f"{link}.old"
-                shutil.rmtree(link, ignore_errors=True)
+                shutil.rmtree(exchange_or_rename(link, path), ignore_errors=True)
             else:
                 os.replace(link, path)
             if fsync_enabled():
@@ -261,6 +264,40 @@ class LocalStorage(Storage):
             return None
         full = os.path.normpath(os.path.join(os.path.dirname(path), target))
         return os.path.relpath(full, self.root).replace(os.sep, "/")
+
+    def publish_tree(self, name: str, tmp: str, source: Storage, rels: Sequence[str]) -> None:
+        """Build the tree under ``tmp``, then put it in ``name``'s place in one step (:func:`exchange_or_rename`).
+
+        Files of a local ``source`` are hard links when both are on one filesystem (no copy, no
+        space; hence never modify a published file in place), copies otherwise, and its empty
+        directories are kept; a ``source`` elsewhere (``gs://``) is downloaded file by file.
+        """
+        final, staging = self.location(name), self.location(tmp)
+        try:
+            os.makedirs(staging)
+            link = isinstance(source, LocalStorage)
+            if isinstance(source, LocalStorage):  # keep empty directories (assets/) as they are
+                top = source.location()
+                for dirpath, dirnames, _files in os.walk(top):
+                    for d in dirnames:
+                        rel_dir = os.path.relpath(os.path.join(dirpath, d), top)
+                        os.makedirs(os.path.join(staging, rel_dir), exist_ok=True)
+            for rel in rels:
+                dst = os.path.join(staging, *rel.split("/"))
+                os.makedirs(os.path.dirname(dst), exist_ok=True)
+                if isinstance(source, LocalStorage):
+                    link = link_or_copy(source.location(rel), dst, link=link)
+                    continue
+                with source.open_read(rel) as src, open(dst, "wb") as out:
+                    shutil.copyfileobj(src, out, 8 << 20)
+            if os.path.isdir(final):
+                shutil.rmtree(exchange_or_rename(staging, final), ignore_errors=True)
+            else:
+                os.rename(staging, final)
+        except OSError as exc:
+            raise disk_error(exc, final) from exc
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
 
 
 class LocalTreeSink(TreeSink):
@@ -315,13 +352,7 @@ class LocalTreeSink(TreeSink):
 
     def _publish(self, *, replace: bool) -> bool:
         if replace and os.path.isdir(self.final):
-            if _exchange(self.tmp, self.final):
-                shutil.rmtree(self.tmp, ignore_errors=True)  # now holds the old tree
-                return True
-            old = f"{self.tmp}.old"
-            os.rename(self.final, old)
-            os.rename(self.tmp, self.final)
-            shutil.rmtree(old, ignore_errors=True)
+            shutil.rmtree(exchange_or_rename(self.tmp, self.final), ignore_errors=True)
             return True
         try:
             os.rename(self.tmp, self.final)  # replaces an *empty* final dir, fails on a non-empty one
@@ -407,13 +438,21 @@ def _token(st: os.stat_result) -> str:
     return f"{st.st_mtime_ns}-{st.st_ino}"
 
 
-def _link_or_copy(src: str, dst: str) -> None:
-    try:
-        os.link(src, dst)
-    except OSError as exc:
-        if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOSYS, errno.EXDEV, errno.EMLINK):
-            raise
-        shutil.copy2(src, dst)
+def link_or_copy(src: str, dst: str, *, link: bool = True) -> bool:
+    """Hard-link ``src`` to ``dst`` (with ``link``), else copy it; True when it was linked.
+
+    A caller that copies many files passes the last answer back as ``link``, so that after the
+    first refusal (:data:`NO_HARD_LINK_ERRNOS`) the others are copied without trying again.
+    """
+    if link:
+        try:
+            os.link(src, dst)
+            return True
+        except OSError as exc:
+            if exc.errno not in NO_HARD_LINK_ERRNOS:
+                raise
+    shutil.copy2(src, dst)
+    return False
 
 
 def _silent_unlink(path: str) -> None:
@@ -425,6 +464,21 @@ def _silent_unlink(path: str) -> None:
 
 _RENAME_EXCHANGE = 2
 _libc: ctypes.CDLL | None = None
+
+
+def exchange_or_rename(new: str, final: str) -> str:
+    """Put the tree at ``new`` in the place of the existing ``final``; return the path now holding the old one.
+
+    Atomic where Linux ``renameat2(RENAME_EXCHANGE)`` works: a reader resolving ``final`` sees the
+    complete old tree or the complete new one. Elsewhere two renames, with a short moment without
+    ``final``. The caller removes the returned path.
+    """
+    if _exchange(new, final):
+        return new
+    old = f"{new}.old"
+    os.rename(final, old)
+    os.rename(new, final)
+    return old
 
 
 def _exchange(a: str, b: str) -> bool:

@@ -30,17 +30,18 @@ deletes, rewrites or metadata patches; it does not check a declared CRC32C; and 
 metageneration; and it finalises a resumable upload on a status query instead of answering 308.
 Where that makes a difference the code says so.
 
-Modules: :mod:`.storage` (:class:`GCSStorage`: objects, locks, trees), :mod:`.sink` (:class:`GCSTreeSink`:
-the order of publication), :mod:`.upload` (streamed, resumable and composite uploads), :mod:`.source`
-(``gs://`` archives as a model source) and :mod:`._client`, the one place that touches
-google-cloud-storage's private internals.
+Modules: :mod:`.objects` (:class:`GCSObjects`: client, names, errors, listing, deletes, copies, trees
+written markers last), :mod:`.storage` (:class:`GCSStorage`: the cache backend: small objects, locks,
+trees), :mod:`.sink` (:class:`GCSTreeSink`: the order of publication), :mod:`.upload` (streamed,
+resumable and composite uploads), :mod:`.credentials` (which client) and :mod:`.client_adapter`, the
+one place that touches google-cloud-storage's private internals. ``gs://`` archives as a model
+source live with the other sources, in :mod:`tfhub_cache.fetch.gcs_source`.
 """
 
 from __future__ import annotations
 
-from tfhub_cache.storage.gcs.sink import GCSTreeSink
-from tfhub_cache.storage.gcs.source import GCSArchiveSource
-from tfhub_cache.storage.gcs.storage import (
+from tfhub_cache.locations import parse_gs_url
+from tfhub_cache.storage.gcs.objects import (
     DEFAULT_COMPOSITE_PART_BYTES,
     DEFAULT_MAX_INFLIGHT_BYTES,
     DEFAULT_MAX_WORKERS,
@@ -49,9 +50,10 @@ from tfhub_cache.storage.gcs.storage import (
     DEFAULT_STALL_TIMEOUT,
     DEFAULT_TOUCH_INTERVAL,
     LAST_USED_KEY,
-    GCSStorage,
-    parse_gs_url,
+    GCSObjects,
 )
+from tfhub_cache.storage.gcs.sink import GCSTreeSink
+from tfhub_cache.storage.gcs.storage import GCSStorage
 
 __all__ = [
     "DEFAULT_COMPOSITE_PART_BYTES",
@@ -62,7 +64,7 @@ __all__ = [
     "DEFAULT_STALL_TIMEOUT",
     "DEFAULT_TOUCH_INTERVAL",
     "LAST_USED_KEY",
-    "GCSArchiveSource",
+    "GCSObjects",
     "GCSStorage",
     "GCSTreeSink",
     "parse_gs_url",

@@ -57,7 +57,7 @@ def widen_connection_pool(client: Any, pool_size: int) -> None:
     try:
         import requests.adapters
 
-        from tfhub_cache.storage.gcs._client import http_session
+        from tfhub_cache.storage.gcs.client_adapter import http_session
 
         session = http_session(client)
         if not isinstance(session, requests.Session):

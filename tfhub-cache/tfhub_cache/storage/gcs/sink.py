@@ -8,24 +8,22 @@ import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
 import google_crc32c
 
 from tfhub_cache.errors import CacheError
 from tfhub_cache.storage.base import MODEL_MARKERS, FileRecord, SinkAborted, TreeSink
-from tfhub_cache.storage.gcs._client import is_status
+from tfhub_cache.storage.gcs.client_adapter import is_status
+from tfhub_cache.storage.gcs.objects import GCSObjects, copy_object
 from tfhub_cache.storage.gcs.upload import (
-    _CANCEL,
-    _ByteBudget,
-    _crc_b64,
-    _End,
-    _StreamedUpload,
+    CANCEL_UPLOAD,
+    ByteBudget,
+    StreamedUpload,
+    UploadEnd,
+    crc32c_b64,
     upload_part,
 )
-
-if TYPE_CHECKING:
-    from tfhub_cache.storage.gcs.storage import GCSStorage
 
 log = logging.getLogger(__name__)
 
@@ -41,14 +39,14 @@ class GCSTreeSink(TreeSink):
     ``peak_inflight`` and ``uploaded_bytes`` are exposed for tests and benchmarks.
     """
 
-    def __init__(self, storage: GCSStorage, final: str, tmp: str, *, replace: bool = False) -> None:
+    def __init__(self, storage: GCSObjects, final: str, tmp: str, *, replace: bool = False) -> None:
         self.storage = storage
         self.final = final
         self.tmp = tmp
         self.replace = replace
-        self._final_key = storage._dir_key(final)
-        self._tmp_key = storage._dir_key(tmp)
-        self._budget = _ByteBudget(storage.max_inflight_bytes)
+        self._final_key = storage.dir_key(final)
+        self._tmp_key = storage.dir_key(tmp)
+        self.budget = ByteBudget(storage.max_inflight_bytes)
         self._pool = ThreadPoolExecutor(storage.max_workers, thread_name_prefix="tfhub-gcs-upload")
         self._futures: list[Future[None]] = []
         self._lock = threading.Lock()
@@ -65,7 +63,7 @@ class GCSTreeSink(TreeSink):
 
     @property
     def peak_inflight(self) -> int:
-        return self._budget.peak
+        return self.budget.peak
 
     # -- producer side ---------------------------------------------------------------------------
     def add_dir(self, relpath: str) -> None:
@@ -75,10 +73,10 @@ class GCSTreeSink(TreeSink):
         a SavedModel does not need it. (tf.io.gfile would write a ``dir/`` placeholder object, which
         fake-gcs-server cannot even store.)
         """
-        self._check()
+        self.check()
 
     def add_file(self, relpath: str, size: int, chunks: Iterable[bytes]) -> None:
-        self._check()
+        self.check()
         key = self._staging_key(relpath)
         with self._lock:
             self._written.add(key)
@@ -98,7 +96,7 @@ class GCSTreeSink(TreeSink):
 
     def _add_small(self, relpath: str, key: str, size: int, chunks: Iterable[bytes]) -> None:
         cost = 2 * size  # the data, plus the multipart body the client builds around it
-        self._budget.acquire(cost, self._check)
+        self.budget.acquire(cost, self.check)
         try:
             crc = google_crc32c.Checksum()
             parts = []
@@ -108,14 +106,14 @@ class GCSTreeSink(TreeSink):
             data = b"".join(parts)
             del parts
         except BaseException:
-            self._budget.release(cost)
+            self.budget.release(cost)
             raise
-        self._submit(self._upload_small, relpath, key, data, _crc_b64(crc), cost)
+        self._submit(self._upload_small, relpath, key, data, crc32c_b64(crc), cost)
 
     def _add_large(self, relpath: str, key: str, size: int, chunks: Iterable[bytes]) -> None:
         # The resume window is reserved up front; queued chunks are charged until they are sent.
         reserve = self.storage.resume_window
-        self._budget.acquire(reserve, self._check)
+        self.budget.acquire(reserve, self.check)
         q: queue.SimpleQueue[object] = queue.SimpleQueue()
         self._current = q
         self._submit(self._upload_large, relpath, key, size, q, reserve)
@@ -123,16 +121,16 @@ class GCSTreeSink(TreeSink):
         got = 0
         try:
             for chunk in chunks:
-                self._budget.acquire(len(chunk), self._check, floor=reserve)
+                self.budget.acquire(len(chunk), self.check, floor=reserve)
                 crc.update(chunk)
                 got += len(chunk)
                 q.put(chunk)
         except BaseException:
-            q.put(_CANCEL)
+            q.put(CANCEL_UPLOAD)
             raise
         finally:
             self._current = None
-        q.put(_End(_crc_b64(crc), got))
+        q.put(UploadEnd(crc32c_b64(crc), got))
 
     def _add_composite(self, relpath: str, key: str, part_bytes: int, chunks: Iterable[bytes]) -> None:
         """Cut the member into parts of ``part_bytes``, each uploaded by a worker as soon as it is complete.
@@ -167,7 +165,7 @@ class GCSTreeSink(TreeSink):
                     take = min(len(chunk), part_bytes - held_len)
                     piece = chunk if take == len(chunk) else chunk[:take]
                     chunk = chunk[take:] if take < len(chunk) else b""
-                    self._budget.acquire(len(piece), self._check, floor=held_len)
+                    self.budget.acquire(len(piece), self.check, floor=held_len)
                     crc.update(piece)
                     held.append(piece)
                     held_len += len(piece)
@@ -177,24 +175,28 @@ class GCSTreeSink(TreeSink):
             if held_len:
                 submit()
         except BaseException:
-            self._budget.release(held_len)
+            self.budget.release(held_len)
             raise
-        self._submit(self._compose_parts, relpath, key, names, parts, _End(_crc_b64(crc), got))
+        self._submit(self._compose_parts, relpath, key, names, parts, UploadEnd(crc32c_b64(crc), got))
 
     def _submit(self, fn: Callable[..., None], *args: Any) -> None:
         self._futures.append(self._pool.submit(self._guard, fn, *args))
 
-    def _check(self) -> None:
+    def check(self) -> None:
+        """Raise when the sink was aborted (:class:`SinkAborted`) or an upload failed (its error)."""
         if self._aborted.is_set():
             raise SinkAborted()
         if self._error is not None:
             raise self._error
 
+    def is_aborted(self) -> bool:
+        return self._aborted.is_set()
+
     def _fail(self, exc: BaseException) -> None:
         with self._lock:
             if self._error is None:
                 self._error = exc
-        self._budget.wake()
+        self.budget.wake()
 
     # -- workers ---------------------------------------------------------------------------------
     def _guard(self, fn: Callable[..., None], *args: Any) -> None:
@@ -232,10 +234,10 @@ class GCSTreeSink(TreeSink):
             )
             self._record(relpath, len(data), crc, blob.crc32c, blob.size)
         finally:
-            self._budget.release(cost)
+            self.budget.release(cost)
 
     def _upload_large(self, relpath: str, key: str, size: int, q: queue.SimpleQueue[object], reserve: int) -> None:
-        upload = _StreamedUpload(self, relpath, key, size, q)
+        upload = StreamedUpload(self, relpath, key, size, q)
         try:
             info = upload.run()
             assert upload.end is not None
@@ -247,12 +249,14 @@ class GCSTreeSink(TreeSink):
                 self._drain(q)
             raise
         finally:
-            self._budget.release(reserve)
+            self.budget.release(reserve)
 
     def _upload_part(self, relpath: str, name: str, chunks: list[bytes], size: int) -> None:
         upload_part(self, relpath, name, chunks, size)
 
-    def _compose_parts(self, relpath: str, key: str, names: list[str], parts: list[Future[None]], end: _End) -> None:
+    def _compose_parts(
+        self, relpath: str, key: str, names: list[str], parts: list[Future[None]], end: UploadEnd
+    ) -> None:
         """Compose the parts into ``key`` (in stages of 32), check the whole file's CRC32C, delete the parts.
 
         Runs on the pool after all the file's parts were submitted, so waiting for them cannot
@@ -261,7 +265,7 @@ class GCSTreeSink(TreeSink):
         from google.cloud.storage.retry import DEFAULT_RETRY
 
         wait_futures(parts)
-        self._check()
+        self.check()
         bucket = self.storage.bucket
         temporary = list(names)
         sources = names
@@ -273,11 +277,11 @@ class GCSTreeSink(TreeSink):
                 self._written.update(sources)
             temporary += sources
             for dst, group in zip(sources, groups, strict=True):
-                self._check()
+                self.check()
                 # Re-running a compose of immutable parts gives the same object: retrying is safe.
                 bucket.blob(dst).compose([bucket.blob(n) for n in group], retry=DEFAULT_RETRY)
             level += 1
-        self._check()
+        self.check()
         target = bucket.blob(key)
         target.content_type = "application/octet-stream"
         target.compose([bucket.blob(n) for n in sources], retry=DEFAULT_RETRY)
@@ -300,9 +304,9 @@ class GCSTreeSink(TreeSink):
                 if self._aborted.is_set():
                     return
                 continue
-            if item is _CANCEL or isinstance(item, _End):
+            if item is CANCEL_UPLOAD or isinstance(item, UploadEnd):
                 return
-            self._budget.release(len(cast(bytes, item)))
+            self.budget.release(len(cast(bytes, item)))
 
     # -- completion ------------------------------------------------------------------------------
     def finish(self) -> dict[str, FileRecord]:
@@ -320,26 +324,25 @@ class GCSTreeSink(TreeSink):
         manifest = self.finish()
         storage = self.storage
         try:
-            top = {b.name[len(self._final_key) :] for b in storage._list(self._final_key, delimiter="/")}
+            top = {b.name[len(self._final_key) :] for b in storage.list_objects(self._final_key, delimiter="/")}
             present = [m for m in MODEL_MARKERS if m in top]
             if present and not replace:
                 self._lost = True  # someone published meanwhile; their tree and ours have the same names
                 self._cleanup_tmp()
                 return False
-            old: set[str] = set()
-            if replace:
-                old = {b.name for b in storage._list(self._final_key)}
-                # Readers must never load old markers over new files: markers go first, then the files.
-                self._delete([self._final_key + m for m in present])
-                if self.replace:  # the new tree waits under tmp (else its files are in place already)
-                    self._copy_into_place([rel for rel in manifest if rel not in MODEL_MARKERS])
-            if not self._copy_markers([m for m in MODEL_MARKERS if m in manifest], create_only=not replace):
+            # The new tree waits under tmp on replace (else its files are in place already, only markers wait).
+            rels = [rel for rel in manifest if self.replace or rel in MODEL_MARKERS]
+            old = [b.name[len(self._final_key) :] for b in storage.list_objects(self._final_key)] if replace else []
+
+            def copy(rel: str) -> bool:
+                marker = rel in MODEL_MARKERS
+                return self._copy(self._tmp_key + rel, self._final_key + rel, create_only=marker and not replace)
+
+            keep = set(manifest) if replace else None
+            if not storage.write_tree(self._final_key, rels, copy, present=old, keep=keep):
                 self._lost = True
                 self._cleanup_tmp()
                 return False
-            if replace:
-                new = {self._final_key + rel for rel in manifest}
-                self._delete(sorted(old - new))
         except SinkAborted as exc:
             raise CacheError(f"Staging into {storage.location(self.final)} was aborted.") from exc
         except Exception as exc:
@@ -349,65 +352,37 @@ class GCSTreeSink(TreeSink):
         return True
 
     def _copy(self, src: str, dst: str, *, create_only: bool) -> bool:
-        """Server-side copy (rewrite) ``src`` -> ``dst``; False when ``create_only`` and ``dst`` exists.
+        """Server-side copy ``src`` -> ``dst``; False when ``create_only`` and ``dst`` exists.
 
         fake-gcs-server ignores ifGenerationMatch on rewrite (real GCS enforces it); the marker check
         in :meth:`commit` and the lock cover that on the emulator.
         """
-        from google.cloud.storage.retry import DEFAULT_RETRY
-
         with self._lock:
             self._written.add(dst)
-        source = self.storage.bucket.blob(src)
-        target = self.storage.bucket.blob(dst)
-        kwargs: dict[str, Any] = {"if_generation_match": 0} if create_only else {}
-        token = None
+        conditions: dict[str, Any] = {"if_generation_match": 0} if create_only else {}
         try:
-            while True:
-                token, _done, _total = target.rewrite(source, token=token, retry=DEFAULT_RETRY, **kwargs)
-                if token is None:
-                    return True
+            copy_object(self.storage.bucket.blob(src), self.storage.bucket.blob(dst), **conditions)
         except Exception as exc:
             if create_only and is_status(exc, 412):
                 with self._lock:
                     self._written.discard(dst)
                 return False
             raise
-
-    def _copy_into_place(self, relpaths: list[str]) -> None:
-        self._parallel([(self._tmp_key + rel, self._final_key + rel) for rel in relpaths])
-
-    def _parallel(self, pairs: list[tuple[str, str]]) -> None:
-        if not pairs:
-            return
-        workers = min(self.storage.max_workers, len(pairs))
-        with ThreadPoolExecutor(workers, thread_name_prefix="tfhub-gcs-copy") as pool:
-            futures = [pool.submit(self._copy, src, dst, create_only=False) for src, dst in pairs]
-            for future in futures:
-                future.result()
-
-    def _copy_markers(self, markers: list[str], *, create_only: bool) -> bool:
-        for marker in markers:
-            if not self._copy(self._tmp_key + marker, self._final_key + marker, create_only=create_only):
-                return False
         return True
-
-    def _delete(self, keys: list[str]) -> None:
-        self.storage.delete_keys(keys)
 
     def _cleanup_tmp(self) -> None:
         """Remove our tmp objects; a failure only leaves garbage the next stager removes."""
         try:
-            self.storage.delete_keys(b.name for b in self.storage._list(self._tmp_key))
+            self.storage.delete_keys(b.name for b in self.storage.list_objects(self._tmp_key))
         except Exception as exc:
             log.warning("Could not remove %s: %s", self.storage.location(self.tmp), exc)
 
     def abort(self) -> None:
         self._aborted.set()
-        self._budget.wake()
+        self.budget.wake()
         current = self._current
         if current is not None:
-            current.put(_CANCEL)
+            current.put(CANCEL_UPLOAD)
         if not self._finished:
             self._finished = True
             wait_futures(self._futures)

@@ -3,260 +3,38 @@
 from __future__ import annotations
 
 import logging
-import threading
 import time
-from collections.abc import Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any, BinaryIO, NoReturn, cast
+from collections.abc import Collection, Iterator, Sequence
+from typing import Any, BinaryIO, cast
 
-from tfhub_cache.errors import CacheError, ConfigurationError
+from tfhub_cache.errors import TFHubError
 from tfhub_cache.storage.base import MODEL_MARKERS, ObjectStat, Storage, TreeSink
-from tfhub_cache.storage.gcs._client import (
-    client_credentials,
+from tfhub_cache.storage.gcs.client_adapter import (
     is_gcs_error,
     is_status,
-    is_timeout,
-    status_of,
 )
-from tfhub_cache.storage.gcs.credentials import emulator_host, make_client, principal
+from tfhub_cache.storage.gcs.objects import LAST_USED_KEY, GCSObjects, copy_object
 from tfhub_cache.storage.gcs.sink import GCSTreeSink
+from tfhub_cache.storage.local import LocalStorage
 
 log = logging.getLogger(__name__)
 
-MiB = 1024 * 1024
-DEFAULT_MAX_WORKERS = 8
-DEFAULT_MAX_INFLIGHT_BYTES = 40 * MiB
-#: Files up to this size are uploaded from memory in one (multipart) request.
-DEFAULT_SMALL_FILE_MAX = 8 * MiB
-_MAX_MULTIPART = 8 * MiB  # google-cloud-storage switches to resumable uploads above this
-#: The most recent bytes of a streamed upload kept to resume it after a dropped connection.
-DEFAULT_RESUME_WINDOW = 16 * MiB
-#: Part size of parallel composite uploads when ``max_inflight_bytes`` holds two such parts.
-DEFAULT_COMPOSITE_PART_BYTES = 16 * MiB
-#: Seconds a GCS request may go without progress (no byte sent or received) before it is abandoned.
-DEFAULT_STALL_TIMEOUT = 60.0
-#: Slowest rate at which GCS is expected to digest a request's payload once it has all of it
-#: (checksums, replication): the wait for an answer grows by 1 s per this many bytes.
-_SERVER_BYTES_PER_S = 32 * MiB
-#: A hit records "last used" at most this often per entry: GCS allows ~1 mutation/s per object.
-DEFAULT_TOUCH_INTERVAL = 600.0
-LAST_USED_KEY = "tfhub-last-used"
-_READ_CHUNK = 8 * MiB
+#: Bytes per ranged read of :meth:`GCSStorage.open_read`.
+_READ_CHUNK = 8 * 1024 * 1024
 
 
-def parse_gs_url(url: str) -> tuple[str, str]:
-    """Split ``gs://bucket/some/prefix`` into ``("bucket", "some/prefix")`` (prefix without slashes at the ends)."""
-    if not url.startswith("gs://"):
-        raise ConfigurationError(f"{url!r} is not a gs:// URL; use gs://<bucket>[/prefix].")
-    bucket, _, prefix = url[len("gs://") :].partition("/")
-    if not bucket:
-        raise ConfigurationError(f"{url!r} names no bucket; use gs://<bucket>[/prefix].")
-    return bucket, prefix.strip("/")
+class GCSStorage(GCSObjects, Storage):
+    """A cache at ``gs://bucket/prefix``; see the package docstring (``tfhub_cache.storage.gcs``) for the protocol.
 
-
-class GCSStorage(Storage):
-    """A cache at ``gs://bucket/prefix``; see the package docstring (:mod:`tfhub_cache.storage.gcs`) for the protocol.
-
-    :param cache_dir: ``gs://bucket[/prefix]``.
-    :param client: a ready ``google.cloud.storage.Client``; built lazily from ``credentials`` and
-        ``project`` (Application Default Credentials when None) otherwise. With
-        ``STORAGE_EMULATOR_HOST`` set, the emulator is used with anonymous credentials.
-    :param max_workers: parallel uploads (and deletes) per staging.
-    :param max_inflight_bytes: model bytes held in memory while uploading, across all workers. A
-        staging process peaks at about 85 MB (runtime, client and decompressor) plus about this
-        much, whatever the model's size.
-    :param small_file_max: files up to this size (at most 8 MiB) are uploaded from memory in one
-        request; larger ones are streamed, each in one request of a resumable upload session.
-    :param resume_window: the most recent bytes of a streamed upload kept to resume it after a
-        dropped connection (part of ``max_inflight_bytes``).
-    :param composite_part_bytes: files larger than two such parts (and of at most 1024 parts) are
-        uploaded as parts in parallel (each held in memory until stored, so a failed part is re-sent
-        whole) and composed server side; 0 disables it. At most half of ``max_inflight_bytes``:
-        parallelism is about ``max_inflight_bytes / composite_part_bytes``. Default: 16 MiB when
-        ``max_inflight_bytes`` holds two such parts, else off. The composed objects have a CRC32C but
-        no MD5 (GCS computes none for composite objects); turn it off for buckets whose storage class
-        charges early deletion of the parts (Nearline, Coldline, Archive) or whose retention policy
-        forbids deleting them.
-    :param touch_interval: minimum seconds between two "last used" updates of one object.
-    :param stall_timeout: seconds a request may make no progress before it is abandoned (and
-        retried a bounded number of times); every request's timeout is sized from it and its
-        payload (:meth:`timeout_for`), so a stalled GCS connection holds a stager (and its lock)
-        for a bounded time, never the 600 s of a fixed upload timeout.
+    Built like :class:`~tfhub_cache.storage.gcs.objects.GCSObjects`, whose parameters (client,
+    credentials, workers, memory budget, upload sizes, stall timeout) it takes.
     """
 
-    def __init__(
-        self,
-        cache_dir: str,
-        *,
-        client: Any = None,
-        credentials: Any = None,
-        project: str | None = None,
-        max_workers: int = DEFAULT_MAX_WORKERS,
-        max_inflight_bytes: int = DEFAULT_MAX_INFLIGHT_BYTES,
-        small_file_max: int = DEFAULT_SMALL_FILE_MAX,
-        resume_window: int = DEFAULT_RESUME_WINDOW,
-        composite_part_bytes: int | None = None,
-        touch_interval: float = DEFAULT_TOUCH_INTERVAL,
-        stall_timeout: float = DEFAULT_STALL_TIMEOUT,
-    ) -> None:
-        bucket, prefix = parse_gs_url(cache_dir)
-        super().__init__(f"gs://{bucket}/{prefix}" if prefix else f"gs://{bucket}")
-        if int(max_workers) < 1:
-            raise ConfigurationError(f"max_workers={max_workers!r} must be at least 1.")
-        if not 0 < int(small_file_max) <= _MAX_MULTIPART:
-            raise ConfigurationError(f"small_file_max={small_file_max!r} must be between 1 and {_MAX_MULTIPART} bytes.")
-        if int(resume_window) < 0 or int(max_inflight_bytes) < max(int(resume_window), 2 * int(small_file_max)):
-            raise ConfigurationError(
-                f"max_inflight_bytes={max_inflight_bytes!r} must hold the resume window ({resume_window!r}) and "
-                f"twice small_file_max ({small_file_max!r}): an in-memory upload holds its file and its request."
-            )
-        if composite_part_bytes is None:
-            fits = 2 * DEFAULT_COMPOSITE_PART_BYTES <= int(max_inflight_bytes)
-            composite_part_bytes = DEFAULT_COMPOSITE_PART_BYTES if fits else 0
-        if int(composite_part_bytes) < 0 or 2 * int(composite_part_bytes) > int(max_inflight_bytes):
-            raise ConfigurationError(
-                f"composite_part_bytes={composite_part_bytes!r} must be 0 (off) or at most half of "
-                f"max_inflight_bytes ({max_inflight_bytes!r}): parts are uploaded from memory, several at once."
-            )
-        self.bucket_name = bucket
-        self.prefix = prefix
-        self.max_workers = int(max_workers)
-        self.max_inflight_bytes = int(max_inflight_bytes)
-        self.small_file_max = int(small_file_max)
-        self.resume_window = int(resume_window)
-        self.composite_part_bytes = int(composite_part_bytes)
-        self.touch_interval = float(touch_interval)
-        if float(stall_timeout) <= 0:
-            raise ConfigurationError(f"stall_timeout={stall_timeout!r} must be a positive number of seconds.")
-        self.stall_timeout = float(stall_timeout)
-        self._client = client
-        self._credentials = credentials
-        self._project = project
-        self._client_lock = threading.Lock()
-        self._bucket: Any = None
-
-    # -- request limits ----------------------------------------------------------------------------
-    def timeout_for(self, payload_bytes: int = 0) -> tuple[float, float]:
-        """``(connect, read)`` seconds for a request carrying ``payload_bytes``.
-
-        The read timeout bounds every wait on the socket (each send of the body and the wait for
-        the answer): ``stall_timeout`` plus 1 s per :data:`_SERVER_BYTES_PER_S` of payload, the time
-        GCS may need to digest a large body before it answers.
-        """
-        return (min(15.0, self.stall_timeout), self.stall_timeout + max(0, payload_bytes) / _SERVER_BYTES_PER_S)
-
-    @property
-    def retry(self) -> Any:
-        """The client's default retry, with its total time bounded by the stall timeout."""
-        from google.cloud.storage.retry import DEFAULT_RETRY
-
-        return DEFAULT_RETRY.with_timeout(min(120.0, 3 * self.stall_timeout))
-
-    # -- client ----------------------------------------------------------------------------------
-    @property
-    def client(self) -> Any:
-        """The google-cloud-storage client, built on first use (so constructing a storage never does I/O)."""
-        if self._client is None:
-            with self._client_lock:
-                if self._client is None:
-                    self._client = make_client(self._credentials, self._project, pool_size=self.max_workers + 8)
-        return self._client
-
-    @property
-    def bucket(self) -> Any:
-        if self._bucket is None:
-            self._bucket = self.client.bucket(self.bucket_name)
-        return self._bucket
-
-    @property
-    def emulated(self) -> bool:
-        """True when talking to an emulator (``STORAGE_EMULATOR_HOST``, or a plain-http endpoint)."""
-        if emulator_host() is not None:
-            return True
-        endpoint = str(getattr(self.client, "api_endpoint", "") or "https://")
-        return not endpoint.startswith("https://")
-
-    def key(self, name: str) -> str:
-        """The object name of ``name`` (relative to the cache root)."""
-        name = name.lstrip("/")  # a trailing slash is kept: "dir/" names a directory placeholder object
-        if not self.prefix:
-            return name
-        return f"{self.prefix}/{name}" if name else self.prefix
-
-    def _dir_key(self, name: str) -> str:
-        key = self.key(name.rstrip("/"))
-        return f"{key}/" if key else ""
-
-    def blob(self, name: str, generation: int | None = None) -> Any:
-        return self.bucket.blob(self.key(name), generation=generation)
-
-    # -- errors ----------------------------------------------------------------------------------
-    def error(self, exc: BaseException, what: str, *, object_level: bool = False) -> BaseException:
-        """Translate a client failure ``exc`` while doing ``what`` into a clear :class:`CacheError`.
-
-        Missing bucket, permission denied and rejected credentials are permanent (retrying cannot
-        help and the client does not retry them); anything else is marked transient. A 404 of a
-        bucket-level request (listing, upload) means the bucket is missing; with ``object_level``
-        (copying or finishing an object) the bucket is checked before saying so.
-        """
-        if not is_gcs_error(exc):
-            return exc
-        status = status_of(exc)
-        where = f"{what} in {self.location()}"
-        if status == 404 and (not object_level or not self._bucket_exists()):
-            return CacheError(
-                f"GCS bucket {self.bucket_name!r} does not exist ({where}); create it "
-                f"(gcloud storage buckets create gs://{self.bucket_name}) or fix cache_dir."
-            )
-        if status == 404:
-            return CacheError(
-                f"An object vanished while {where} ({exc}); another stager or a cleanup removed it.", permanent=False
-            )
-        if status == 403:
-            who = principal(client_credentials(self._client) or self._credentials) or "the caller"
-            return CacheError(
-                f"Permission denied {where} for {who}: grant it storage.objects.create/get/list/delete/update "
-                f"on gs://{self.bucket_name} (e.g. roles/storage.objectUser), or use another cache_dir or "
-                "gcp_conn_id."
-            )
-        if status == 401 or type(exc).__name__ in ("RefreshError", "DefaultCredentialsError"):
-            return CacheError(
-                f"GCS rejected the credentials {where} ({exc}); fix the tfhub connection's gcp_conn_id or the "
-                "Application Default Credentials."
-            )
-        # 5xx, 429, timeouts, connection resets: a later attempt may work
-        if is_timeout(exc):
-            return CacheError(
-                f"GCS stopped answering while {what} in {self.location()} (no progress for {self.stall_timeout:.0f}s, "
-                f"{type(exc).__name__}); gave up so that the lock is released and another stager can take over.",
-                permanent=False,
-            )
-        return CacheError(f"GCS request failed {where}: {type(exc).__name__}: {exc}", permanent=False)
-
-    def _bucket_exists(self) -> bool:
-        try:
-            for _ in self.client.list_blobs(self.bucket_name, max_results=1):
-                break
-            return True
-        except Exception as exc:
-            return not is_status(exc, 404)
-
-    def fail_with(self, exc: BaseException, what: str, *, object_level: bool = False) -> NoReturn:
-        """Raise :meth:`error` of ``exc`` (``exc`` itself when it is not a GCS failure)."""
-        translated = self.error(exc, what, object_level=object_level)
-        if translated is exc:
-            raise exc
-        raise translated from exc
-
     # -- names -----------------------------------------------------------------------------------
-    def location(self, name: str = "") -> str:
-        key = self.key(name)
-        return f"gs://{self.bucket_name}/{key}" if key else f"gs://{self.bucket_name}"
-
     def ensure_root(self) -> None:
         """Check that the bucket exists and we may list it (a prefix needs no creation on GCS)."""
         try:
-            it = self.client.list_blobs(self.bucket_name, prefix=self._dir_key(""), max_results=1)
+            it = self.client.list_blobs(self.bucket_name, prefix=self.dir_key(""), max_results=1)
             for _ in it:
                 break
         except Exception as exc:
@@ -396,59 +174,30 @@ class GCSStorage(Storage):
         except Exception as exc:
             self.fail_with(exc, f"checking {name}")
 
-    def _list(self, prefix: str, **kwargs: Any) -> Iterator[Any]:
-        """Blobs under the object-name ``prefix``; a missing bucket lists as empty, like a missing local root."""
-        try:
-            yield from self.client.list_blobs(
-                self.bucket_name, prefix=prefix, timeout=self.timeout_for(), retry=self.retry, **kwargs
-            )
-        except Exception as exc:
-            if is_status(exc, 404):
-                return
-            self.fail_with(exc, f"listing {prefix or '/'}")
-
     def tree_is_nonempty(self, name: str) -> bool:
-        return any(True for _ in self._list(self._dir_key(name), max_results=1))
+        return any(True for _ in self.list_objects(self.dir_key(name), max_results=1))
 
     def list_tree(self, name: str) -> Iterator[tuple[str, int]]:
-        prefix = self._dir_key(name)
-        for blob in self._list(prefix):
+        prefix = self.dir_key(name)
+        for blob in self.list_objects(prefix):
             rel = blob.name[len(prefix) :]
             if rel and not rel.endswith("/"):  # "dir/" objects are directory placeholders, not files
                 yield rel, int(blob.size or 0)
 
-    def delete_tree(self, name: str) -> int:
-        prefix = self._dir_key(name)
-        victims = {blob.name: int(blob.size or 0) for blob in self._list(prefix)}
+    def delete_tree(self, name: str, *, tmp: str | None = None) -> int:
+        """Delete the objects under ``name`` (and an object of that name), its model markers first."""
+        prefix = self.dir_key(name)
+        victims = {blob.name: int(blob.size or 0) for blob in self.list_objects(prefix)}
         single = self._get(name)
         if single is not None:
             victims[single.name] = int(single.size or 0)
         if not victims:
             return 0
-        self.delete_keys(list(victims))
+        self.delete_tree_keys(prefix, victims)
         return sum(size for key, size in victims.items() if not key.endswith("/"))
 
-    def delete_keys(self, keys: Iterable[str]) -> None:
-        """Delete objects by full object name, in parallel; missing ones are fine."""
-        keys = list(keys)
-        if not keys:
-            return
-        if len(keys) == 1:
-            self._delete_key(keys[0])
-            return
-        with ThreadPoolExecutor(min(self.max_workers, len(keys)), thread_name_prefix="tfhub-gcs-delete") as pool:
-            for future in [pool.submit(self._delete_key, key) for key in keys]:
-                future.result()
-
-    def _delete_key(self, key: str) -> None:
-        try:
-            self.bucket.blob(key).delete(timeout=self.timeout_for(), retry=self.retry)
-        except Exception as exc:
-            if not is_status(exc, 404):
-                self.fail_with(exc, f"deleting {key}")
-
     def list_root(self, prefix: str = "") -> list[str]:
-        base = self._dir_key("")
+        base = self.dir_key("")
         names: set[str] = set()
         try:
             it = self.client.list_blobs(self.bucket_name, prefix=base + prefix, delimiter="/")
@@ -466,53 +215,64 @@ class GCSStorage(Storage):
 
     def clone_tree(self, src: str, dst: str, tmp: str) -> None:
         """Server-side copies of every object of ``src`` under ``dst``, model markers last."""
-        source = self._dir_key(src)
-        rels = [b.name[len(source) :] for b in self._list(source) if not b.name.endswith("/")]
+        source = self.dir_key(src)
+        rels = [b.name[len(source) :] for b in self.list_objects(source) if not b.name.endswith("/")]
         self._sync_tree(src, dst, rels, old={})
 
     def publish_view(self, view: str, revision: str, tmp: str) -> None:
-        """Make the objects under ``view`` equal those of ``revision`` (only changed files are copied)."""
-        source, target = self._dir_key(revision), self._dir_key(view)
-        new = {b.name[len(source) :]: (int(b.size or 0), b.crc32c) for b in self._list(source)}
-        old = {b.name[len(target) :]: (int(b.size or 0), b.crc32c) for b in self._list(target)}
+        """Make the objects under ``view`` equal those of ``revision`` (only changed files are copied).
+
+        The markers are taken off first whenever anything changes, so they are copied back last
+        even when the revision's markers equal the view's.
+        """
+        source, target = self.dir_key(revision), self.dir_key(view)
+        new = {b.name[len(source) :]: (int(b.size or 0), b.crc32c) for b in self.list_objects(source)}
+        old = {b.name[len(target) :]: (int(b.size or 0), b.crc32c) for b in self.list_objects(target)}
         changed = [rel for rel, sig in new.items() if rel and not rel.endswith("/") and old.get(rel) != sig]
+        if not changed and set(old) <= set(new):
+            return
+        changed += [m for m in MODEL_MARKERS if m in new and m not in changed]
         self._sync_tree(revision, view, changed, old=old, keep=set(new))
 
     def _sync_tree(
-        self, src: str, dst: str, rels: list[str], *, old: dict[str, Any], keep: set[str] | None = None
+        self, src: str, dst: str, rels: list[str], *, old: Collection[str], keep: set[str] | None = None
     ) -> None:
-        """Copy ``rels`` from ``src`` to ``dst``: old markers off first, files, stale objects off, markers last.
+        """Copy ``rels`` from ``src`` to ``dst`` with :meth:`write_tree` (model markers last)."""
+        source, target = self.dir_key(src), self.dir_key(dst)
 
-        The order is what a tensorflow_hub reader of ``dst`` relies on: while it runs, ``dst`` has no
-        model marker (a load fails cleanly) rather than an old marker over new variables.
-        """
-        source, target = self._dir_key(src), self._dir_key(dst)
-        markers = [m for m in MODEL_MARKERS if m in rels]
+        def copy(rel: str) -> None:
+            copy_object(self.bucket.blob(source + rel), self.bucket.blob(target + rel))
+
         try:
-            self.delete_keys([target + m for m in MODEL_MARKERS if m in old])
-            self._copy_all([(source + rel, target + rel) for rel in rels if rel not in MODEL_MARKERS])
-            if keep is not None:
-                self.delete_keys([target + rel for rel in old if rel not in keep])
-            self._copy_all([(source + m, target + m) for m in markers])
+            self.write_tree(target, rels, copy, present=old, keep=keep)
         except Exception as exc:
             self.fail_with(exc, f"copying {src} to {dst}", object_level=True)
 
-    def _copy_all(self, pairs: list[tuple[str, str]]) -> None:
-        if not pairs:
-            return
-        with ThreadPoolExecutor(min(self.max_workers, len(pairs)), thread_name_prefix="tfhub-gcs-copy") as pool:
-            for future in [pool.submit(self._rewrite, src, dst) for src, dst in pairs]:
-                future.result()
+    def publish_tree(self, name: str, tmp: str, source: Storage, rels: Sequence[str]) -> None:
+        """Write ``rels`` of ``source`` under ``name`` with :meth:`write_tree`: old markers off, files, stale
+        objects off, markers last (``tmp`` is not needed: GCS publishes in place, in that order).
 
-    def _rewrite(self, src: str, dst: str) -> None:
-        from google.cloud.storage.retry import DEFAULT_RETRY
+        Server-side copies when ``source`` is on GCS too, uploads otherwise (from the file when local).
+        """
+        target = self.dir_key(name)
+        present = [rel for rel, _size in self.list_tree(name)]
 
-        source, target = self.bucket.blob(src), self.bucket.blob(dst)
-        token = None
-        while True:
-            token, _done, _total = target.rewrite(source, token=token, retry=DEFAULT_RETRY)
-            if token is None:
-                return
+        def write(rel: str) -> None:
+            blob = self.bucket.blob(target + rel)
+            if isinstance(source, GCSObjects):
+                copy_object(source.bucket.blob(source.key(rel)), blob)
+            elif isinstance(source, LocalStorage):
+                blob.upload_from_filename(source.location(rel), retry=self.retry)
+            else:
+                with source.open_read(rel) as f:
+                    blob.upload_from_file(f, retry=self.retry)
+
+        try:
+            self.write_tree(target, list(rels), write, present=present, keep=set(rels))
+        except TFHubError:
+            raise
+        except Exception as exc:
+            self.fail_with(exc, f"publishing {name}", object_level=True)
 
 
 def _mtime(blob: Any) -> float:

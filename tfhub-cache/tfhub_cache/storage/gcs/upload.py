@@ -10,18 +10,17 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from tfhub_cache.errors import CacheError
-from tfhub_cache.fetch.transfer import RetryPolicy
 from tfhub_cache.responses import is_transient
+from tfhub_cache.retry import RetryPolicy
 from tfhub_cache.storage.base import SinkAborted
-from tfhub_cache.storage.gcs._client import http_session, is_timeout, media_upload_url
+from tfhub_cache.storage.gcs.client_adapter import http_session, is_timeout, media_upload_url
+from tfhub_cache.storage.gcs.objects import GCSObjects
 
 if TYPE_CHECKING:
     import requests
-
-    from tfhub_cache.storage.gcs.sink import GCSTreeSink
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +30,19 @@ UPLOAD_RETRY = RetryPolicy(attempts=5, backoff=0.5, max_backoff=10.0)
 #: A request that stalled this many times is given up at once: GCS (or the path to it) is not
 #: answering, and the lock should go to a stager that can reach it rather than wait out retries.
 _MAX_STALLS = 2
+
+
+class UploadingSink(Protocol):
+    """What an upload needs of the sink it works for (:class:`~tfhub_cache.storage.gcs.sink.GCSTreeSink`):
+    the bucket, the shared memory budget, and whether to stop."""
+
+    storage: GCSObjects
+    budget: ByteBudget
+
+    def check(self) -> None:
+        """Raise when the sink was aborted or another upload failed."""
+
+    def is_aborted(self) -> bool: ...
 
 
 def send_with_retries(
@@ -85,7 +97,7 @@ def send_with_retries(
                 return done
 
 
-def upload_part(sink: GCSTreeSink, relpath: str, name: str, chunks: list[bytes], size: int) -> None:
+def upload_part(sink: UploadingSink, relpath: str, name: str, chunks: list[bytes], size: int) -> None:
     """Upload one part of ``relpath`` as object ``name`` in a single media request (the fastest kind).
 
     A failed request is sent again whole from ``chunks``, which stay charged to the sink's budget
@@ -95,7 +107,7 @@ def upload_part(sink: GCSTreeSink, relpath: str, name: str, chunks: list[bytes],
     url = media_upload_url(storage.client, storage.bucket, name)
 
     def send() -> requests.Response:
-        sink._check()
+        sink.check()
         return http_session(storage.client).post(
             url,
             data=_ChunksBody(sink, chunks, size),
@@ -109,14 +121,15 @@ def upload_part(sink: GCSTreeSink, relpath: str, name: str, chunks: list[bytes],
             raise CacheError(f"GCS stored {stored} bytes of a {size}-byte part of {relpath!r} ({name}); stage again.")
     finally:
         chunks.clear()  # the pool keeps a task's arguments until it returns
-        sink._budget.release(size)
+        sink.budget.release(size)
 
 
-def _crc_b64(checksum: Any) -> str:
+def crc32c_b64(checksum: Any) -> str:
+    """A google_crc32c checksum as GCS writes CRC32Cs: base64 of the big-endian digest."""
     return base64.b64encode(checksum.digest()).decode("ascii")
 
 
-class _ByteBudget:
+class ByteBudget:
     """Bytes of model data in memory across the caller and the upload workers, bounded by ``limit``.
 
     ``acquire`` waits while others hold bytes that they will release on their own. When all that is
@@ -153,12 +166,15 @@ class _ByteBudget:
 
 
 @dataclass(frozen=True)
-class _End:
+class UploadEnd:
+    """The producer's last item for a streamed or composite upload: the file's CRC32C and size."""
+
     crc32c: str
     size: int
 
 
-_CANCEL = object()
+#: The producer's last item when it stops without finishing the file (the upload is abandoned).
+CANCEL_UPLOAD = object()
 
 
 class _CannotResume(CacheError):
@@ -168,7 +184,7 @@ class _CannotResume(CacheError):
         super().__init__(message, permanent=False)
 
 
-class _StreamedUpload:
+class StreamedUpload:
     """One large file as a single request of a resumable upload session, its body fed by the producer.
 
     Why not the client's chunked resumable upload: each chunk is a round trip (and fake-gcs-server
@@ -179,7 +195,7 @@ class _StreamedUpload:
     query, so the emulator always takes that path).
     """
 
-    def __init__(self, sink: GCSTreeSink, relpath: str, key: str, size: int, q: queue.SimpleQueue[object]) -> None:
+    def __init__(self, sink: UploadingSink, relpath: str, key: str, size: int, q: queue.SimpleQueue[object]) -> None:
         self.sink = sink
         self.storage = sink.storage
         self.relpath = relpath
@@ -190,7 +206,7 @@ class _StreamedUpload:
         self.window_start = 0  # offset of window[0]
         self.window_len = 0
         self.taken = 0  # bytes taken from the queue
-        self.end: _End | None = None
+        self.end: UploadEnd | None = None
         self.stopped = False  # the producer's last item (end or cancel) was received
         self.url = ""  # the resumable session
         self.start = 0  # the offset the next request sends from
@@ -282,10 +298,10 @@ class _StreamedUpload:
             offset += len(data)
         while self.end is None:
             item = self.q.get()
-            if item is _CANCEL:
+            if item is CANCEL_UPLOAD:
                 self.stopped = True
                 raise SinkAborted()
-            if isinstance(item, _End):
+            if isinstance(item, UploadEnd):
                 self.stopped = True
                 self.end = item
                 return
@@ -295,7 +311,7 @@ class _StreamedUpload:
             try:
                 yield data
             finally:
-                self.sink._budget.release(len(data))  # sent (or abandoned): the window covers it now
+                self.sink.budget.release(len(data))  # sent (or abandoned): the window covers it now
 
     def _retain(self, data: bytes) -> None:
         self.window.append(data)
@@ -310,7 +326,7 @@ class _StreamedUpload:
 class _Body:
     """A request body of known length that requests streams (no chunked encoding, no copy)."""
 
-    def __init__(self, upload: _StreamedUpload, start: int) -> None:
+    def __init__(self, upload: StreamedUpload, start: int) -> None:
         self.upload = upload
         self.start = start
 
@@ -324,7 +340,7 @@ class _Body:
 class _ChunksBody:
     """A part's chunks as a request body of known length, sent without joining them; stops on abort."""
 
-    def __init__(self, sink: GCSTreeSink, chunks: list[bytes], size: int) -> None:
+    def __init__(self, sink: UploadingSink, chunks: list[bytes], size: int) -> None:
         self.sink = sink
         self.chunks = chunks
         self.size = size
@@ -334,6 +350,6 @@ class _ChunksBody:
 
     def __iter__(self) -> Iterator[bytes]:
         for chunk in list(self.chunks):
-            if self.sink._aborted.is_set():
+            if self.sink.is_aborted():
                 raise SinkAborted()
             yield chunk

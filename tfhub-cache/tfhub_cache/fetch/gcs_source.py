@@ -9,18 +9,13 @@ from collections.abc import Callable
 from typing import Any
 
 from tfhub_cache.errors import ConfigurationError, DownloadError
-from tfhub_cache.fetch.transfer import (
-    CHUNK_SIZE,
-    ArchiveSource,
-    ArchiveStream,
-    QueuedArchiveStream,
-    SourceInfo,
-)
+from tfhub_cache.fetch.streams import ArchiveSource, ArchiveStream, QueuedArchiveStream, SourceInfo
+from tfhub_cache.locations import parse_gs_url
 from tfhub_cache.responses import is_permanent
-from tfhub_cache.storage.base import Storage
-from tfhub_cache.storage.gcs._client import client_credentials, is_gcs_error, status_of
+from tfhub_cache.storage.base import CHUNK_SIZE, Storage
+from tfhub_cache.storage.gcs.client_adapter import client_credentials, is_gcs_error, status_of
 from tfhub_cache.storage.gcs.credentials import make_client, principal
-from tfhub_cache.storage.gcs.storage import GCSStorage, parse_gs_url
+from tfhub_cache.storage.gcs.objects import GCSObjects
 
 
 class GCSArchiveSource(ArchiveSource):
@@ -33,12 +28,12 @@ class GCSArchiveSource(ArchiveSource):
         self, handle_url: str, *, storage: Storage | None = None, client: Any = None, connections: int | None = None
     ) -> None:
         self.url = handle_url
-        self.connections = connections  # parallel ranged reads (fetch/ranged.py); 1: one stream
+        self.connections = connections  # parallel ranged reads (:mod:`.ranged`); 1: one stream
         self.description = handle_url
         self.bucket_name, self.name = parse_gs_url(handle_url)
         if not self.name:
             raise ConfigurationError(f"{handle_url!r} names no object; expected gs://<bucket>/<path>.tar.gz.")
-        self._client = client if client is not None else (storage.client if isinstance(storage, GCSStorage) else None)
+        self._client = client if client is not None else (storage.client if isinstance(storage, GCSObjects) else None)
 
     @property
     def client(self) -> Any:
