@@ -45,11 +45,11 @@ GLUED_URL = re.compile(r"(?:https?|gs)://\S*[:.,;)\]]($|\s)")
         (12_300_000_000, "12.3 GB"),
     ],
 )
-def test_human_bytes(n: int, text: str) -> None:
+def test_format_bytes_si(n: int, text: str) -> None:
     assert format_bytes_si(n) == text
 
 
-def test_human_rate_and_duration() -> None:
+def test_format_rate_si_and_human_duration() -> None:
     assert format_rate_si(8_500_000) == "8.5 MB/s"
     assert [human_duration(s) for s in (0.04, 4.25, 12.4, 65, 3_599, 3_661)] == [
         "0.0s",
