@@ -33,7 +33,7 @@ _COMPOSITE_DIR = ".composite-parts/"  # under the sink's tmp prefix, so every cl
 
 
 class GCSTreeSink(TreeSink):
-    """Streams a model tree into GCS; see the package docstring (``core.storage.gcs``) for the order of publication.
+    """Streams a model tree into GCS; see the package docstring (``tfhub_cache.storage.gcs``) for the order.
 
     The caller (the extractor's thread) reads each member and computes its CRC32C; workers upload.
     ``peak_inflight`` and ``uploaded_bytes`` are exposed for tests and benchmarks.
