@@ -258,15 +258,7 @@ class GCSObjects:
 
     def delete_keys(self, keys: Iterable[str]) -> None:
         """Delete objects by full object name, in parallel; missing ones are fine."""
-        keys = list(keys)
-        if not keys:
-            return
-        if len(keys) == 1:
-            self._delete_key(keys[0])
-            return
-        with ThreadPoolExecutor(min(self.max_workers, len(keys)), thread_name_prefix="tfhub-gcs-delete") as pool:
-            for future in [pool.submit(self._delete_key, key) for key in keys]:
-                future.result()
+        self.run_parallel(self._delete_key, list(keys), name="tfhub-gcs-delete")
 
     def _delete_key(self, key: str) -> None:
         try:
@@ -309,14 +301,14 @@ class GCSObjects:
         self.delete_keys([k for k in keys if k in markers])
         self.delete_keys([k for k in keys if k not in markers])
 
-    def run_parallel(self, fn: Callable[[_Item], Any], items: Sequence[_Item]) -> None:
-        """``fn`` of every item on up to ``max_workers`` threads; the first failure is raised."""
+    def run_parallel(self, fn: Callable[[_Item], Any], items: Sequence[_Item], *, name: str = "tfhub-gcs-copy") -> None:
+        """``fn`` of every item on up to ``max_workers`` threads named ``name``; the first failure is raised."""
         if not items:
             return
         if len(items) == 1:
             fn(items[0])
             return
-        with ThreadPoolExecutor(min(self.max_workers, len(items)), thread_name_prefix="tfhub-gcs") as pool:
+        with ThreadPoolExecutor(min(self.max_workers, len(items)), thread_name_prefix=name) as pool:
             for future in [pool.submit(fn, item) for item in items]:
                 future.result()
 
