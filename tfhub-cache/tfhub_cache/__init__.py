@@ -9,5 +9,9 @@ Nothing here imports Airflow; TensorFlow is imported only by :mod:`tfhub_cache.l
 
 from __future__ import annotations
 
+from tfhub_cache.cache.pull import pull
+
+__all__ = ["pull"]
+
 __version__ = "0.2.0"
 """The version of both distributions (tfhub-cache and airflow-provider-tfhub): one release."""

@@ -282,6 +282,25 @@ class Stager:
     def _entry(self) -> StagedModel | None:
         return lookup_entry(self.storage, self.handle.text)
 
+    # -- publishing a revision copied from another cache (:mod:`tfhub_cache.cache.pull`) -------------
+    def prepare_locked(self) -> None:
+        """Under the lock, before :meth:`publish_revision`: remove dead stagers' leftovers, note the metadata."""
+        self._remove_dead_tmp()
+        meta_stat = self.storage.stat(self.names.meta)
+        self._meta_token = meta_stat.token if meta_stat is not None else None
+
+    def publish_revision(self, meta: RevisionMeta) -> StagedModel:
+        """Under the lock: make the complete tree at ``meta``'s revision current, as a fresh download is.
+
+        The revision's metadata, the descriptor, then the switch (entry metadata, tensorflow_hub view).
+        """
+        rev = str(meta["revision"])
+        previous = self._meta().get("revision")
+        self.storage.write_bytes(self.names.revision_meta(rev), encode_meta(meta))
+        self.storage.write_bytes(self.names.descriptor, descriptor_text(self.handle.text).encode("utf8"))
+        self._switch(meta, previous_rev=previous)
+        return _result(self.storage, self.names, meta, downloaded=False, refreshed=previous not in (None, rev))
+
     def _meta(self) -> EntryMeta:
         return decode_meta(self.storage.read_bytes(self.names.meta)) or EntryMeta()
 
