@@ -30,7 +30,7 @@ from tfhub_cache.cache.locks import CacheLock
 from tfhub_cache.cache.records import RevisionMeta, StagedModel, revision_meta
 from tfhub_cache.cache.staging import Stager, lookup_entry
 from tfhub_cache.errors import CacheError, ChecksumMismatchError, ConfigurationError
-from tfhub_cache.fetch.ranged import connections_from
+from tfhub_cache.fetch.ranged import connections_from, part_size_from_env, plan_parts
 from tfhub_cache.fetch.transfer import CHUNK_SIZE, RetryPolicy, SourceInfo
 from tfhub_cache.handles import Handle, parse_handle
 from tfhub_cache.storage import Storage, open_storage
@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 
 __all__ = ["PulledModel", "pull"]
 
-#: Files up to this size are read whole by one pool worker; bigger ones as parallel ranged parts.
+#: Files up to this size are read whole by one pool worker (unless gs:// ranged parts pay off for them).
 WHOLE_READ_MAX = 8 << 20
 #: Bytes of small files read ahead of the writer at most (bounds the memory a pull adds).
 READ_AHEAD_BYTES = 64 << 20
@@ -237,7 +237,7 @@ class Puller:
                     return
                 rel, record = item
                 size = int(record["size"])
-                if size <= WHOLE_READ_MAX:
+                if not self._is_big(size):
                     pending.append((rel, size, pool.submit(self._read_whole, f"{tree}/{rel}", size)))
                     ahead += size
                 else:
@@ -260,6 +260,12 @@ class Puller:
             for _rel, _size, left in pending:
                 if left is not None:
                     left.cancel()
+
+    def _is_big(self, size: int) -> bool:
+        """Read as a stream (ranged parts on gs://) rather than whole: too big to hold, or worth splitting."""
+        if size > WHOLE_READ_MAX:
+            return True
+        return _gcs(self.src) is not None and plan_parts(size, self.connections, part_size_from_env()) > 0
 
     def _missing(self, name: str) -> CacheError:
         return CacheError(
