@@ -146,7 +146,9 @@ def test_a_damaged_shared_object_is_refused_by_name_and_nothing_is_published(
     assert sorted(p.name for p in local.iterdir()) == []  # no tmp, no lock, no revision, no metadata
 
 
-def test_two_concurrent_pullers_copy_once(hub: Any, handle_of: Any, gcs_cache: str, gcs_env: Any, tmp_path: Path) -> None:
+def test_two_concurrent_pullers_copy_once(
+    hub: Any, handle_of: Any, gcs_cache: str, gcs_env: Any, tmp_path: Path
+) -> None:
     handle = handle_of("medium")
     shared = stage(handle, gcs_cache)
     local = str(tmp_path / "local")
@@ -215,7 +217,7 @@ def test_pull_of_a_named_revision_and_of_an_unknown_one(
     current = tfhub_cache.pull(handle, source=gcs_cache, cache_dir=local)
     assert current["revision"] == second["revision"] and current["refreshed"] is True
     assert hub_load_y(handle, local) == expected_output([[1.0, 1.0, 1.0]], scale=2.0, offset=5.0)
-    with pytest.raises(CacheError, match="Revision 'feedfacecafe'.*does not exist"):
+    with pytest.raises(CacheError, match=r"Revision 'feedfacecafe'.*does not exist"):
         tfhub_cache.pull(handle, source=gcs_cache, cache_dir=local, revision="feedfacecafe")
     with pytest.raises(CacheError, match="is not staged in"):
         tfhub_cache.pull(handle_of("small_b"), source=gcs_cache, cache_dir=local)
