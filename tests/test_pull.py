@@ -74,7 +74,7 @@ def test_pull_publishes_the_shared_revision_and_hub_load_works_offline(
     hub: Any, handle_of: Any, gcs_cache: str, tmp_path: Path
 ) -> None:
     handle = handle_of("demo_v2")
-    shared = stage(handle, gcs_cache)
+    shared: Any = stage(handle, gcs_cache)
     hub.reset_stats()
     local = str(tmp_path / "local")
 
@@ -83,9 +83,8 @@ def test_pull_publishes_the_shared_revision_and_hub_load_works_offline(
     assert pulled["revision"] == shared["revision"]
     assert pulled["pulled_from"] == gcs_cache
     assert pulled["path"] == str(Path(local) / f"{cache_key(handle)}.revisions" / shared["revision"])
-    assert {k: pulled[k] for k in ("sha256", "etag", "files", "bytes", "source_url")} == {  # type: ignore[literal-required]
-        k: shared[k]  # type: ignore[literal-required]
-        for k in ("sha256", "etag", "files", "bytes", "source_url")
+    assert {k: pulled[k] for k in ("sha256", "etag", "files", "bytes", "source_url")} == {
+        k: shared[k] for k in ("sha256", "etag", "files", "bytes", "source_url")
     }
     local_meta = revision_meta_of(local, handle, shared["revision"])
     assert local_meta == revision_meta_of(gcs_cache, handle, shared["revision"])  # manifest and all
@@ -101,12 +100,12 @@ def test_pull_reads_big_objects_as_parallel_ranged_parts(
     hub: Any, handle_of: Any, gcs_cache: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: Any
 ) -> None:
     handle = handle_of("medium")
-    shared = stage(handle, gcs_cache)
+    shared: Any = stage(handle, gcs_cache)
     monkeypatch.setenv("TFHUB_DOWNLOAD_PART_SIZE", str(64 << 10))
     local = str(tmp_path / "local")
 
     with caplog.at_level(logging.INFO, logger="tfhub_cache"):
-        pulled = tfhub_cache.pull(handle, source=gcs_cache, cache_dir=local, connections=4)
+        pulled: Any = tfhub_cache.pull(handle, source=gcs_cache, cache_dir=local, connections=4)
 
     ranged = [r.getMessage() for r in caplog.records if "with up to 4 connections" in r.getMessage()]
     assert ranged and "variables.data" in ranged[0], [r.getMessage() for r in caplog.records]
@@ -124,7 +123,7 @@ def test_a_damaged_shared_object_is_refused_by_name_and_nothing_is_published(
     hub: Any, handle_of: Any, gcs_cache: str, tmp_path: Path, damage: str
 ) -> None:
     handle = handle_of("demo_v1")
-    shared = stage(handle, gcs_cache)
+    shared: Any = stage(handle, gcs_cache)
     gcs = open_storage(gcs_cache)
     names = EntryNames(cache_key(handle))
     target = f"{names.revision(shared['revision'])}/variables/variables.index"
@@ -150,7 +149,7 @@ def test_two_concurrent_pullers_copy_once(
     hub: Any, handle_of: Any, gcs_cache: str, gcs_env: Any, tmp_path: Path
 ) -> None:
     handle = handle_of("medium")
-    shared = stage(handle, gcs_cache)
+    shared: Any = stage(handle, gcs_cache)
     local = str(tmp_path / "local")
 
     procs = [cli("pull", handle, "--from", gcs_cache, "--cache-dir", local, "--json") for _ in range(2)]
@@ -172,7 +171,7 @@ def test_a_killed_pull_leaves_nothing_complete_and_the_next_pull_finishes_it(
         Path(os.environ.get("TFHUB_TEST_MODELS", tmp_path)) / "pull_big" / "model.tar.gz", big_bytes=96 * MiB
     )
     handle = str(archive)
-    shared = stage(handle, gcs_cache)
+    shared: Any = stage(handle, gcs_cache)
     local = tmp_path / "local"
     key = cache_key(handle)
 
@@ -205,7 +204,7 @@ def test_pull_of_a_named_revision_and_of_an_unknown_one(
     hub: Any, handle_of: Any, model_archives: dict[str, Path], gcs_cache: str, tmp_path: Path
 ) -> None:
     handle = handle_of("demo_v1")
-    first = stage(handle, gcs_cache)
+    first: Any = stage(handle, gcs_cache)
     hub.add_model("/google/demo_v1/1", model_archives["demo_v2"])  # the model changes upstream
     second = stage(handle, gcs_cache, refresh="always")
     assert second["revision"] != first["revision"]
@@ -227,7 +226,7 @@ def test_cli_pull_json_is_the_staged_record_plus_pulled_from(
     hub: Any, handle_of: Any, gcs_cache: str, tmp_path: Path
 ) -> None:
     handle = handle_of("small_a")
-    shared = stage(handle, gcs_cache)
+    shared: Any = stage(handle, gcs_cache)
     local = str(tmp_path / "local")
     proc = cli("pull", handle, "--from", gcs_cache, "--cache-dir", local, "--json")
     out, err = proc.communicate(timeout=120)
