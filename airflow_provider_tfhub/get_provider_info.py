@@ -58,6 +58,13 @@ def get_provider_info() -> dict[str, Any]:
                         "[tfhub] load_format.",
                         "schema": {"type": ["string", "null"], "enum": ["AUTO", "COMPRESSED", "UNCOMPRESSED"]},
                     },
+                    "upstream_cache": {
+                        "label": "Upstream cache",
+                        "description": "A shared gs://bucket/prefix cache in front of which the cache dir is a "
+                        "local tier: a miss pulls from it (staging it there once per fleet). Empty: "
+                        "TFHUB_UPSTREAM_CACHE, then [tfhub] upstream_cache, else no tier.",
+                        "schema": {"type": ["string", "null"], "examples": ["gs://my-bucket/tfhub-modules"]},
+                    },
                     "gcp_conn_id": {
                         "label": "GCP connection id",
                         "description": "Google Cloud connection whose credentials reach a gs:// cache. Empty: "
@@ -142,6 +149,14 @@ def get_provider_info() -> dict[str, Any]:
                         "version_added": "0.1.0",
                         "type": "string",
                         "example": '{"https://tfhub.dev": "https://mirror.corp/tfhub"}',
+                        "default": "",
+                    },
+                    "upstream_cache": {
+                        "description": "A shared cache (gs://bucket/prefix) in front of which cache_dir is a local "
+                        "tier: one hub download per fleet, then pulls. Empty means TFHUB_UPSTREAM_CACHE, else none.",
+                        "version_added": "0.2.0",
+                        "type": "string",
+                        "example": "gs://my-bucket/tfhub-modules",
                         "default": "",
                     },
                 },

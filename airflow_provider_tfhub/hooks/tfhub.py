@@ -18,6 +18,7 @@ from airflow.sdk import BaseHook
 from tfhub_cache import settings
 from tfhub_cache.cache.staging import is_cached as core_is_cached
 from tfhub_cache.cache.staging import stage as core_stage
+from tfhub_cache.cache.tiers import stage_tiered
 from tfhub_cache.fetch import mirrors as mirrors_mod
 from tfhub_cache.storage import Storage, open_storage
 
@@ -37,6 +38,8 @@ class HubSettings:
     config_lock_timeout: str | None = None
     mirrors: str | None = None
     config_mirrors: str | None = None
+    upstream_cache: str | None = None
+    config_upstream_cache: str | None = None
 
     def mirror_map(self, explicit: Mapping[str, str] | str | None = None) -> dict[str, str]:
         """argument > connection extra ``mirrors`` > ``TFHUB_MIRRORS`` > ``[tfhub] mirrors``."""
@@ -65,6 +68,8 @@ def _settings_from(conn: Any | None) -> HubSettings:
         config_lock_timeout=conf.get("tfhub", "lock_timeout", fallback=None) or None,
         mirrors=_extra(extra, "mirrors"),
         config_mirrors=conf.get("tfhub", "mirrors", fallback=None) or None,
+        upstream_cache=_extra(extra, "upstream_cache"),
+        config_upstream_cache=conf.get("tfhub", "upstream_cache", fallback=None) or None,
     )
 
 
@@ -120,6 +125,12 @@ class TFHubHook(BaseHook):
         s = self.settings
         return settings.resolve_cache_dir(explicit, s.cache_dir, s.config_cache_dir)
 
+    def resolve_upstream_cache(self, explicit: str | None = None) -> str | None:
+        """The shared cache in front of which the cache dir is a local tier (None: no tier): argument >
+        connection extra ``upstream_cache`` > ``TFHUB_UPSTREAM_CACHE`` > ``[tfhub] upstream_cache``."""
+        s = self.settings
+        return settings.resolve_upstream_cache(explicit, s.upstream_cache, s.config_upstream_cache)
+
     def resolve_load_format(self, explicit: str | None = None) -> str:
         s = self.settings
         return settings.resolve_load_format(explicit, s.load_format, s.config_load_format)
@@ -169,6 +180,7 @@ class TFHubHook(BaseHook):
         mirrors: Mapping[str, str] | str | None = None,
         download_connections: int | None = None,
         max_extracted_files: int | None = None,
+        upstream_cache: str | None = None,
     ) -> dict[str, Any]:
         """Stage ``handle`` and return the staged-model dict (see ``core.staging.RESULT_KEYS``).
 
@@ -177,23 +189,30 @@ class TFHubHook(BaseHook):
 
         ``max_extracted_files`` caps the files and directories the archive may create (default
         ``TFHUB_MAX_EXTRACTED_FILES``, else 100000).
+
+        ``upstream_cache`` (or the connection extra, ``TFHUB_UPSTREAM_CACHE``, ``[tfhub] upstream_cache``):
+        the cache dir becomes a local tier of that shared cache (see ``tfhub_cache.cache.tiers``).
         """
         resolved = self.resolve_cache_dir(cache_dir)
-        result = core_stage(
-            handle,
-            resolved,
-            sha256=sha256,
-            token=self.get_token(),
-            load_format=self.resolve_load_format(load_format),
-            refresh=refresh,
-            offline=offline,
-            lock_timeout=settings.resolve_lock_timeout(lock_timeout, self.settings.config_lock_timeout),
-            storage_options=self.storage_options(resolved),
-            mirrors=self.resolve_mirrors(mirrors),
-            download_connections=download_connections,
-            max_extracted_files=max_extracted_files,
-        )
-        return dict(result)
+        options: dict[str, Any] = {
+            "sha256": sha256,
+            "token": self.get_token(),
+            "load_format": self.resolve_load_format(load_format),
+            "refresh": refresh,
+            "offline": offline,
+            "lock_timeout": settings.resolve_lock_timeout(lock_timeout, self.settings.config_lock_timeout),
+            "storage_options": self.storage_options(resolved),
+            "mirrors": self.resolve_mirrors(mirrors),
+            "download_connections": download_connections,
+            "max_extracted_files": max_extracted_files,
+        }
+        upstream = self.resolve_upstream_cache(upstream_cache)
+        if upstream is not None:
+            tiered = stage_tiered(
+                handle, resolved, upstream_cache=upstream, upstream_options=self.storage_options(upstream), **options
+            )
+            return dict(tiered)
+        return dict(core_stage(handle, resolved, **options))
 
     def is_cached(self, handle: str, cache_dir: str | None = None) -> bool:
         resolved = self.resolve_cache_dir(cache_dir)

@@ -41,6 +41,22 @@ def resolve_cache_dir(explicit: str | None = None, connection: str | None = None
     return value.rstrip("/") if value.startswith("gs://") else value
 
 
+def resolve_upstream_cache(
+    explicit: str | None = None, connection: str | None = None, config: str | None = None
+) -> str | None:
+    """argument > connection extra ``upstream_cache`` > ``TFHUB_UPSTREAM_CACHE`` > ``[tfhub] upstream_cache``.
+
+    The shared cache (``gs://bucket/prefix``) in front of which the cache dir is a local tier; None: no tier.
+    """
+    value = _first(explicit, connection, os.environ.get("TFHUB_UPSTREAM_CACHE"), config)
+    if value is None:
+        return None
+    try:
+        return resolve_cache_dir(value)
+    except ConfigurationError as exc:
+        raise ConfigurationError(f"upstream_cache: {exc}") from exc
+
+
 def resolve_load_format(explicit: str | None = None, connection: str | None = None, config: str | None = None) -> str:
     """argument > connection extra > ``TFHUB_MODEL_LOAD_FORMAT`` > ``[tfhub] load_format`` > AUTO (= COMPRESSED).
 

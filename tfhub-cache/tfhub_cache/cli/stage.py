@@ -11,6 +11,7 @@ from typing import Any
 
 from tfhub_cache import settings
 from tfhub_cache.cache.staging import stage
+from tfhub_cache.cache.tiers import stage_tiered
 from tfhub_cache.cli import options
 from tfhub_cache.cli.output import print_record
 
@@ -29,6 +30,12 @@ def add_subcommands(subparsers: Any) -> None:
     common(p_stage)
     p_stage.add_argument("--sha256", metavar="HEX", help="expected sha256 of the archive")
     p_stage.add_argument("--load-format", choices=settings.LOAD_FORMATS, type=str.upper)
+    p_stage.add_argument(
+        "--upstream-cache",
+        metavar="CACHE",
+        help="shared gs://bucket/prefix cache in front of --cache-dir: a miss pulls from it, staging it there "
+        "first if needed (default: TFHUB_UPSTREAM_CACHE)",
+    )
     options.add_json(p_stage)
     p_stage.set_defaults(func=cmd_stage)
 
@@ -43,19 +50,20 @@ def add_subcommands(subparsers: Any) -> None:
 
 def stage_from_args(args: argparse.Namespace, *, load_format: str | None = None) -> dict[str, Any]:
     """Stage ``args.handle`` with the flags this command has (``export`` has no ``--sha256``...)."""
-    return dict(
-        stage(
-            args.handle,
-            options.cache_dir(args.cache_dir),
-            sha256=getattr(args, "sha256", None),
-            token=options.token(),
-            load_format=options.load_format(load_format or getattr(args, "load_format", None)),
-            refresh=getattr(args, "refresh", "never"),
-            offline=True if getattr(args, "offline", False) else None,
-            lock_timeout=options.lock_timeout(),
-            mirrors=options.mirrors(),
-        )
-    )
+    cache_dir = options.cache_dir(args.cache_dir)
+    kwargs: dict[str, Any] = {
+        "sha256": getattr(args, "sha256", None),
+        "token": options.token(),
+        "load_format": options.load_format(load_format or getattr(args, "load_format", None)),
+        "refresh": getattr(args, "refresh", "never"),
+        "offline": True if getattr(args, "offline", False) else None,
+        "lock_timeout": options.lock_timeout(),
+        "mirrors": options.mirrors(),
+    }
+    upstream = options.upstream_cache(getattr(args, "upstream_cache", None))
+    if upstream is not None:
+        return dict(stage_tiered(args.handle, cache_dir, upstream_cache=upstream, **kwargs))
+    return dict(stage(args.handle, cache_dir, **kwargs))
 
 
 def cmd_stage(args: argparse.Namespace) -> int:
