@@ -49,6 +49,7 @@ typecheck: install
 
 bench: install
 	$(PY) benchmarks/run.py $(BENCH_ARGS)
+	$(PY) benchmarks/fleet.py $(FLEET_ARGS)
 
 test-cluster: install
 	bash tests/cluster/run.sh
