@@ -32,7 +32,7 @@ from tfhub_cache.cache.staging import Stager, lookup_entry
 from tfhub_cache.errors import CacheError, ChecksumMismatchError, ConfigurationError
 from tfhub_cache.fetch.ranged import connections_from, part_size_from_env, plan_parts
 from tfhub_cache.fetch.transfer import CHUNK_SIZE, RetryPolicy, SourceInfo
-from tfhub_cache.handles import Handle, parse_handle
+from tfhub_cache.handles import Handle, require_cacheable
 from tfhub_cache.storage import Storage, open_storage
 from tfhub_cache.units import human_bytes, human_duration
 
@@ -73,9 +73,7 @@ def pull(
     default 8) is how many objects, or ranged parts of a big one, are read at once.
     ``source_options``/``storage_options`` go to the gs:// backend of either side (credentials...).
     """
-    parsed = parse_handle(handle)
-    if parsed.kind == "local_dir":
-        raise ConfigurationError(f"{handle!r} is a local SavedModel directory, not a model handle: nothing to pull.")
+    parsed = require_cacheable(handle)
     if not source or not str(source).strip():
         raise ConfigurationError("pull needs the shared cache to pull from (--from gs://bucket/prefix).")
     src = open_storage(settings.resolve_cache_dir(str(source)), **(source_options or {}))

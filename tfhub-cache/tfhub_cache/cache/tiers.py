@@ -17,8 +17,8 @@ from tfhub_cache import settings
 from tfhub_cache.cache.pull import PulledModel, pull
 from tfhub_cache.cache.records import StagedModel
 from tfhub_cache.cache.staging import lookup_entry, stage
-from tfhub_cache.errors import ConfigurationError
-from tfhub_cache.handles import parse_handle
+from tfhub_cache.errors import ConfigurationError, InvalidHandleError
+from tfhub_cache.handles import require_cacheable
 from tfhub_cache.storage import open_storage
 
 __all__ = ["stage_tiered"]
@@ -51,12 +51,15 @@ def stage_tiered(
         raise ConfigurationError(
             f"upstream_cache {upstream!r} is the cache itself; name the shared gs:// cache, or unset upstream_cache."
         )
-    parsed = parse_handle(handle)
     fmt = settings.resolve_load_format(load_format)
     mode = settings.resolve_refresh(refresh)
     offline = settings.offline_from_env() if offline is None else offline
     common: dict[str, Any] = {"load_format": fmt, "lock_timeout": lock_timeout, **stage_options}
-    if parsed.kind == "local_dir" or fmt == "UNCOMPRESSED":
+    try:
+        parsed = require_cacheable(handle)
+    except InvalidHandleError:
+        parsed = None  # a local SavedModel directory: used in place, no tier applies
+    if parsed is None or fmt == "UNCOMPRESSED":  # UNCOMPRESSED reads the hub's copy in place: nothing to tier
         return stage(handle, local_dir, refresh=mode, offline=offline, storage_options=storage_options, **common)
     local_hit = lookup_entry(open_storage(local_dir, **(storage_options or {})), parsed.text) is not None
     if offline or (local_hit and mode == "never"):
