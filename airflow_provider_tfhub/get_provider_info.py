@@ -58,13 +58,6 @@ def get_provider_info() -> dict[str, Any]:
                         "[tfhub] load_format.",
                         "schema": {"type": ["string", "null"], "enum": ["AUTO", "COMPRESSED", "UNCOMPRESSED"]},
                     },
-                    "upstream_cache": {
-                        "label": "Upstream cache",
-                        "description": "A shared gs://bucket/prefix cache in front of which the cache dir is a "
-                        "local tier: a miss pulls from it (staging it there once per fleet). Empty: "
-                        "TFHUB_UPSTREAM_CACHE, then [tfhub] upstream_cache, else no tier.",
-                        "schema": {"type": ["string", "null"], "examples": ["gs://my-bucket/tfhub-modules"]},
-                    },
                     "gcp_conn_id": {
                         "label": "GCP connection id",
                         "description": "Google Cloud connection whose credentials reach a gs:// cache. Empty: "
