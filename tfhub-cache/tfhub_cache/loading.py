@@ -177,6 +177,12 @@ def build_plan(staged: Mapping[str, Any], *, tpu: object = "auto") -> LoadPlan:
     ``tpu="auto"`` detects the runtime, ``True``/``False`` force it. The result is JSON-serializable.
     """
     setting = validate_tpu(tpu)
+    path = _staged_path(staged)
+    on_tpu, target = _target(setting)
+    return _plan_for(staged, path, on_tpu, target)
+
+
+def _staged_path(staged: object) -> str:
     if not isinstance(staged, Mapping):
         raise ConfigurationError(
             f"Expected a staged-model dict (the stage operator's XCom, with a 'path'), got {type(staged).__name__}."
@@ -187,8 +193,7 @@ def build_plan(staged: Mapping[str, Any], *, tpu: object = "auto") -> LoadPlan:
             f"The staged-model dict has no usable 'path' (got {path!r}); pass the stage operator's XCom "
             f"(keys like 'handle', 'path', 'load_format'), not {sorted(staged)!r}."
         )
-    on_tpu, target = _target(setting)
-    return _plan_for(staged, path, on_tpu, target)
+    return path
 
 
 def _target(setting: TpuSetting) -> tuple[bool, str]:
@@ -292,8 +297,11 @@ def resolve_plan(
     """
     setting = validate_tpu(tpu)
     record: Mapping[str, Any] = plan_from_json(plan_or_staged) if isinstance(plan_or_staged, str) else plan_or_staged
-    plan = LoadPlan(**plan_from_json(plan_to_json(record))) if is_plan(record) else build_plan(record, tpu=setting)
-    on_tpu, target = _target(setting)
+    on_tpu, target = _target(setting)  # once: detection may take seconds
+    if is_plan(record):
+        plan = plan_from_json(plan_to_json(record))
+    else:
+        plan = _plan_for(record, _staged_path(record), on_tpu, target)
     path = plan["path"]
     if local_cache is not None and _scheme(path) == "gs":
         path = _pull_into(plan, local_cache, source_options)
