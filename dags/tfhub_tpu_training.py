@@ -145,9 +145,26 @@ POD_SCRIPT = inspect.getsource(train_head) + (
 
 
 def _pod_operator(plan_json: Any) -> Any:
-    """The GKE TPU pod: node selector of the TPU slice, ``google.com/tpu`` chips, the plan in the environment."""
-    from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
-    from kubernetes.client import models as k8s
+    """The GKE TPU pod: node selector of the TPU slice, ``google.com/tpu`` chips, the plan in the environment.
+
+    Without the cncf.kubernetes provider the DAG still parses; this task then fails saying what to install.
+    """
+    try:
+        from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
+        from kubernetes.client import models as k8s
+    except ImportError as exc:
+        missing = str(exc)
+
+        @task(task_id="train_on_gke_tpu")
+        def needs_kubernetes_provider(plan: str) -> None:
+            from airflow.sdk.exceptions import AirflowFailException
+
+            raise AirflowFailException(
+                f"The GKE runner needs the cncf.kubernetes provider ({missing}): "
+                "pip install 'airflow-provider-tfhub[kubernetes]', or trigger with runner='venv'."
+            )
+
+        return needs_kubernetes_provider(plan_json)
 
     chips = {"google.com/tpu": TPU_CHIPS}
     return KubernetesPodOperator(

@@ -295,3 +295,23 @@ def test_the_pod_variant_renders_the_plan_and_the_tpu_resource(
         "cloud.google.com/gke-tpu-topology": "2x2",
     }
     assert container["command"] == ["python", "-c"] and "def train_head(" in container["args"][0]
+
+
+NO_KUBERNETES_SCRIPT = """
+import json, runpy, sys
+sys.modules["airflow.providers.cncf.kubernetes.operators.pod"] = None  # as if the extra were not installed
+dag = runpy.run_path(sys.argv[1])["dag"]
+print("RESULT " + json.dumps({t.task_id: type(t).__name__ for t in dag.tasks}))
+"""
+
+
+def test_the_dag_parses_without_the_kubernetes_provider() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-c", NO_KUBERNETES_SCRIPT, str(ROOT / "dags" / "tfhub_tpu_training.py")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    tasks = json.loads(next(line for line in proc.stdout.splitlines() if line.startswith("RESULT "))[7:])
+    assert set(tasks) == set(TASKS) and tasks["train_on_gke_tpu"] != "KubernetesPodOperator"
