@@ -53,6 +53,7 @@ typecheck: install
 
 bench: install
 	$(PY) benchmarks/run.py $(BENCH_ARGS)
+	$(PY) benchmarks/fleet.py $(FLEET_ARGS)
 
 test-cluster: install
 	bash tests/cluster/run.sh

@@ -144,6 +144,14 @@ def get_provider_info() -> dict[str, Any]:
                         "example": '{"https://tfhub.dev": "https://mirror.corp/tfhub"}',
                         "default": "",
                     },
+                    "upstream_cache": {
+                        "description": "A shared cache (gs://bucket/prefix) in front of which cache_dir is a local "
+                        "tier: one hub download per fleet, then pulls. Empty means TFHUB_UPSTREAM_CACHE, else none.",
+                        "version_added": "0.2.0",
+                        "type": "string",
+                        "example": "gs://my-bucket/tfhub-modules",
+                        "default": "",
+                    },
                 },
             }
         },

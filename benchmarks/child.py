@@ -53,6 +53,28 @@ def ours_warm(args: dict[str, Any]) -> None:
     _emit(seconds=first, median=statistics.median(samples) if samples else first, samples=len(samples) + 1)
 
 
+def ours_tiered(args: dict[str, Any]) -> None:
+    """One host of a fleet: its local cache in front of the shared gs:// cache (benchmarks/fleet.py)."""
+    from tfhub_cache.cache.tiers import stage_tiered
+
+    _import_ours()
+    import tfhub_cache.storage.gcs  # noqa: F401
+
+    seconds, result = _timed(lambda: stage_tiered(args["url"], args["cache"], upstream_cache=args["upstream"]))
+    _emit(seconds=seconds, downloaded=result["downloaded"], revision=result["revision"])
+
+
+def ours_pull(args: dict[str, Any]) -> None:
+    """Pull a staged revision from the shared gs:// cache into a fresh local cache (benchmarks/fleet.py)."""
+    from tfhub_cache.cache.pull import pull
+
+    _import_ours()
+    import tfhub_cache.storage.gcs  # noqa: F401
+
+    seconds, result = _timed(lambda: pull(args["url"], source=args["upstream"], cache_dir=args["cache"]))
+    _emit(seconds=seconds, bytes=result["bytes"], revision=result["revision"])
+
+
 def _import_ours() -> None:
     """What tensorflow_hub's import does up front, ours does on first use: do it before the clock starts.
 
@@ -216,6 +238,8 @@ ACTIONS: dict[str, Callable[[dict[str, Any]], None]] = {
     f.__name__: f
     for f in (
         ours_cold,
+        ours_tiered,
+        ours_pull,
         ours_warm,
         ours_many,
         ours_gcs,

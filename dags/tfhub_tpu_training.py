@@ -1,23 +1,36 @@
-"""Stage a TF Hub model, prove it loads the way a TPU job must load it, then fine-tune a head on it.
+"""Train where training runs: stage into the shared gs:// cache, plan for the TPU, train on the TPU host.
 
-``stage`` puts the model into the cache (or, with ``load_format=UNCOMPRESSED``, only resolves the
-hub's ``gs://`` location); ``load`` builds the load plan for the target (on a TPU, a local cache is
-read through the coordinator: ``experimental_io_device="/job:localhost"``; a ``gs://`` path needs
-nothing special), loads the SavedModel with it once and smoke-tests a signature; ``train`` takes that
-plan from XCom, builds ``TPUStrategy`` when the plan says TPU (else the default strategy), loads the
-model with the same plan inside ``strategy.scope()`` and trains a small linear head on its outputs for
-a couple of steps of synthetic data. On a machine without TPU all of this runs on CPU.
+On Google Cloud the training does not run in the Airflow worker. This DAG is shaped like production:
 
-Trigger with a conf to pick the model and cache::
+1. ``stage`` puts the model into the shared ``gs://`` cache (one hub download, whatever the fleet size);
+2. ``plan`` builds the load plan for the declared target (``tpu=True``: the TPU host, not this worker)
+   and proves the model loads with it (smoke test); the plan is plain JSON;
+3. the training runs where the TPU is, with only ``tfhub-cache[tensorflow]`` installed (no Airflow):
+
+   * ``train_on_gke_tpu``: a ``KubernetesPodOperator`` on a GKE TPU node pool (node selector,
+     ``google.com/tpu`` resource), the plan in the ``TFHUB_LOAD_PLAN`` environment variable;
+   * ``train_in_venv``: ``@task.external_python`` in a venv with only ``tfhub-cache[tensorflow]``
+     (a TPU VM that runs an Airflow worker, or any host; this is the variant that runs anywhere).
+
+   Both call :func:`train_head`: it pulls the planned revision onto the host's disk
+   (``loading.load(plan, local_cache=..., tpu="auto")``: no hub request, no inflate), which on a TPU
+   is read through the coordinator (``/job:localhost``), and trains a small linear head on the
+   model's features. ``runner`` picks the variant.
+
+Trigger with a conf, e.g.::
 
     {"handle": "https://tfhub.dev/google/nnlm-en-dim50/2", "cache_dir": "gs://my-bucket/tfhub-modules",
-     "load_format": "COMPRESSED"}
+     "runner": "gke"}
 
-TensorFlow is imported inside the ``train`` task only, so parsing this file stays cheap.
+Settings from the environment (read at parse time): ``TFHUB_TRAINING_IMAGE`` (an image with
+``tfhub-cache[tensorflow]``), ``TFHUB_TRAINING_PYTHON`` (the venv's python), ``TFHUB_TPU_ACCELERATOR``,
+``TFHUB_TPU_TOPOLOGY`` and ``TFHUB_TPU_CHIPS`` (the GKE TPU slice; default a v5e 2x4 host, 8 chips).
 """
 
 from __future__ import annotations
 
+import inspect
+import os
 from datetime import datetime
 from typing import Any
 
@@ -27,133 +40,190 @@ from airflow_provider_tfhub.operators.load import TFHubLoadModelOperator
 from airflow_provider_tfhub.operators.stage import TFHubStageModelOperator
 
 DEFAULT_HANDLE = "https://tfhub.dev/google/nnlm-en-dim50/2"
-TRAIN_STEPS = 2
-BATCH_SIZE = 8
-LEARNING_RATE = 0.05
+TRAINING_IMAGE = os.environ.get("TFHUB_TRAINING_IMAGE", "us-docker.pkg.dev/my-project/training/tfhub-cache-tf:0.2.0")
+TRAINING_PYTHON = os.environ.get("TFHUB_TRAINING_PYTHON", "/opt/tfhub-training/bin/python")
+TPU_ACCELERATOR = os.environ.get("TFHUB_TPU_ACCELERATOR", "tpu-v5-lite-podslice")
+TPU_TOPOLOGY = os.environ.get("TFHUB_TPU_TOPOLOGY", "2x4")
+TPU_CHIPS = os.environ.get("TFHUB_TPU_CHIPS", "8")
+#: Where the training host keeps its own cache (a local SSD / emptyDir on GKE).
+LOCAL_CACHE = "/tmp/tfhub-local-cache"
 
 
-def _synthetic_inputs(tf: Any, specs: dict[str, dict[str, Any]], batch: int) -> dict[str, Any]:
-    """A batch for each input spec ({"dtype", "shape"} as in the load operator's XCom)."""
-    feeds = {}
-    for name, spec in specs.items():
-        dims = spec["shape"]
-        if dims is None or any(d is None for d in dims[1:]):
-            raise ValueError(f"Input {name!r} has shape {dims}; this example only feeds inputs whose shape is known.")
-        shape = [batch, *dims[1:]]
-        if spec["dtype"] == "string":
-            words = [f"synthetic example number {i}" for i in range(batch)]
-            feeds[name] = tf.reshape(tf.constant(words), [batch] + [1] * (len(shape) - 1))
-        elif spec["dtype"].startswith(("float", "bfloat")):
-            feeds[name] = tf.random.normal(shape, seed=len(feeds), dtype=spec["dtype"])
-        else:
-            feeds[name] = tf.zeros(shape, dtype=spec["dtype"])
-    return feeds
+def train_head(
+    plan: dict | str, local_cache: str, tpu: bool | str = "auto", signature: str = "serving_default"
+) -> dict:
+    """Pull the planned model onto this host, load it as this host needs, train a linear head for 2 steps.
 
+    Self-contained (``@task.external_python`` and the pod run its source, without this module): only
+    ``tfhub-cache`` and TensorFlow are imported. ``plan`` is the plan dict or its JSON; ``tpu`` is
+    ``"auto"`` (detect on this host) or a declared ``True``/``False`` (also as the strings a template
+    renders). Returns what was done, JSON-friendly.
+    """
+    import importlib.util
+    import os
+    import sys
+    from typing import Any  # noqa: F401 - the nested functions' annotations, when run as source
 
-def _forward(model: Any, plan: dict[str, Any], signature: str) -> tuple[Any, dict[str, Any]]:
-    """``(fn(feeds) -> [batch, features] float32, input specs)`` for the signature or, when the model
-    has none by that name, the Reusable SavedModel API (``model(inputs)``, what most tfhub.dev TF2
-    models offer)."""
     import tensorflow as tf
+
+    from tfhub_cache import loading
+
+    tpu = {"true": True, "false": False}.get(str(tpu).strip().lower(), tpu)
+
+    steps, batch, learning_rate = 2, 8, 0.05
+    settled = loading.resolve_plan(plan, local_cache=local_cache, tpu=tpu)
+    if settled["tpu"] and loading.detect_tpu():
+        resolver = tf.distribute.cluster_resolver.TPUClusterResolver()
+        tf.config.experimental_connect_to_cluster(resolver)
+        tf.tpu.experimental.initialize_tpu_system(resolver)
+        strategy = tf.distribute.TPUStrategy(resolver)
+    else:
+        strategy = tf.distribute.get_strategy()
+    print(f"Strategy {type(strategy).__name__}; {settled['reason']}")
 
     def features(outputs: Any) -> Any:
         if isinstance(outputs, dict):
-            floats = [outputs[k] for k in sorted(outputs) if outputs[k].dtype.is_floating]
-            if not floats:
-                raise ValueError(f"Signature {signature!r} has no float output to train a head on.")
-            outputs = floats[0]
+            outputs = next(outputs[k] for k in sorted(outputs) if outputs[k].dtype.is_floating)
         return tf.reshape(tf.cast(outputs, tf.float32), [tf.shape(outputs)[0], -1])
 
-    described = plan.get("signatures") or {}
-    if signature in described:
-        fn = model.signatures[signature]
-        return (lambda feeds: features(fn(**feeds))), described[signature]["inputs"]
-    concrete = model.__call__.concrete_functions[0]
-    args = concrete.structured_input_signature[0]
-    if len(args) != 1:
-        raise ValueError(f"The model has no signature {signature!r} and its __call__ takes {len(args)} inputs.")
-    spec = {"inputs": {"dtype": args[0].dtype.name, "shape": args[0].shape.as_list()}}
-    return (lambda feeds: features(model(feeds["inputs"]))), spec
+    def feed(spec: Any) -> Any:
+        if spec.dtype == tf.string:
+            return tf.constant([f"synthetic example number {i}" for i in range(batch)])
+        shape = [batch, *spec.shape.as_list()[1:]]
+        return tf.random.normal(shape, seed=1, dtype=spec.dtype)
+
+    with strategy.scope():
+        model = loading.load(settled, tpu=settled["tpu"])
+        if signature in getattr(model, "signatures", {}):
+            fn = model.signatures[signature]
+            specs = fn.structured_input_signature[1]
+            inputs = {name: feed(spec) for name, spec in specs.items()}
+
+            def forward(batch_inputs: Any) -> Any:
+                return features(fn(**batch_inputs))
+        else:  # the Reusable SavedModel API: model(inputs)
+            spec = model.__call__.concrete_functions[0].structured_input_signature[0][0]
+            inputs = {"inputs": feed(spec)}
+
+            def forward(batch_inputs: Any) -> Any:
+                return features(model(batch_inputs["inputs"]))
+
+        weights = tf.Variable(tf.zeros([int(forward(inputs).shape[-1]), 1]), aggregation=tf.VariableAggregation.MEAN)
+        bias = tf.Variable(0.0, aggregation=tf.VariableAggregation.MEAN)
+    labels = tf.random.normal([batch, 1], seed=7)
+
+    def replica_step(batch_inputs: Any, batch_labels: Any) -> Any:
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean(tf.square(tf.matmul(forward(batch_inputs), weights) + bias - batch_labels))
+        for variable, grad in zip((weights, bias), tape.gradient(loss, [weights, bias]), strict=True):
+            variable.assign_sub(learning_rate * grad)
+        return loss
+
+    @tf.function
+    def train_step(batch_inputs: Any, batch_labels: Any) -> Any:
+        per_replica = strategy.run(replica_step, args=(batch_inputs, batch_labels))
+        return strategy.reduce(tf.distribute.ReduceOp.MEAN, per_replica, axis=None)
+
+    losses = [float(train_step(inputs, labels)) for _ in range(steps)]
+    print(f"losses {losses}")
+    return {
+        "losses": losses,
+        "path": settled["path"],
+        "revision": settled["revision"],
+        "tpu": settled["tpu"],
+        "load_options": settled["load_options"],
+        "strategy": type(strategy).__name__,
+        "airflow_importable": importlib.util.find_spec("airflow") is not None,
+        "python": os.path.realpath(sys.executable),
+    }
+
+
+#: What the training pod runs: :func:`train_head`'s source, then a call with the plan from the environment.
+POD_SCRIPT = inspect.getsource(train_head) + (
+    "\nimport json, os\nprint(json.dumps(train_head(os.environ['TFHUB_LOAD_PLAN'], os.environ['TFHUB_LOCAL_CACHE'])))\n"
+)
+
+
+def _pod_operator(plan_json: Any) -> Any:
+    """The GKE TPU pod: node selector of the TPU slice, ``google.com/tpu`` chips, the plan in the environment.
+
+    Without the cncf.kubernetes provider the DAG still parses; this task then fails saying what to install.
+    """
+    try:
+        from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
+        from kubernetes.client import models as k8s
+    except ImportError as exc:
+        missing = str(exc)
+
+        @task(task_id="train_on_gke_tpu")
+        def needs_kubernetes_provider(plan: str) -> None:
+            from airflow.sdk.exceptions import AirflowFailException
+
+            raise AirflowFailException(
+                f"The GKE runner needs the cncf.kubernetes provider ({missing}): "
+                "pip install 'airflow-provider-tfhub[kubernetes]', or trigger with runner='venv'."
+            )
+
+        return needs_kubernetes_provider(plan_json)
+
+    chips = {"google.com/tpu": TPU_CHIPS}
+    return KubernetesPodOperator(
+        task_id="train_on_gke_tpu",
+        name="tfhub-train",
+        image=TRAINING_IMAGE,
+        cmds=["python", "-c"],
+        arguments=[POD_SCRIPT],
+        env_vars={"TFHUB_LOAD_PLAN": plan_json, "TFHUB_LOCAL_CACHE": LOCAL_CACHE},
+        node_selector={
+            "cloud.google.com/gke-tpu-accelerator": TPU_ACCELERATOR,
+            "cloud.google.com/gke-tpu-topology": TPU_TOPOLOGY,
+        },
+        container_resources=k8s.V1ResourceRequirements(requests=chips, limits=chips),
+        get_logs=True,
+        on_finish_action="delete_pod",
+    )
 
 
 with DAG(
     dag_id="tfhub_tpu_training",
-    description="Stage a TF Hub model, verify the TPU-aware load plan, train a small head on it.",
+    description="Stage into the shared gs:// cache, plan for the TPU, train on the TPU host (GKE pod or venv).",
     schedule=None,
     start_date=datetime(2026, 1, 1),
     catchup=False,
     tags=["tfhub", "example", "tpu"],
     params={
         "handle": Param(DEFAULT_HANDLE, type="string", description="TF Hub model handle."),
-        "cache_dir": Param(None, type=["null", "string"], description="Local dir or gs://bucket/prefix."),
-        "load_format": Param(
-            "COMPRESSED",
-            enum=["AUTO", "COMPRESSED", "UNCOMPRESSED"],
-            description="UNCOMPRESSED reads the model from the hub's gs:// location (no local copy).",
+        "cache_dir": Param(None, type=["null", "string"], description="The shared cache: gs://bucket/prefix."),
+        "runner": Param("gke", enum=["gke", "venv"], description="Train in a GKE TPU pod or in a local venv."),
+        "local_cache": Param(LOCAL_CACHE, type="string", description="The training host's own cache dir."),
+        "training_tpu": Param(
+            "auto", enum=["auto", "true", "false"], description="TPU on the training host: detect, or declare."
         ),
-        "signature": Param("serving_default", type="string", description="Signature to smoke-test and train on."),
     },
 ) as dag:
     stage = TFHubStageModelOperator(
-        task_id="stage",
-        handle="{{ params.handle }}",
-        cache_dir="{{ params.cache_dir or '' }}",
-        load_format="{{ params.load_format }}",
-        retries=2,
+        task_id="stage", handle="{{ params.handle }}", cache_dir="{{ params.cache_dir or '' }}"
     )
 
-    load = TFHubLoadModelOperator(
-        task_id="load",
-        staged=stage.output,
-        tpu="auto",
-        signature="serving_default",
-    )
+    plan = TFHubLoadModelOperator(task_id="plan", staged=stage.output, tpu=True)
 
     @task
-    def train(plan: dict[str, Any], params: dict[str, Any] | None = None) -> float:
-        """Train a linear head on the model's features under the strategy the plan calls for."""
-        import tensorflow as tf
-
+    def plan_json(plan: dict[str, Any]) -> str:
+        """The plan as one line of JSON: what the pod's environment carries."""
         from tfhub_cache import loading
 
-        if plan["tpu"]:
-            resolver = tf.distribute.cluster_resolver.TPUClusterResolver()
-            tf.config.experimental_connect_to_cluster(resolver)
-            tf.tpu.experimental.initialize_tpu_system(resolver)
-            strategy = tf.distribute.TPUStrategy(resolver)
-        else:
-            strategy = tf.distribute.get_strategy()
-        print(f"Strategy {type(strategy).__name__}; {plan['reason']}")
+        return loading.plan_to_json(plan)
 
-        signature = (params or {}).get("signature") or "serving_default"
-        with strategy.scope():
-            model = loading.load(plan)
-            forward, input_specs = _forward(model, plan, signature)
-            inputs = _synthetic_inputs(tf, input_specs, BATCH_SIZE)
-            feature_dim = int(forward(inputs).shape[-1])
-            # MEAN aggregation: each replica's update is averaged, i.e. SGD on the global batch.
-            weights = tf.Variable(tf.zeros([feature_dim, 1]), aggregation=tf.VariableAggregation.MEAN)
-            bias = tf.Variable(0.0, aggregation=tf.VariableAggregation.MEAN)
-        labels = tf.random.normal([BATCH_SIZE, 1], seed=7)
-        dataset = tf.data.Dataset.from_tensors((inputs, labels)).repeat(TRAIN_STEPS)
+    @task.branch
+    def choose_runner(params: dict[str, Any] | None = None) -> str:
+        return "train_on_gke_tpu" if (params or {}).get("runner") == "gke" else "train_in_venv"
 
-        def replica_step(batch_inputs: Any, batch_labels: Any) -> Any:
-            with tf.GradientTape() as tape:
-                predictions = tf.matmul(forward(batch_inputs), weights) + bias
-                loss = tf.reduce_mean(tf.square(predictions - batch_labels))
-            for variable, grad in zip((weights, bias), tape.gradient(loss, [weights, bias]), strict=True):
-                variable.assign_sub(LEARNING_RATE * grad)
-            return loss
+    train_in_venv = task.external_python(task_id="train_in_venv", python=TRAINING_PYTHON, expect_airflow=False)(
+        train_head
+    )
 
-        @tf.function
-        def train_step(batch: Any) -> Any:
-            per_replica = strategy.run(replica_step, args=batch)
-            return strategy.reduce(tf.distribute.ReduceOp.MEAN, per_replica, axis=None)
-
-        loss = float("nan")
-        for step, batch in enumerate(strategy.experimental_distribute_dataset(dataset), start=1):
-            loss = float(train_step(batch))
-            print(f"step {step}: loss {loss:.6f}")
-        return loss
-
-    train(load.output)
+    json_plan = plan_json(plan.output)
+    branch = choose_runner()
+    json_plan >> branch
+    branch >> _pod_operator(json_plan)
+    branch >> train_in_venv(plan.output, "{{ params.local_cache }}", "{{ params.training_tpu }}")

@@ -18,7 +18,7 @@ from airflow.sdk import BaseHook
 from tfhub_cache import settings
 from tfhub_cache.cache.entries import is_cached as core_is_cached
 from tfhub_cache.cache.options import StageOptions
-from tfhub_cache.cache.staging import stage as core_stage
+from tfhub_cache.cache.tiers import stage_tiered
 from tfhub_cache.fetch import mirrors as mirrors_mod
 from tfhub_cache.settings import AIRFLOW, Origins
 from tfhub_cache.storage import Storage, open_storage
@@ -39,6 +39,8 @@ class HubSettings:
     config_lock_timeout: str | None = None
     mirrors: str | None = None
     config_mirrors: str | None = None
+    upstream_cache: str | None = None
+    config_upstream_cache: str | None = None
 
     def mirror_map(
         self, explicit: Mapping[str, str] | str | None = None, *, origins: Origins = AIRFLOW
@@ -69,6 +71,8 @@ def _settings_from(conn: Any | None) -> HubSettings:
         config_lock_timeout=conf.get("tfhub", "lock_timeout", fallback=None) or None,
         mirrors=_extra(extra, "mirrors"),
         config_mirrors=conf.get("tfhub", "mirrors", fallback=None) or None,
+        upstream_cache=_extra(extra, "upstream_cache"),
+        config_upstream_cache=conf.get("tfhub", "upstream_cache", fallback=None) or None,
     )
 
 
@@ -129,6 +133,14 @@ class TFHubHook(BaseHook):
         s = self.settings
         return settings.resolve_cache_dir(explicit, s.cache_dir, s.config_cache_dir, origins=self.origins)
 
+    def resolve_upstream_cache(self, explicit: str | None = None) -> str | None:
+        """The shared cache in front of which the cache dir is a local tier (None: no tier): argument >
+        connection extra ``upstream_cache`` > ``TFHUB_UPSTREAM_CACHE`` > ``[tfhub] upstream_cache``."""
+        s = self.settings
+        return settings.resolve_upstream_cache(
+            explicit, s.upstream_cache, s.config_upstream_cache, origins=self.origins
+        )
+
     def resolve_load_format(self, explicit: str | None = None) -> str:
         s = self.settings
         return settings.resolve_load_format(explicit, s.load_format, s.config_load_format, origins=self.origins)
@@ -179,18 +191,23 @@ class TFHubHook(BaseHook):
         The choices are one :class:`~tfhub_cache.cache.options.StageOptions` (``options=``, as the
         operators build it) or its fields as keyword arguments (``load_format=``, ``refresh=``,
         ``download_connections=`` ...); what they leave unset comes from the connection, then the
-        environment, then ``[tfhub]`` config, then the defaults.
+        environment, then ``[tfhub]`` config, then the defaults. With an ``upstream_cache`` (argument,
+        connection extra, ``TFHUB_UPSTREAM_CACHE``, ``[tfhub] upstream_cache``) the cache dir is a local
+        tier of that shared cache (:mod:`tfhub_cache.cache.tiers`).
         """
         if options is not None and (choices or sha256 is not None):
             raise TypeError("TFHubHook.stage() takes options= or sha256/keyword choices, not both.")
         requested = options if options is not None else StageOptions(sha256=sha256, **choices)
         resolved = self.resolve_cache_dir(cache_dir)
-        return dict(core_stage(handle, resolved, options=self.stage_options(requested, resolved)))
+        return dict(stage_tiered(handle, resolved, options=self.stage_options(requested, resolved)))
 
     def stage_options(self, options: StageOptions, cache_dir: str) -> StageOptions:
         """``options`` with what the connection and ``[tfhub]`` config say where the caller said nothing."""
         s, origins = self.settings, self.origins
+        upstream = self.resolve_upstream_cache(options.upstream_cache)
         return options.filled(
+            upstream_cache=upstream,
+            upstream_storage_options=self.storage_options(upstream) if upstream else {},
             token=options.token or self.get_token(),
             load_format=settings.resolve_load_format(
                 options.load_format, s.load_format, s.config_load_format, origins=origins

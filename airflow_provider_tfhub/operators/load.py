@@ -27,7 +27,10 @@ class TFHubLoadModelOperator(BaseOperator):
 
     :param handle: model handle to stage first (templated). Exactly one of ``handle`` and ``staged``.
     :param staged: the staged-model dict, usually ``stage_task.output`` (templated / XComArg).
-    :param tpu: ``"auto"`` (detect a TPU runtime), ``True`` or ``False`` (force).
+    :param tpu: ``"auto"`` (detect a TPU runtime on this worker), ``True`` or ``False``: the declared
+        target, e.g. ``tpu=True`` when training runs on a TPU VM or GKE TPU pod and not here. The
+        smoke test loads with the plan for that target; the training host re-checks with
+        ``loading.load(plan, local_cache=..., tpu="auto")``.
     :param load_format: ``AUTO``/``COMPRESSED``/``UNCOMPRESSED`` for staging ``handle``; only with ``handle``.
     :param signature: the signature to smoke-test and describe first.
     :param smoke_test: call ``signature`` once on zeros of its input spec (see ``loading.smoke_call``).
@@ -92,7 +95,7 @@ class TFHubLoadModelOperator(BaseOperator):
         plan = run_core(loading.build_plan, self._staged_model(), tpu=self.tpu)
         self.log.info("Loading %s from %s (%s)", plan["handle"], plan["path"], plan["reason"])
         try:
-            model = run_core(loading.load, plan)
+            model = run_core(loading.load, plan, tpu=plan["tpu"])  # the target planned for, not this worker
         except ImportError as exc:  # no TensorFlow on this worker: retrying cannot help
             raise AirflowFailException(str(exc)) from exc
         result: dict[str, Any] = {**plan, "signatures": loading.describe_signatures(model)}

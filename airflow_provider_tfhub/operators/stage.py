@@ -46,11 +46,15 @@ class TFHubStageModelOperator(HandleLabelMixin, BaseOperator):
         ``TFHUB_DOWNLOAD_CONNECTIONS`` or 8); ``1`` downloads with one stream.
     :param max_extracted_files: most files and directories the archive may create (default
         ``TFHUB_MAX_EXTRACTED_FILES``, else 100000); more fails without retries, leaving nothing behind.
+    :param upstream_cache: a shared ``gs://bucket/prefix`` cache in front of which ``cache_dir`` is a
+        local tier (templated; default from the connection extra ``upstream_cache``,
+        ``TFHUB_UPSTREAM_CACHE`` or ``[tfhub] upstream_cache``): a miss pulls the upstream's revision,
+        staging it there first (once per fleet) when the upstream lacks it.
 
     Every Asset in ``outlets`` gets an event whose ``extra`` is the staged-model dict.
     """
 
-    template_fields: Sequence[str] = ("handle", "cache_dir", "sha256", "load_format", "refresh")
+    template_fields: Sequence[str] = ("handle", "cache_dir", "sha256", "load_format", "refresh", "upstream_cache")
     ui_color = "#ffe8cc"
     operator_extra_links = (TFHubModelPageLink(), TFHubStagedModelLink())
 
@@ -69,6 +73,7 @@ class TFHubStageModelOperator(HandleLabelMixin, BaseOperator):
         map_index_template: str | None = HANDLE_MAP_INDEX_TEMPLATE,
         download_connections: int | None = None,
         max_extracted_files: int | None = None,
+        upstream_cache: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(map_index_template=map_index_template, **kwargs)
@@ -86,6 +91,7 @@ class TFHubStageModelOperator(HandleLabelMixin, BaseOperator):
         self.download_connections = download_connections
         if download_connections is not None:
             connections_from(download_connections)
+        self.upstream_cache = upstream_cache
         self.max_extracted_files = max_extracted_files
         if max_extracted_files is not None:
             check_max_files(max_extracted_files)
@@ -95,6 +101,7 @@ class TFHubStageModelOperator(HandleLabelMixin, BaseOperator):
             (load_format, settings.resolve_load_format),
             (refresh, settings.resolve_refresh),
             (cache_dir, settings.resolve_cache_dir),
+            (upstream_cache, settings.resolve_upstream_cache),
         )
 
     def execute(self, context: Any) -> dict[str, Any]:
@@ -122,6 +129,7 @@ class TFHubStageModelOperator(HandleLabelMixin, BaseOperator):
             mirrors=self.mirrors or None,
             download_connections=self.download_connections,
             max_extracted_files=self.max_extracted_files,
+            upstream_cache=self.upstream_cache or None,
         )
 
     def _stage(self, hook: TFHubHook) -> dict[str, Any]:

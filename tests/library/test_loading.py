@@ -85,7 +85,7 @@ def staged_dict(path: str, **extra: Any) -> dict[str, Any]:
 def test_plan_rules(path: str, tpu: bool, options: dict[str, str]) -> None:
     plan = loading.build_plan(staged_dict(path), tpu=tpu)
 
-    assert list(plan) == ["path", "handle", "revision", "load_format", "tpu", "load_options", "reason"]
+    assert list(plan) == ["path", "handle", "revision", "cache_dir", "load_format", "tpu", "load_options", "reason"]
     assert plan["path"] == path and plan["handle"] == "https://tfhub.dev/google/demo/1"
     assert plan["tpu"] is tpu and plan["load_options"] == options
     assert f"tpu={tpu} forced" in plan["reason"]
@@ -258,14 +258,14 @@ out = {}
 xcom = TFHubLoadModelOperator(task_id="load", handle=handle, cache_dir=cache, tpu=True).execute({})
 json.dumps(xcom)  # XCom-safe
 out["xcom"] = xcom
-# 2. Training code loads from the XCom plan: the same path and options.
+# 2. Training code on the TPU host (declared here: this machine has none) loads from the XCom plan.
 import tensorflow as tf
-model = loading.load(xcom)
+model = loading.load(xcom, tpu=True)
 out["y"] = model.signatures["serving_default"](x=tf.constant([[1.0, 2.0, 3.0]]))["y"].numpy().tolist()
 out["call"] = model(tf.constant([[1.0, 1.0, 1.0]])).numpy().tolist()
 # 3. The options really reach tf.saved_model.load: an unknown io device fails the load.
 try:
-    loading.load({**xcom, "load_options": {"experimental_io_device": "/job:nonexistent"}})
+    loading.load({**xcom, "load_options": {"experimental_io_device": "/job:nonexistent"}}, tpu=True)
     out["bogus_device"] = None
 except Exception as exc:
     out["bogus_device"] = f"{type(exc).__name__}: {exc}"

@@ -59,6 +59,8 @@ _GETTERS: dict[str, Callable[[], object]] = {
     "TFHUB_MAX_EXTRACTED_BYTES": settings.max_extracted_bytes,
     "TFHUB_MAX_EXTRACTED_FILES": settings.max_extracted_files,
     "TFHUB_FSYNC": settings.fsync,
+    "TFHUB_UPSTREAM_CACHE": settings.resolve_upstream_cache,
+    "TFHUB_LOAD_PLAN": settings.load_plan_json,
 }
 #: What each getter returns for the documented default text (the table's Default column).
 _DEFAULT_VALUES: dict[str, object] = {
@@ -69,6 +71,8 @@ _DEFAULT_VALUES: dict[str, object] = {
     "TFHUB_TOKEN": None,
     "TFHUB_HTTP_TIMEOUT": (15.0, 60.0),
     "TFHUB_FSYNC": False,
+    "TFHUB_UPSTREAM_CACHE": None,
+    "TFHUB_LOAD_PLAN": None,
 }
 _BAD = {
     "TFHUB_CACHE_DIR": "s3://bucket/x",
@@ -83,6 +87,7 @@ _BAD = {
     "TFHUB_MAX_EXTRACTED_BYTES": "1TB",
     "TFHUB_MAX_EXTRACTED_FILES": "-3",
     "TFHUB_FSYNC": "sometimes",
+    "TFHUB_UPSTREAM_CACHE": "s3://bucket/x",
 }
 _PACKAGE = Path(settings.__file__).parent
 _DOCS = Path(__file__).resolve().parents[2] / "docs" / "settings.md"
@@ -139,7 +144,13 @@ def test_unset_variables_give_the_documented_default(monkeypatch: pytest.MonkeyP
     kind: Any = type(_GETTERS[name]())  # int or float: the table's text read as the getter's type
     expected = _DEFAULT_VALUES[name] if name in _DEFAULT_VALUES else kind(default)
     assert _GETTERS[name]() == expected
-    if name not in ("TFHUB_CACHE_DIR", "TFHUB_MIRRORS", "TFHUB_TOKEN"):  # defaults that are no value to write
+    if name not in (
+        "TFHUB_CACHE_DIR",
+        "TFHUB_MIRRORS",
+        "TFHUB_TOKEN",
+        "TFHUB_UPSTREAM_CACHE",
+        "TFHUB_LOAD_PLAN",
+    ):  # defaults that are no value to write
         monkeypatch.setenv(name, default)
         assert _GETTERS[name]() == expected
 

@@ -39,7 +39,13 @@ def test_provider_is_registered_with_config() -> None:
     conn = info["connection-types"][0]
     assert conn["connection-type"] == "tfhub" and set(conn["conn-fields"]) >= {"cache_dir", "load_format"}
     assert conn["ui-field-behaviour"]["relabeling"]["password"] == "Token"  # the one token field
-    assert set(info["config"]["tfhub"]["options"]) == {"cache_dir", "load_format", "lock_timeout", "mirrors"}
+    assert set(info["config"]["tfhub"]["options"]) == {
+        "cache_dir",
+        "load_format",
+        "lock_timeout",
+        "mirrors",
+        "upstream_cache",
+    }
 
 
 def test_hook_without_connection_uses_environment(monkeypatch: pytest.MonkeyPatch) -> None:

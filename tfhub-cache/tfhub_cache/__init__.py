@@ -35,6 +35,7 @@ from tfhub_cache.errors import (
 if TYPE_CHECKING:
     from tfhub_cache.api import export_for_serving, lookup, ls, prune, stage, verify
     from tfhub_cache.cache.options import StageOptions
+    from tfhub_cache.cache.pull import pull
 
 __version__ = "0.2.0"
 """The version of both distributions (tfhub-cache and airflow-provider-tfhub): one release."""
@@ -58,6 +59,7 @@ __all__ = [
     "lookup",
     "ls",
     "prune",
+    "pull",
     "stage",
     "verify",
 ]
@@ -71,6 +73,7 @@ _LAZY = {
     "prune": "tfhub_cache.api",
     "export_for_serving": "tfhub_cache.api",
     "StageOptions": "tfhub_cache.cache.options",
+    "pull": "tfhub_cache.cache.pull",
 }
 
 

@@ -8,6 +8,12 @@ operator's XCom) into a small JSON-serializable record of that decision, and :fu
 The load operator and user training code call the very same :func:`load`, so what the operator proved
 loadable is what training loads.
 
+Training rarely runs in the Airflow worker: the plan is plain JSON (:func:`plan_to_json`,
+:func:`plan_from_json`) that travels in an XCom, an environment variable (:data:`PLAN_ENV_VAR`) or a pod
+argument, and :func:`load` settles what only the loading host can know: whether a TPU is attached
+there (``tpu="auto"``), and, given ``local_cache``, where the model sits after it was pulled from the
+shared ``gs://`` cache onto that host's disk (then read through the coordinator on a TPU).
+
 Only the stdlib is imported at module level: DAG files and the Airflow scheduler import this module,
 and TensorFlow costs seconds and gigabytes. TensorFlow is imported inside :func:`load` (and, only when
 the environment says nothing, inside :func:`detect_tpu`).
@@ -15,7 +21,10 @@ the environment says nothing, inside :func:`detect_tpu`).
 
 from __future__ import annotations
 
+import json
+import logging
 import os
+import re
 import socket
 import threading
 import urllib.parse
@@ -27,6 +36,7 @@ from tfhub_cache.handles import url_scheme
 
 __all__ = [
     "IO_DEVICE",
+    "PLAN_ENV_VAR",
     "TENSORFLOW_INSTALL_HINT",
     "TPU_ENV_VARS",
     "LoadPlan",
@@ -35,6 +45,9 @@ __all__ = [
     "detect_tpu",
     "is_plan",
     "load",
+    "plan_from_json",
+    "plan_to_json",
+    "resolve_plan",
     "smoke_call",
     "validate_tpu",
 ]
@@ -47,6 +60,11 @@ TPU_ENV_VARS = ("TPU_NAME", "COLAB_TPU_ADDR", "TPU_WORKER_HOSTNAMES")
 
 TENSORFLOW_INSTALL_HINT = "pip install 'airflow-provider-tfhub[tensorflow]'"
 
+#: The environment variable a plan travels in to a training process (pod, TPU VM, external venv).
+PLAN_ENV_VAR = "TFHUB_LOAD_PLAN"
+
+log = logging.getLogger(__name__)
+
 
 class LoadPlan(TypedDict):
     """How to load one staged model; the load operator's XCom (plus ``signatures``), a plain JSON dict.
@@ -58,13 +76,15 @@ class LoadPlan(TypedDict):
     path: str
     handle: str | None
     revision: str | None
+    #: The cache ``path`` belongs to (a pull's source on the loading host); None outside a cache.
+    cache_dir: str | None
     load_format: str
     tpu: bool
     load_options: dict[str, str]
     reason: str
 
 
-#: Keys a plan must have to be applied as one (``revision`` came later: plans from older XComs lack it).
+#: Keys a plan must have to be applied as one (``revision`` and ``cache_dir`` came later: older plans lack them).
 PLAN_KEYS = ("path", "handle", "load_format", "tpu", "load_options", "reason")
 
 #: How long the TPU cluster resolver may take before "no TPU" is assumed (it may ask GCE metadata).
@@ -157,6 +177,12 @@ def build_plan(staged: Mapping[str, Any], *, tpu: object = "auto") -> LoadPlan:
     ``tpu="auto"`` detects the runtime, ``True``/``False`` force it. The result is JSON-serializable.
     """
     setting = validate_tpu(tpu)
+    path = _staged_path(staged)
+    on_tpu, target = _target(setting)
+    return _plan_for(staged, path, on_tpu, target)
+
+
+def _staged_path(staged: object) -> str:
     if not isinstance(staged, Mapping):
         raise ConfigurationError(
             f"Expected a staged-model dict (the stage operator's XCom, with a 'path'), got {type(staged).__name__}."
@@ -167,11 +193,18 @@ def build_plan(staged: Mapping[str, Any], *, tpu: object = "auto") -> LoadPlan:
             f"The staged-model dict has no usable 'path' (got {path!r}); pass the stage operator's XCom "
             f"(keys like 'handle', 'path', 'load_format'), not {sorted(staged)!r}."
         )
+    return path
+
+
+def _target(setting: TpuSetting) -> tuple[bool, str]:
+    """``(on_tpu, words)`` for a ``tpu`` setting: detected on this host for ``"auto"``, else as declared."""
     if setting == "auto":
         on_tpu, why = _detect()
-        target = f"auto-detected {'a TPU' if on_tpu else 'no TPU'} ({why})"
-    else:
-        on_tpu, target = setting, f"tpu={setting} forced"
+        return on_tpu, f"auto-detected {'a TPU' if on_tpu else 'no TPU'} ({why})"
+    return setting, f"tpu={setting} forced"
+
+
+def _plan_for(staged: Mapping[str, Any], path: str, on_tpu: bool, target: str) -> LoadPlan:
     scheme = _scheme(path)
     local = scheme is None
     where = "on the local filesystem" if local else f"on {scheme}://"
@@ -191,6 +224,7 @@ def build_plan(staged: Mapping[str, Any], *, tpu: object = "auto") -> LoadPlan:
         path=path,
         handle=staged.get("handle"),
         revision=staged.get("revision"),
+        cache_dir=staged.get("cache_dir") or _cache_of(path),
         load_format=staged.get("load_format") or "COMPRESSED",
         tpu=on_tpu,
         load_options=options,
@@ -212,15 +246,103 @@ def _tensorflow() -> Any:
     return tf
 
 
-def load(plan_or_staged: Mapping[str, Any], *, tpu: object = "auto", tags: str | list[str] | None = None) -> Any:
-    """Load the SavedModel the way the plan says and return the loaded object.
+def plan_to_json(plan: Mapping[str, Any]) -> str:
+    """The plan as one line of JSON: what an environment variable or a pod argument carries."""
+    if not is_plan(plan):
+        raise ConfigurationError(f"Not a load plan (keys {sorted(plan)!r}); build one with loading.build_plan.")
+    return json.dumps({key: plan[key] for key in LoadPlan.__annotations__ if key in plan}, sort_keys=True)
 
-    Given a staged-model dict, the plan is built first with ``tpu``; given a plan (e.g. from the load
-    operator's XCom), it is applied as is and ``tpu`` is not consulted. ``tags`` go to
-    ``tf.saved_model.load`` (needed only for TF1-style models with several MetaGraphs).
+
+def plan_from_json(text: str) -> LoadPlan:
+    """Parse a plan that travelled as JSON (an XCom, :data:`PLAN_ENV_VAR`, a pod argument); clear errors."""
+    try:
+        value = json.loads(text)
+    except (TypeError, ValueError) as exc:
+        raise ConfigurationError(
+            f"The load plan is not JSON ({exc}); pass loading.plan_to_json(plan), e.g. in {PLAN_ENV_VAR}."
+        ) from exc
+    if not is_plan(value):
+        missing = [k for k in PLAN_KEYS if not isinstance(value, Mapping) or k not in value]
+        raise ConfigurationError(
+            f"The JSON is no load plan: it lacks {', '.join(missing)}; pass the load operator's XCom or "
+            "loading.plan_to_json(loading.build_plan(staged))."
+        )
+    plan: dict[str, Any] = {"revision": None, "cache_dir": None, **value}
+    return LoadPlan(**{key: plan[key] for key in LoadPlan.__annotations__})  # type: ignore[typeddict-item]
+
+
+#: ``<cache>/<sha1>.revisions/<rev>``: where a staged revision lives, so older plans still name their cache.
+_REVISION_PATH_RE = re.compile(r"^(?P<cache>.+)/[0-9a-f]{40}\.revisions/[0-9a-f]{12}/?$")
+
+
+def _cache_of(path: str) -> str | None:
+    match = _REVISION_PATH_RE.match(path)
+    return match.group("cache") if match else None
+
+
+def resolve_plan(
+    plan_or_staged: Mapping[str, Any] | str,
+    local_cache: str | None = None,
+    tpu: object = "auto",
+    *,
+    source_options: dict[str, Any] | None = None,
+) -> LoadPlan:
+    """The plan as it applies on this host, pulling the model into ``local_cache`` first when asked.
+
+    A plan (a dict or its JSON) was decided where it was built, maybe for a declared target; here
+    ``tpu="auto"`` detects whether this host has a TPU (``True``/``False`` declare it). With
+    ``local_cache`` a revision of a ``gs://`` cache is pulled into it (:func:`tfhub_cache.pull`: no hub
+    request) and loaded from the local disk, through the coordinator on a TPU; without it the ``gs://``
+    path is read directly. When nothing differs from the recorded decision the plan is returned as is.
     """
-    validate_tpu(tpu)
-    plan = dict(plan_or_staged) if is_plan(plan_or_staged) else build_plan(plan_or_staged, tpu=tpu)
+    setting = validate_tpu(tpu)
+    record: Mapping[str, Any] = plan_from_json(plan_or_staged) if isinstance(plan_or_staged, str) else plan_or_staged
+    on_tpu, target = _target(setting)  # once: detection may take seconds
+    if is_plan(record):
+        plan = plan_from_json(plan_to_json(record))
+    else:
+        plan = _plan_for(record, _staged_path(record), on_tpu, target)
+    path = plan["path"]
+    if local_cache is not None and _scheme(path) == "gs":
+        path = _pull_into(plan, local_cache, source_options)
+    if path == plan["path"] and on_tpu == plan["tpu"]:
+        return plan
+    return _plan_for(plan, path, on_tpu, target)
+
+
+def _pull_into(plan: LoadPlan, local_cache: str, source_options: dict[str, Any] | None) -> str:
+    source = plan.get("cache_dir") or _cache_of(plan["path"])
+    if not plan.get("handle") or not plan.get("revision") or not source:
+        log.info("%s is not a revision of a cache (no handle/revision): reading it where it is.", plan["path"])
+        return plan["path"]
+    from tfhub_cache.cache.pull import pull
+
+    pulled = pull(
+        str(plan["handle"]),
+        source=source,
+        cache_dir=local_cache,
+        revision=str(plan["revision"]),
+        source_options=source_options,
+    )
+    return pulled["path"]
+
+
+def load(
+    plan_or_staged: Mapping[str, Any] | str,
+    local_cache: str | None = None,
+    tpu: object = "auto",
+    *,
+    tags: str | list[str] | None = None,
+    source_options: dict[str, Any] | None = None,
+) -> Any:
+    """Load the SavedModel the way the plan says, as it applies on this host, and return the loaded object.
+
+    ``plan_or_staged``: a plan (the load operator's XCom, or its JSON, e.g. ``os.environ[PLAN_ENV_VAR]``)
+    or a staged-model dict (the plan is then built here). ``tpu="auto"`` detects a TPU on this host,
+    ``True``/``False`` declare it; ``local_cache`` pulls a ``gs://`` revision onto this host first (see
+    :func:`resolve_plan`). ``tags`` go to ``tf.saved_model.load`` (TF1-style models with several MetaGraphs).
+    """
+    plan = resolve_plan(plan_or_staged, local_cache, tpu, source_options=source_options)
     options = plan["load_options"]
     if not isinstance(options, Mapping):
         raise ConfigurationError(f"The plan's load_options must be a dict, got {options!r}.")
@@ -231,8 +353,9 @@ def load(plan_or_staged: Mapping[str, Any], *, tpu: object = "auto", tags: str |
             raise FileNotFoundError(
                 f"The staged model {path!r} does not exist on this machine ({socket.gethostname()}). A local cache "
                 "is per machine: stage and load on the same worker (e.g. one queue), use a shared volume, or a "
-                "gs:// cache."
+                "gs:// cache (and local_cache= to pull it onto this machine)."
             )
+    log.info("Loading %s from %s (%s)", plan["handle"], path, plan["reason"])
     tf = _tensorflow()
     try:
         load_options = tf.saved_model.LoadOptions(**options)

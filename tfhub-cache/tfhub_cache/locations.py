@@ -29,20 +29,22 @@ def parse_gs_url(url: str) -> tuple[str, str]:
     return bucket, prefix.strip("/")
 
 
-def check_location(value: object, what: str) -> str:
+def check_location(value: object, what: str, origin: str | None = None) -> str:
     """``value`` as a location (``gs://`` without trailing slashes; a local path as given), or a clear error.
 
-    ``what`` names the input in the message (``Cache dir``, ``base_path``).
+    ``what`` names the input in the message (``Cache dir``, ``base_path``); ``origin`` says where the
+    value came from (``environment variable `TFHUB_CACHE_DIR```), when a setting has several sources.
     """
+    named = f"{what} {value!r}" + (f" (from {origin})" if origin else "")
     if not isinstance(value, str) or not value.strip():
-        raise ConfigurationError(f"{what} {value!r} is empty; {LOCATION_ADVICE}.")
+        raise ConfigurationError(f"{named} is empty; {LOCATION_ADVICE}.")
     text = value.strip()
     if is_gs_url(text):
         if len(text.rstrip("/")) <= len(GS_PREFIX):
-            raise ConfigurationError(f"{what} {value!r} names no bucket; use gs://<bucket>[/prefix].")
+            raise ConfigurationError(f"{named} names no bucket; use gs://<bucket>[/prefix].")
         return text.rstrip("/")
     if "://" in text:
-        raise ConfigurationError(f"{what} {value!r} has an unsupported scheme; {LOCATION_ADVICE}.")
+        raise ConfigurationError(f"{named} has an unsupported scheme; {LOCATION_ADVICE}.")
     return text
 
 

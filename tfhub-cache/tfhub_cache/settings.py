@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from tfhub_cache.errors import ConfigurationError
+from tfhub_cache.locations import check_location
 
 T = TypeVar("T")
 
@@ -103,6 +104,19 @@ VARIABLES: dict[str, Variable] = {
             "mirrors",
         ),
         Variable("TFHUB_OFFLINE", "0", "1/true: no network at all; a model that is not staged fails."),
+        Variable(
+            "TFHUB_LOAD_PLAN",
+            "",
+            "A load plan as JSON, as a DAG hands it to the training host (pod env, venv task); "
+            "tfhub_cache.loading.load(os.environ['TFHUB_LOAD_PLAN']) applies it.",
+        ),
+        Variable(
+            "TFHUB_UPSTREAM_CACHE",
+            "",
+            "Shared gs://bucket/prefix cache in front of the cache dir (a local tier): a miss pulls from it.",
+            "upstream_cache",
+            "upstream_cache",
+        ),
         Variable(
             "TFHUB_TOKEN",
             "",
@@ -293,13 +307,30 @@ def resolve_cache_dir(
     if found is None:
         return default_cache_dir()
     value, origin = found
-    if value.startswith("gs://") and len(value.rstrip("/")) <= len("gs://"):
-        raise invalid("Cache dir", value, origin, "names no bucket; use gs://<bucket>[/prefix]")
-    if "://" in value and not value.startswith("gs://"):
-        raise invalid(
-            "Cache dir", value, origin, "has an unsupported scheme; use a local directory or gs://<bucket>[/prefix]"
-        )
-    return value.rstrip("/") if value.startswith("gs://") else value
+    return check_location(value, "Cache dir", origin)
+
+
+def resolve_upstream_cache(
+    explicit: str | None = None,
+    connection: str | None = None,
+    config: str | None = None,
+    *,
+    origins: Origins = AIRFLOW,
+) -> str | None:
+    """argument > connection extra ``upstream_cache`` > ``TFHUB_UPSTREAM_CACHE`` > ``[tfhub] upstream_cache``.
+
+    The shared cache (``gs://bucket/prefix``) in front of which the cache dir is a local tier; None: no tier.
+    """
+    found = _first(
+        (explicit, origins.argument("upstream_cache")),
+        (connection, origins.connection("upstream_cache")),
+        (env_text("TFHUB_UPSTREAM_CACHE"), environment("TFHUB_UPSTREAM_CACHE")),
+        (config, origins.config("upstream_cache")),
+    )
+    if found is None:
+        return None
+    value, origin = found
+    return check_location(value, "Upstream cache", origin)
 
 
 def resolve_load_format(
@@ -417,6 +448,11 @@ def http_timeout() -> tuple[float, float]:
 def fsync() -> bool:
     """``TFHUB_FSYNC``: ``1``/``true`` forces fsync before publishing, ``0``/``false`` turns it off."""
     return env_value("TFHUB_FSYNC", parse_bool, DEFAULT_FSYNC)
+
+
+def load_plan_json() -> str | None:
+    """``TFHUB_LOAD_PLAN``: a load plan as JSON, as a DAG hands it to a training host (unset or blank: none)."""
+    return env_text("TFHUB_LOAD_PLAN")
 
 
 def token_from_env() -> str | None:

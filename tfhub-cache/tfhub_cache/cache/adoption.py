@@ -8,13 +8,13 @@ finding the model at ``<key>`` throughout.
 
 from __future__ import annotations
 
-import datetime
 import logging
 
 from tfhub_cache.cache.entries import EntryWriter
 from tfhub_cache.cache.layout import REVISION_RE, decode_meta, encode_meta, find_marker, new_revision_id
 from tfhub_cache.cache.records import EntryMeta, RevisionMeta, StagedModel, revision_meta
 from tfhub_cache.storage.base import Storage
+from tfhub_cache.timestamps import iso_utc
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +79,4 @@ def _convert(writer: EntryWriter, recorded: RevisionMeta, tmp: str, verb: str) -
 
 def _mtime_iso(storage: Storage, model: str, marker: str) -> str | None:
     stat = storage.stat(f"{model}/{marker}")
-    if stat is None:
-        return None
-    return datetime.datetime.fromtimestamp(stat.mtime, datetime.timezone.utc).isoformat(timespec="seconds")
+    return iso_utc(stat.mtime) if stat is not None else None

@@ -15,6 +15,7 @@ from tfhub_cache import settings
 from tfhub_cache.cache.layout import (
     EntryNames,
     decode_meta,
+    descriptor_text,
     encode_meta,
     find_marker,
     is_complete,
@@ -113,6 +114,13 @@ class EntryWriter:
                 "(the lock was taken over: is lock_timeout too short for this model?); retry the task."
             )
         self._token = token
+
+    def publish(self, meta: RevisionMeta, *, handle: str, previous_rev: str | None) -> None:
+        """Record a complete revision tree and make it current: its metadata, the descriptor, the switch."""
+        rev = str(meta["revision"])
+        self.storage.write_bytes(self.names.revision_meta(rev), encode_meta(meta))
+        self.storage.write_bytes(self.names.descriptor, descriptor_text(handle).encode("utf8"))
+        self.switch(meta, previous_rev=previous_rev)
 
     def switch(self, meta: RevisionMeta, *, previous_rev: str | None) -> None:
         """Make ``meta``'s revision current: metadata first (our readers), then the tensorflow_hub view.

@@ -53,6 +53,9 @@ class StageOptions:
     :param mirrors: URL prefix -> mirror prefix (dict or JSON); only the fetched URL changes.
     :param download_connections: parallel ranged connections for big archives; 1: one stream.
     :param max_extracted_files: most files and directories the archive may create.
+    :param upstream_cache: a shared ``gs://`` cache in front of the cache dir, which becomes its local
+        tier (:mod:`tfhub_cache.cache.tiers`); the single-cache stager itself ignores it.
+    :param upstream_storage_options: keyword arguments of the upstream cache's storage.
     """
 
     sha256: str | None = None
@@ -68,6 +71,8 @@ class StageOptions:
     mirrors: Mapping[str, str] | str | None = None
     download_connections: int | None = None
     max_extracted_files: int | None = None
+    upstream_cache: str | None = None
+    upstream_storage_options: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         def normalise(name: str, value: object) -> None:
@@ -88,6 +93,11 @@ class StageOptions:
         if self.max_extracted_files is not None:
             normalise("max_extracted_files", settings.max_extracted_files(self.max_extracted_files))
         normalise("storage_options", dict(self.storage_options))
+        normalise("upstream_storage_options", dict(self.upstream_storage_options))
+        if self.upstream_cache is not None and str(self.upstream_cache).strip():
+            normalise("upstream_cache", settings.resolve_upstream_cache(self.upstream_cache))
+        else:
+            normalise("upstream_cache", None)
 
     @property
     def mirror_map(self) -> dict[str, str]:
@@ -110,6 +120,7 @@ class StageOptions:
             mirrors=resolve_mirrors(self.mirrors),
             download_connections=settings.download_connections(self.download_connections),
             max_extracted_files=settings.max_extracted_files(self.max_extracted_files),
+            upstream_cache=settings.resolve_upstream_cache(self.upstream_cache),
         )
 
 

@@ -28,7 +28,6 @@ from tfhub_cache.cache.entries import EntryWriter, complete_meta, is_cached, is_
 from tfhub_cache.cache.layout import (
     EntryNames,
     decode_meta,
-    descriptor_text,
     encode_meta,
     find_marker,
     is_complete,
@@ -296,9 +295,7 @@ class Stager:
         except BaseException:
             sink.abort()
             raise
-        self.storage.write_bytes(self.names.revision_meta(rev), encode_meta(meta))
-        self.storage.write_bytes(self.names.descriptor, descriptor_text(self.handle.text).encode("utf8"))
-        self.entry.switch(meta, previous_rev=previous.get("revision") if previous else None)
+        self.entry.publish(meta, handle=self.handle.text, previous_rev=previous.get("revision") if previous else None)
         aliases.record(self.storage, self.handle.text, self._page_urls())
         log.info(
             "Staged %s into %s (%d files, %s from a %s archive in %s)",

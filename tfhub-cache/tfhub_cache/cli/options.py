@@ -44,6 +44,13 @@ def cache_dir(value: str | None) -> str:
     return settings.resolve_cache_dir(value, None, os.environ.get("AIRFLOW__TFHUB__CACHE_DIR"), origins=settings.CLI)
 
 
+def upstream_cache(value: str | None) -> str | None:
+    """--upstream-cache > TFHUB_UPSTREAM_CACHE > AIRFLOW__TFHUB__UPSTREAM_CACHE > none (no tier)."""
+    return settings.resolve_upstream_cache(
+        value, None, os.environ.get("AIRFLOW__TFHUB__UPSTREAM_CACHE"), origins=settings.CLI
+    )
+
+
 def load_format(value: str | None) -> str:
     """--load-format > TFHUB_MODEL_LOAD_FORMAT > AIRFLOW__TFHUB__LOAD_FORMAT > AUTO."""
     return settings.resolve_load_format(

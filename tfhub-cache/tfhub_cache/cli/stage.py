@@ -11,7 +11,7 @@ from typing import Any
 
 from tfhub_cache import settings
 from tfhub_cache.cache.options import StageOptions
-from tfhub_cache.cache.staging import stage
+from tfhub_cache.cache.tiers import stage_tiered
 from tfhub_cache.cli import options as options_mod
 from tfhub_cache.cli.output import print_record
 
@@ -30,6 +30,12 @@ def add_subcommands(subparsers: Any) -> None:
     common(p_stage)
     p_stage.add_argument("--sha256", metavar="HEX", help="expected sha256 of the archive")
     p_stage.add_argument("--load-format", choices=settings.LOAD_FORMATS, type=str.upper)
+    p_stage.add_argument(
+        "--upstream-cache",
+        metavar="CACHE",
+        help="shared gs://bucket/prefix cache in front of --cache-dir: a miss pulls from it, staging it there "
+        "first if needed (default: TFHUB_UPSTREAM_CACHE)",
+    )
     options_mod.add_json(p_stage)
     p_stage.set_defaults(func=cmd_stage)
 
@@ -52,8 +58,9 @@ def stage_from_args(args: argparse.Namespace, *, load_format: str | None = None)
         offline=True if getattr(args, "offline", False) else None,
         lock_timeout=options_mod.lock_timeout(),
         mirrors=options_mod.mirrors() or None,
+        upstream_cache=options_mod.upstream_cache(getattr(args, "upstream_cache", None)),
     )
-    return dict(stage(args.handle, options_mod.cache_dir(args.cache_dir), options=options))
+    return dict(stage_tiered(args.handle, options_mod.cache_dir(args.cache_dir), options=options))
 
 
 def cmd_stage(args: argparse.Namespace) -> int:
