@@ -9,7 +9,7 @@ export AIRFLOW__CORE__LOAD_EXAMPLES ?= False
 export AIRFLOW__CORE__DAGS_FOLDER ?= $(CURDIR)/dags
 export NO_GCE_CHECK ?= true
 
-.PHONY: venv install demo test test-ui lint typecheck bench test-cluster compose-config clean
+.PHONY: venv install demo test test-ui lint typecheck bench test-cluster compose-config dist clean
 
 $(VENV)/.created:
 	$(PYTHON) -m venv $(VENV)
@@ -53,8 +53,17 @@ bench: install
 test-cluster: install
 	bash tests/cluster/run.sh
 
+# Both distributions of this repository, wheel and sdist each, into dist/: the library (tfhub-cache/)
+# and the provider (the root pyproject.toml), one version. `pip install dist/*.whl` installs both.
+DIST ?= dist
+dist: venv
+	rm -rf $(DIST)
+	$(UV) build --out-dir $(DIST) tfhub-cache
+	$(UV) build --out-dir $(DIST) .
+	ls $(DIST)
+
 compose-config:
 	bash docker/validate.sh
 
 clean:
-	rm -rf $(VENV) .airflow .pytest_cache .mypy_cache .ruff_cache benchmarks/.work
+	rm -rf $(VENV) dist .airflow .pytest_cache .mypy_cache .ruff_cache benchmarks/.work
