@@ -7,12 +7,13 @@ import dataclasses
 import http.server
 import io
 import json
+import os
 import socket
 import sys
 import threading
 import time
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, Protocol, cast
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 from tfhub_cache.testing.hub.faults import ResponsePlan
@@ -26,16 +27,70 @@ from tfhub_cache.testing.hub.protocol import (
     parse_range,
     weak_equal,
 )
-from tfhub_cache.testing.hub.registry import Archive
-
-if TYPE_CHECKING:
-    from tfhub_cache.testing.hub.server import HubServer
+from tfhub_cache.testing.hub.registry import Archive, Model
 
 CHUNK_SIZE = 1 << 20
 """Body chunk size: big enough for >1 GB/s on loopback, small enough to cut/stall/throttle precisely."""
 
 RECORDED_HEADERS = ("Range", "If-None-Match", "If-Modified-Since", "If-Range", "Authorization")
 """Request headers copied into request records: the ones whose presence tests assert on."""
+
+
+class Hub(Protocol):
+    """What the request handler needs from the hub that owns its listener (:class:`HubServer` is one).
+
+    Written out here so that the handler does not import the server that imports it.
+    """
+
+    verbose: bool
+    latency_s: float
+    bandwidth_bytes_per_s: float | None
+
+    @property
+    def url(self) -> str: ...
+
+    @property
+    def storage_url(self) -> str: ...
+
+    def find_model(self, path: str) -> Model | None: ...
+
+    def find_model_by_storage_path(self, storage_path: str) -> Model | None: ...
+
+    def find_archive(self, name: str) -> Archive | None: ...
+
+    def model_paths(self) -> list[str]: ...
+
+    def validators_of(self, archive: Archive) -> tuple[int, str, int]: ...
+
+    def plan_response(self, key: str, *, hop: str) -> ResponsePlan: ...
+
+    def count(self, key: str | None, counter: str, amount: int = 1) -> None: ...
+
+    def record_request(self, record: dict[str, Any]) -> None: ...
+
+    # the control endpoints
+    def add_model(
+        self,
+        path: str,
+        archive_file: str | os.PathLike[str],
+        *,
+        uncompressed_location: str | None = None,
+        separate_storage: bool = True,
+    ) -> str: ...
+
+    def add_archive(self, name: str, archive_file: str | os.PathLike[str]) -> str: ...
+
+    def set_faults(self, path: str, **faults: Any) -> None: ...
+
+    def clear_faults(self, path: str | None = None) -> None: ...
+
+    def set_network(self, *, bandwidth_bytes_per_s: float | None = None, latency_s: float = 0.0) -> None: ...
+
+    def reset_stats(self) -> None: ...
+
+    def stats(self) -> dict[str, Any]: ...
+
+    def info(self) -> dict[str, Any]: ...
 
 
 class Listener(http.server.ThreadingHTTPServer):
@@ -45,7 +100,7 @@ class Listener(http.server.ThreadingHTTPServer):
     request_queue_size = 128  # 8+ clients connecting at once must not hit SYN retries (1 s each)
     allow_reuse_address = True
 
-    def __init__(self, address: tuple[str, int], hub: HubServer, name: str) -> None:
+    def __init__(self, address: tuple[str, int], hub: Hub, name: str) -> None:
         self.hub = hub
         self.name = name
         self.connections: set[socket.socket] = set()
@@ -92,7 +147,7 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
         return self.server_version
 
     @property
-    def hub(self) -> HubServer:
+    def hub(self) -> Hub:
         return cast(Listener, self.server).hub
 
     @property
