@@ -9,7 +9,7 @@ export AIRFLOW__CORE__LOAD_EXAMPLES ?= False
 export AIRFLOW__CORE__DAGS_FOLDER ?= $(CURDIR)/dags
 export NO_GCE_CHECK ?= true
 
-.PHONY: venv install demo test test-ui lint typecheck bench test-cluster compose-config docs clean
+.PHONY: venv install demo test test-ui lint typecheck bench test-cluster compose-config docs dist clean
 
 $(VENV)/.created:
 	$(PYTHON) -m venv $(VENV)
@@ -58,6 +58,15 @@ bench: install
 test-cluster: install
 	bash tests/cluster/run.sh
 
+# Both distributions of this repository, wheel and sdist each, into dist/: the library (tfhub-cache/)
+# and the provider (the root pyproject.toml), one version. `pip install dist/*.whl` installs both.
+DIST ?= dist
+dist: venv
+	rm -rf $(DIST)
+	$(UV) build --out-dir $(DIST) tfhub-cache
+	$(UV) build --out-dir $(DIST) .
+	ls $(DIST)
+
 compose-config:
 	bash docker/validate.sh
 
@@ -67,4 +76,4 @@ docs: install
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site
 
 clean:
-	rm -rf $(VENV) .airflow .pytest_cache .mypy_cache .ruff_cache benchmarks/.work site
+	rm -rf $(VENV) dist .airflow .pytest_cache .mypy_cache .ruff_cache benchmarks/.work site

@@ -19,8 +19,10 @@ def get_provider_info() -> dict[str, Any]:
     return {
         "package-name": "airflow-provider-tfhub",
         "name": "TensorFlow Hub",
-        "description": "Stage TensorFlow Hub models into a local or gs:// cache that tensorflow_hub itself can use, "
-        "keep it fresh and small, and load staged models on TPUs.",
+        # Shown by `airflow providers list`, which strips "_", "`", "<", ">" and a final "." as reStructuredText:
+        # written without them, it reads as written (tests/test_packaging.py checks it in an installed wheel).
+        "description": "Stage TensorFlow Hub models into a local or gs:// cache that the tensorflow-hub library "
+        "itself can use, keep it fresh and small, and load staged models on TPUs",
         "versions": [__version__],
         "integrations": [
             {

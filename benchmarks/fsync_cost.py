@@ -29,7 +29,7 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from gcs_helpers import make_synthetic_archive  # noqa: E402
 
-from tfhub_cache.testing.hub_server import HubServerProcess  # noqa: E402
+from tfhub_cache.testing.hub import HubServerProcess  # noqa: E402
 
 CHILD = r"""
 import json, sys, time

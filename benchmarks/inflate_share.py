@@ -65,7 +65,7 @@ def main() -> int:
         print(f"{root} has no {args.model}: run `make bench BENCH_ARGS=--quick` (or `make bench`) once first.")
         return 2
 
-    from tfhub_cache.testing.hub_server import HubServerProcess
+    from tfhub_cache.testing.hub import HubServerProcess
 
     print(f"load average at start: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
     print("| run | whole process | first decompress at | last ends at | decompress calls (sum) | share of the span |")

@@ -39,7 +39,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(REPO))
 
-from tfhub_cache.testing.hub_server import HubControl, HubServerProcess  # noqa: E402
+from tfhub_cache.testing.hub import HubControl, HubServerProcess  # noqa: E402
 
 MB = 1_000_000
 MiB = 1 << 20

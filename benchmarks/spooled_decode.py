@@ -221,7 +221,7 @@ def main() -> int:
         child(kind, url, cache, args.connections, part_size)
         return 0
 
-    from tfhub_cache.testing.hub_server import HubServerProcess
+    from tfhub_cache.testing.hub import HubServerProcess
 
     root = HERE / ".work" / "hubroot"
     if not (root / "bench" / MODEL).is_dir():

@@ -26,7 +26,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from tfhub_cache.labels import handle_label
-from tfhub_cache.testing.hub_server import HubServer
+from tfhub_cache.testing.hub import HubServer
 from tfhub_cache.testing.models import build_archives_in_subprocess
 from tfhub_cache.units import format_bytes_si
 

@@ -58,7 +58,7 @@ def model_archives() -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def hub_server(model_archives: dict[str, Path]) -> Iterator[Any]:
     """The loopback hub, serving ``/google/<name>/1`` for every archive in :data:`MODEL_SPECS`."""
-    from tfhub_cache.testing.hub_server import HubServer
+    from tfhub_cache.testing.hub import HubServer
 
     server = HubServer()
     server.start()

@@ -1,11 +1,13 @@
-"""What users install: a wheel built from this checkout, in a venv of its own, with nothing from the repo.
+"""What users install: the two distributions ``make dist`` builds, each in a venv of its own, nothing from the repo.
 
 The editable install every other test uses hides packaging mistakes: an undeclared dependency is
 still importable (another package pulled it in), a file missing from the wheel is still on disk. So
-one test builds the wheel from a copy of the sources a fresh clone has, installs it with its
-dependencies into a new venv (``uv``, hard links from its cache: seconds when warm) and runs the
-entry points from outside the checkout. A second one reads every import of the package and checks
-that the distribution it comes from is declared in ``pyproject.toml``.
+``make dist`` runs on a copy of the sources a fresh clone has (its build output must not mention a
+deprecation), and the wheels go into new venvs (``uv``, hard links from its cache: seconds when
+warm): the ``tfhub-cache`` wheel alone, where Airflow must be absent and the CLI and the load plan
+must work against the loopback hub, and the provider wheel with it, where Airflow lists the
+provider. Other tests read every import of each package and check that the distribution it comes
+from is declared in that package's own ``pyproject.toml``.
 """
 
 from __future__ import annotations
@@ -19,13 +21,18 @@ import re
 import shutil
 import subprocess
 import sys
+import tarfile
 import zipfile
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import airflow_provider_tfhub
+import tfhub_cache
+from airflow_provider_tfhub.get_provider_info import get_provider_info
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -40,8 +47,9 @@ LIBRARY_PACKAGE = LIBRARY / "tfhub_cache"
 LIBRARY_PYPROJECT = tomllib.loads((LIBRARY / "pyproject.toml").read_text())
 UV = Path(sys.executable).with_name("uv")
 
-# What a fresh clone feeds the build backend (pyproject's readme and license files included).
-SOURCES = ("pyproject.toml", "README.md", "LICENSE", "airflow_provider_tfhub")
+# What a fresh clone feeds ``make dist`` (pyproject's readme and license files included).
+SOURCES = ("Makefile", "pyproject.toml", "MANIFEST.in", "README.md", "LICENSE", "airflow_provider_tfhub", "tfhub-cache")
+VERSION = airflow_provider_tfhub.__version__
 # ``apache-airflow`` is the distribution providers depend on; it installs these two, whose modules
 # (``airflow``, ``airflow.sdk``) the package imports.
 DECLARED_THROUGH = {"apache-airflow-core": "apache-airflow", "apache-airflow-task-sdk": "apache-airflow"}
@@ -66,57 +74,134 @@ def _clean_env(airflow_home: Path) -> dict[str, str]:
     return env
 
 
-def _run(cmd: list[str | Path], *, cwd: Path, env: dict[str, str], timeout: float = 300) -> str:
+def _run(cmd: list[str | Path], *, cwd: Path, env: dict[str, str], timeout: float = 300, stderr: bool = False) -> str:
+    """``cmd``'s stdout (and its stderr too with ``stderr=True``); fail with both when it fails."""
     done = subprocess.run(
         [str(c) for c in cmd], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False
     )
     assert done.returncode == 0, f"{cmd} exited {done.returncode}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
-    return done.stdout
+    return done.stdout + done.stderr if stderr else done.stdout
+
+
+@dataclass(frozen=True)
+class Dist:
+    """What ``make dist`` left in its output directory, and what it printed on the way."""
+
+    folder: Path
+    log: str
+
+    def one(self, pattern: str) -> Path:
+        (found,) = self.folder.glob(pattern)
+        return found
 
 
 @pytest.fixture(scope="module")
-def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The wheel ``uv build`` makes from a copy of the tracked sources (no build/ or egg-info of ours)."""
+def dist(tmp_path_factory: pytest.TempPathFactory) -> Dist:
+    """``make dist`` on a copy of the tracked sources (no build/, egg-info or venv of ours), with our ``uv``."""
     work = tmp_path_factory.mktemp("packaging")
     src = work / "src"
     src.mkdir()
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info", "build", "dist")
     for name in SOURCES:
         path = REPO / name
         if path.is_dir():
-            shutil.copytree(path, src / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+            shutil.copytree(path, src / name, ignore=ignore)
         else:
             shutil.copy2(path, src / name)
     env = _clean_env(work / "airflow")
-    _run([UV, "build", "--wheel", "--out-dir", work / "dist", src], cwd=work, env=env)
-    _run([UV, "build", "--wheel", "--out-dir", work / "library-dist", LIBRARY], cwd=work, env=env)
-    (built,) = (work / "dist").glob("*.whl")
-    return built
+    venv = Path(sys.executable).parents[1]  # the Makefile's VENV: its uv builds, nothing is installed there
+    log = _run(["make", "-C", src, "dist", f"VENV={venv}", f"DIST={work / 'dist'}"], cwd=work, env=env, stderr=True)
+    return Dist(work / "dist", log)
 
 
-@pytest.fixture(scope="module")
-def installed(wheel: Path) -> Path:
-    """A new venv on this interpreter with only the wheel and its declared dependencies; its bin/ dir."""
-    work = wheel.parents[1]
+def _venv(work: Path, *wheels: Path) -> Path:
+    """A new venv on this interpreter with only ``wheels`` and their declared dependencies; its bin/ dir."""
     env = _clean_env(work / "airflow")
     venv = work / "venv"
     _run([UV, "venv", "--python", sys.executable, venv], cwd=work, env=env)
-    (library_wheel,) = (work / "library-dist").glob("*.whl")
-    python = venv / "bin" / "python"
-    _run([UV, "pip", "install", "--python", python, wheel, library_wheel], cwd=work, env=env, timeout=600)
+    _run([UV, "pip", "install", "--python", venv / "bin" / "python", *wheels], cwd=work, env=env, timeout=600)
     return venv / "bin"
 
 
-def test_wheel_ships_license_and_py_typed_but_not_the_demo(wheel: Path) -> None:
+@pytest.fixture(scope="module")
+def installed(dist: Dist, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The provider wheel and the library wheel, as an Airflow deployment installs them."""
+    return _venv(
+        tmp_path_factory.mktemp("provider-venv"),
+        dist.one("airflow_provider_tfhub-*.whl"),
+        dist.one("tfhub_cache-*.whl"),
+    )
+
+
+@pytest.fixture(scope="module")
+def library_installed(dist: Dist, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The library wheel alone, as a training image installs it."""
+    return _venv(tmp_path_factory.mktemp("library-venv"), dist.one("tfhub_cache-*.whl"))
+
+
+def _metadata(wheel: Path) -> tuple[set[str], str, str]:
+    """The wheel's file names, its METADATA and its LICENSE text."""
     with zipfile.ZipFile(wheel) as zf:
         names = set(zf.namelist())
         dist_info = next(n.split("/")[0] for n in names if n.endswith(".dist-info/METADATA"))
-        metadata = zf.read(f"{dist_info}/METADATA").decode()
-        license_text = zf.read(f"{dist_info}/licenses/LICENSE").decode()
-    assert "airflow_provider_tfhub/py.typed" in names
-    assert "License-File: LICENSE" in metadata and "License-Expression: Apache-2.0" in metadata
-    assert "Apache License" in license_text and "Version 2.0, January 2004" in license_text
-    assert f"Version: {airflow_provider_tfhub.__version__}" in metadata  # the one version source
-    assert not [n for n in names if n.startswith(("scripts/", "tests/", "dags/")) or n.endswith("/demo.py")]
+        return names, zf.read(f"{dist_info}/METADATA").decode(), zf.read(f"{dist_info}/licenses/LICENSE").decode()
+
+
+def test_one_version_for_both_distributions_and_the_pin_between_them() -> None:
+    assert tfhub_cache.__version__ == airflow_provider_tfhub.__version__
+    project = PYPROJECT["project"]
+    pins = [req for req in project["dependencies"] if _requirement_names([req]) == {"tfhub-cache"}]
+    assert pins == [f"tfhub-cache=={VERSION}"]
+    # The extras that reach into the library pin the same version.
+    library_extras = [
+        req for reqs in project["optional-dependencies"].values() for req in reqs if req.startswith("tfhub-cache")
+    ]
+    assert library_extras and all(req.endswith(f"=={VERSION}") for req in library_extras), library_extras
+
+
+def test_make_dist_writes_both_wheels_and_sdists_without_a_deprecation_warning(dist: Dist) -> None:
+    # (uv also leaves a .gitignore there, so that the folder is never committed)
+    assert sorted(p.name for p in dist.folder.iterdir() if not p.name.startswith(".")) == [
+        f"airflow_provider_tfhub-{VERSION}-py3-none-any.whl",
+        f"airflow_provider_tfhub-{VERSION}.tar.gz",
+        f"tfhub_cache-{VERSION}-py3-none-any.whl",
+        f"tfhub_cache-{VERSION}.tar.gz",
+    ]
+    assert "Building wheel" in dist.log  # the backend's own output is in the log, so its warnings would be too
+    assert [line for line in dist.log.splitlines() if "deprecat" in line.lower()] == []
+
+
+@pytest.mark.parametrize(
+    ("sdist", "readme_title"),
+    [("airflow_provider_tfhub", "# airflow-provider-tfhub"), ("tfhub_cache", "# tfhub-cache")],
+)
+def test_each_sdist_carries_its_license_and_its_own_readme(dist: Dist, sdist: str, readme_title: str) -> None:
+    with tarfile.open(dist.one(f"{sdist}-*.tar.gz")) as tar:
+        root = f"{sdist}-{VERSION}"
+        names = set(tar.getnames())
+        readme = tar.extractfile(f"{root}/README.md")
+        license_file = tar.extractfile(f"{root}/LICENSE")
+        assert readme is not None and license_file is not None
+        assert readme.read().decode().startswith(readme_title)
+        assert b"Apache License" in license_file.read()
+    assert not [n for n in names if n.startswith(f"{root}/tests/")]
+
+
+def test_wheels_ship_license_and_py_typed_but_not_the_demo(dist: Dist) -> None:
+    for package in ("airflow_provider_tfhub", "tfhub_cache"):
+        names, metadata, license_text = _metadata(dist.one(f"{package}-*.whl"))
+        assert f"{package}/py.typed" in names
+        assert "License-File: LICENSE" in metadata and "License-Expression: Apache-2.0" in metadata
+        assert "Apache License" in license_text and "Version 2.0, January 2004" in license_text
+        assert f"Version: {VERSION}" in metadata  # the one version source
+        assert not [n for n in names if n.startswith(("scripts/", "tests/", "dags/")) or n.endswith("/demo.py")]
+
+
+def test_the_provider_wheel_requires_the_library_of_its_own_version(dist: Dist) -> None:
+    _names, provider, _license = _metadata(dist.one("airflow_provider_tfhub-*.whl"))
+    _names, library, _license = _metadata(dist.one("tfhub_cache-*.whl"))
+    assert f"Requires-Dist: tfhub-cache=={VERSION}\n" in provider
+    assert "airflow" not in "".join(line for line in library.splitlines() if line.startswith("Requires-Dist:"))
 
 
 def test_wheel_installs_in_a_clean_venv_and_its_entry_points_work(installed: Path, tmp_path: Path) -> None:
@@ -125,18 +210,61 @@ def test_wheel_installs_in_a_clean_venv_and_its_entry_points_work(installed: Pat
     help_text = _run([installed / "tfhub-cache", "--help"], cwd=tmp_path, env=env)
     assert "usage: tfhub-cache" in help_text and "stage" in help_text
 
-    # The package is imported from the venv, not from the checkout.
+    # The packages are imported from the venv, not from the checkout.
     where = _run(
-        [installed / "python", "-c", "import airflow_provider_tfhub as p; print(p.__file__, p.__version__)"],
+        [
+            installed / "python",
+            "-c",
+            "import airflow_provider_tfhub as p, tfhub_cache as c; print(p.__file__, c.__file__)",
+        ],
         cwd=tmp_path,
         env=env,
     )
-    origin, version = where.split()
-    assert Path(origin).is_relative_to(installed.parent) and version == airflow_provider_tfhub.__version__
+    assert all(Path(origin).is_relative_to(installed.parent) for origin in where.split()), where
 
     providers = json.loads(_run([installed / "airflow", "providers", "list", "-o", "json"], cwd=tmp_path, env=env))
     ours = [p for p in providers if p["package_name"] == "airflow-provider-tfhub"]
-    assert ours and ours[0]["version"] == airflow_provider_tfhub.__version__, providers
+    assert ours and ours[0]["version"] == VERSION, providers
+    # Airflow strips "_", "`", "<", ">" and a final "." from descriptions as reStructuredText:
+    # what it shows must be the description as written.
+    assert ours[0]["description"] == get_provider_info()["description"]
+
+
+def test_the_library_wheel_alone_stages_from_the_hub_and_plans_the_load_without_airflow(
+    library_installed: Path, handle_of: Any, tmp_path: Path
+) -> None:
+    env = _clean_env(tmp_path / "airflow")
+    python = library_installed / "python"
+
+    no_airflow = subprocess.run([python, "-c", "import airflow"], env=env, cwd=tmp_path, capture_output=True, text=True)
+    assert no_airflow.returncode != 0 and "No module named 'airflow'" in no_airflow.stderr
+    distributions = _run(
+        [python, "-c", "import importlib.metadata as m; print([d.metadata['Name'] for d in m.distributions()])"],
+        cwd=tmp_path,
+        env=env,
+    )
+    assert "apache-airflow" not in distributions and "tfhub-cache" in distributions
+
+    handle, cache_dir = handle_of("small_a"), tmp_path / "cache"
+    staged = json.loads(
+        _run(
+            [library_installed / "tfhub-cache", "stage", handle, "--cache-dir", cache_dir, "--json"],
+            cwd=tmp_path,
+            env=env,
+        )
+    )
+    assert staged["handle"] == handle and staged["downloaded"] is True
+    assert (Path(staged["path"]) / "saved_model.pb").is_file() and Path(staged["path"]).is_relative_to(cache_dir)
+
+    code = (
+        "import json, sys\n"
+        "from tfhub_cache.loading import build_plan\n"
+        "plan = build_plan(json.loads(sys.argv[1]), tpu=False)\n"
+        "print(json.dumps({'plan': plan, 'tensorflow': 'tensorflow' in sys.modules}))\n"
+    )
+    planned = json.loads(_run([python, "-c", code, json.dumps(staged)], cwd=tmp_path, env=env))
+    assert planned["plan"]["path"] == staged["path"] and planned["plan"]["handle"] == handle
+    assert planned["tensorflow"] is False  # planning needs no TensorFlow (the image may not have it yet)
 
 
 # -- declared dependencies ---------------------------------------------------------------------------------------
@@ -242,3 +370,12 @@ def test_every_distribution_the_library_imports_is_declared() -> None:
     package_files = [p for p in sorted(LIBRARY_PACKAGE.rglob("*.py")) if testing not in p.parents]
     assert _undeclared(package_files, runtime, extras) == {}
     assert _undeclared(sorted(testing.rglob("*.py")), with_extras, extras) == {}
+    # Training images install the library alone: it neither declares nor imports Airflow, not even in an extra.
+    assert not [name for name in with_extras if "airflow" in name], with_extras
+    airflow_imports = {
+        f"{path.relative_to(REPO)}: {module}"
+        for path in sorted(LIBRARY_PACKAGE.rglob("*.py"))
+        for module in _imports(path)
+        if module.split(".")[0] == "airflow"
+    }
+    assert airflow_imports == set()

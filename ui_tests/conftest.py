@@ -99,7 +99,7 @@ def mapped_run(
     airflow_env: dict[str, str], api_server_process: Any, tmp_path_factory: pytest.TempPathFactory
 ) -> dict[str, Any]:
     """A finished ``tfhub_prestage`` run: its mapped ``stage`` staged the demo models from the loopback hub."""
-    from tfhub_cache.testing.hub_server import HubServer
+    from tfhub_cache.testing.hub import HubServer
 
     archives = _build_archives()
     hub = HubServer().start()

@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from tfhub_cache.testing.hub_server import HubControl
+from tfhub_cache.testing.hub import HubControl
 from tfhub_cache.testing.models import build_archives_in_subprocess
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -636,7 +636,7 @@ def run(args: argparse.Namespace) -> int:
         log(f"GCS emulator ready ({gcs_endpoint}, bucket {BUCKET})")
         hub_proc = cluster.spawn(
             "hub",
-            [sys.executable, "-m", "tfhub_cache.testing.hub_server", "--root", str(work / "hub")],
+            [sys.executable, "-m", "tfhub_cache.testing.hub", "--root", str(work / "hub")],
             env=base_env,
             stdout_pipe=True,
         )

@@ -20,7 +20,7 @@ from tfhub_cache.cache.staging import stage
 from tfhub_cache.handles import cache_key
 from tfhub_cache.storage.gcs import GCSStorage
 from tfhub_cache.storage.local import LocalStorage
-from tfhub_cache.testing.hub_server import HubServer
+from tfhub_cache.testing.hub import HubServer
 
 
 def downloads(hub: Any, name: str) -> int:

@@ -19,7 +19,7 @@ from tfhub_cache.errors import ConfigurationError
 from tfhub_cache.fetch.mirrors import mirror_url, parse_mirrors, resolve_mirrors, rewrite
 from tfhub_cache.fetch.update_check import acheck_for_update, check_for_update
 from tfhub_cache.handles import cache_key
-from tfhub_cache.testing.hub_server import HubServer
+from tfhub_cache.testing.hub import HubServer
 
 HANDLE = "https://tfhub.dev/google/x/1"
 TOKEN = "s3cr3t-mirror-token"

@@ -27,7 +27,7 @@ from tfhub_cache.errors import (
     InvalidHandleError,
 )
 from tfhub_cache.handles import cache_key
-from tfhub_cache.testing.hub_server import HubServer
+from tfhub_cache.testing.hub import HubServer
 from tfhub_cache.testing.models import make_malicious_archive
 
 PY = sys.executable

@@ -31,7 +31,7 @@ import urllib3
 
 from tfhub_cache.testing import models
 from tfhub_cache.testing.gcs_emulator import GCSEmulator
-from tfhub_cache.testing.hub_server import HubControl, HubServer, HubServerProcess
+from tfhub_cache.testing.hub import HubControl, HubServer, HubServerProcess
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MODEL = "/google/demo/1"
@@ -388,7 +388,7 @@ def test_subprocess_mode(tmp_path: Path, blob: Path) -> None:
     shutil.copy(blob, root / "google" / "demo" / "1.tar.gz")
     port_file = tmp_path / "port"
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-    cmd = [sys.executable, "-m", "tfhub_cache.testing.hub_server", "--root", str(root)]
+    cmd = [sys.executable, "-m", "tfhub_cache.testing.hub", "--root", str(root)]
     proc = subprocess.Popen(
         [*cmd, "--port-file", str(port_file), "--uncompressed-prefix", "gs://tfhub-modules"],
         stdout=subprocess.PIPE,
