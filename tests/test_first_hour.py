@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 from typing import Any
 
+import gcs_helpers
 import pytest
 from airflow_utils import get_dag
+
+gcs_emulator = gcs_helpers.gcs_emulator
+gcs_env = gcs_helpers.gcs_env
 
 BAD_HANDLE = "https://tfhub.dev/google/nnlm-en-dim50"  # no version
 
@@ -85,3 +92,91 @@ def test_mapped_partial_and_expand_kwargs_literals_are_checked() -> None:
         # templates and XComArgs are left to run time; good literals pass
         mapped = TFHubStageModelOperator.partial(task_id="d").expand(handle=[good, "{{ params.h }}"])
     assert mapped.task_id == "d"
+
+
+# -- tfhub-cache: a cache that does not exist, CLI wording, exit codes --------------------------------
+def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("TFHUB_", "AIRFLOW__TFHUB__"))}
+    return subprocess.run(
+        [sys.executable, "-m", "tfhub_cache.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env if env is not None else base,
+    )
+
+
+def error_line(proc: subprocess.CompletedProcess[str]) -> str:
+    """The one ``tfhub-cache: error:`` line (Google's auth library may log a warning before it)."""
+    lines = [line for line in proc.stderr.splitlines() if not line.startswith("WARNING ")]
+    assert len(lines) == 1, proc.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize("command", ["ls", "verify", "prune"])
+def test_lifecycle_commands_fail_on_a_missing_local_cache_dir(command: str, tmp_path: Path) -> None:
+    missing = tmp_path / "does-not-exist"
+    proc = cli(command, "--cache-dir", str(missing))
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert error_line(proc) == (
+        f"tfhub-cache: error: Cache dir '{missing}' does not exist; check --cache-dir (or TFHUB_CACHE_DIR) for a typo."
+    )
+    assert not missing.exists()  # nothing was created by looking
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    ok = cli(command, "--cache-dir", str(empty))
+    assert ok.returncode == 0, ok.stderr
+    if command == "ls":
+        assert ok.stdout.startswith(f"{empty}: 0 entries")
+
+
+@pytest.mark.parametrize("command", ["ls", "verify", "prune", "stage"])
+def test_lifecycle_commands_fail_on_a_missing_bucket_like_stage(command: str, gcs_env: dict[str, str]) -> None:
+    args = ["https://tfhub.dev/google/spice/2"] if command == "stage" else []
+    proc = cli(command, *args, "--cache-dir", "gs://no-such-bucket-i22/tfhub")
+    assert proc.returncode == 1
+    line = error_line(proc)
+    assert line.startswith("tfhub-cache: error: GCS bucket 'no-such-bucket-i22' does not exist")
+    assert line.endswith("or fix --cache-dir.")
+
+
+@pytest.mark.parametrize("command", ["ls", "verify", "prune"])
+def test_lifecycle_commands_without_credentials_speak_cli(command: str, tmp_path: Path) -> None:
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "NO_GCE_CHECK": "true"}
+    proc = cli(command, "--cache-dir", "gs://some-bucket/tfhub", env=env)
+    assert proc.returncode == 1
+    line = error_line(proc)
+    assert line.startswith("tfhub-cache: error: No Google Cloud credentials for the gs:// cache: configure Application")
+    assert "gcp_conn_id" not in line and "connection" not in line
+
+
+def test_prune_operator_fails_on_a_missing_cache_dir(tmp_path: Path) -> None:
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from airflow_provider_tfhub.operators.prune import TFHubPruneCacheOperator
+
+    op = TFHubPruneCacheOperator(task_id="prune", cache_dir=str(tmp_path / "typo"), max_age="7d", retries=3)
+    with pytest.raises(AirflowFailException, match="does not exist; check the cache_dir for a typo"):
+        op.execute({})
+
+
+def test_offline_miss_says_drop_offline(tmp_path: Path) -> None:
+    proc = cli("stage", "https://tfhub.dev/google/spice/2", "--offline", "--cache-dir", str(tmp_path))
+    assert proc.returncode == 1
+    line = error_line(proc)
+    assert line.endswith("stage it while online first, or drop --offline (and unset TFHUB_OFFLINE).")
+    assert "offline=True" not in line
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["ls", "--bogus"], "tfhub-cache: error: unrecognized arguments: --bogus (see tfhub-cache --help)"),
+        (["stage"], "tfhub-cache stage: error: the following arguments are required: HANDLE"),
+        ([], "tfhub-cache: error: the following arguments are required: COMMAND"),
+    ],
+)
+def test_usage_errors_are_one_line_and_exit_2(args: list[str], expected: str) -> None:
+    proc = cli(*args)
+    assert proc.returncode == 2
+    assert error_line(proc).startswith(expected)

@@ -190,6 +190,7 @@ def list_entries(storage: Storage, *, lock_timeout: float = DEFAULT_LOCK_TIMEOUT
 
 
 def _scan(storage: Storage, lock_timeout: float) -> list[_Entry]:
+    storage.check_exists()  # a missing cache is an error, not "0 entries"
     entries: dict[str, _Entry] = {}
     now = time.time()
     for name in storage.list_root():
