@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -12,9 +14,11 @@ from typing import Any
 import gcs_helpers
 import pytest
 from airflow_utils import get_dag
+from test_mirrors import mirror
 
 gcs_emulator = gcs_helpers.gcs_emulator
 gcs_env = gcs_helpers.gcs_env
+__all__ = ["gcs_emulator", "gcs_env", "mirror"]  # fixtures shared with other test modules
 
 BAD_HANDLE = "https://tfhub.dev/google/nnlm-en-dim50"  # no version
 
@@ -180,3 +184,40 @@ def test_usage_errors_are_one_line_and_exit_2(args: list[str], expected: str) ->
     proc = cli(*args)
     assert proc.returncode == 2
     assert error_line(proc).startswith(expected)
+
+
+# -- the mirror is named whenever it answered -----------------------------------------------------
+MIRRORED = "https://tfhub.dev/google/x/1"  # what test_mirrors' mirror serves at /google/x/1
+GLUED_URL = re.compile(r"(?:https?|gs)://\S*[:.,;)\]]($|\s)")
+
+
+def test_a_404_from_a_wrong_mirror_prefix_names_the_mirror(mirror: Any, tmp_path: Path) -> None:
+    from tfhub_cache.cache.staging import stage
+    from tfhub_cache.errors import DownloadError
+
+    wrong = f"{mirror.url}/wrong-prefix"
+    with pytest.raises(DownloadError) as failed:
+        stage(MIRRORED, str(tmp_path / "c"), mirrors={"https://tfhub.dev": wrong})
+    message = str(failed.value)
+    assert f"{MIRRORED} through mirror {wrong}/google/x/1" in message
+    assert "check the mirror prefix" in message and "no model at that handle" not in message
+    assert failed.value.permanent
+
+
+def test_a_refresh_through_a_mirror_logs_the_mirror(
+    mirror: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from tfhub_cache.cache.staging import stage
+
+    mapping = {"https://tfhub.dev": mirror.url}
+    stage(MIRRORED, str(tmp_path / "c"), mirrors=mapping)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="tfhub_cache"):
+        refreshed = stage(MIRRORED, str(tmp_path / "c"), mirrors=mapping, refresh="always")
+    assert refreshed["downloaded"] is True
+    lines = [r.getMessage() for r in caplog.records]
+    downloaded = [line for line in lines if line.startswith("Downloaded ")]
+    assert downloaded and all(
+        line.startswith(f"Downloaded {MIRRORED} through mirror {mirror.url}/google/x/1") for line in downloaded
+    ), lines
+    assert not [line for line in lines if GLUED_URL.search(line)], lines

@@ -507,7 +507,7 @@ class Stager:
                 token_host=urllib.parse.urlsplit(fetch_url).netloc,  # with a mirror, the mirror's host
                 retry=self.retry,
                 progress_interval=self.progress_interval,
-                description=self.handle.text,
+                description=mirrors_mod.describe(self.handle.text, self.mirrors),
                 connections=self.download_connections,
             )
         if kind == "local_archive":
@@ -585,11 +585,12 @@ class Stager:
         self.storage.write_bytes(self.names.descriptor, descriptor_text(self.handle.text).encode("utf8"))
         self._switch(meta, previous_rev=None)
         aliases.record(self.storage, self.handle.text, page_list)
+        # every URL is followed by a space (log viewers would link trailing punctuation with it)
         log.info(
-            "%s is the same model as %s (it redirects to %s): staged revision %s from its files, nothing downloaded.",
-            self.handle.text,
-            meta["alias_of"],
+            "%s redirects to %s like %s did: staged revision %s from the files already staged, nothing downloaded",
+            source.description,
             next((u for u in hops if u in other["page_urls"]), other["handle"]),
+            meta["alias_of"],
             rev,
         )
         return _result(self.storage, self.names, meta, downloaded=False)

@@ -107,6 +107,20 @@ def mirror_url(url: str, mirrors: Mapping[str, str] | None) -> str | None:
     return best[1] if best else None
 
 
+#: How a fetch through a mirror is described in log lines and errors: ``<handle> through mirror <url>``.
+THROUGH_MIRROR = " through mirror "
+
+
+def describe(url: str, mirrors: Mapping[str, str] | None) -> str:
+    """``url`` as logs and errors name it: with its mirror URL when a mirror answers for it.
+
+    Whatever a mirror answers (a 404 from a wrong prefix, the bytes of a refresh) is then seen to come
+    from the mirror, not from the handle's own host. Each URL is followed by a space or ends the text.
+    """
+    mirrored = mirror_url(url, mirrors)
+    return f"{url}{THROUGH_MIRROR}{mirrored}" if mirrored else url
+
+
 def rewrite(url: str, mirrors: Mapping[str, str] | None) -> str:
     """``url`` as it is fetched: its mirror URL, or itself when no mirror applies."""
     return mirror_url(url, mirrors) or url

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from tfhub_cache.errors import ConfigurationError, DownloadError
+from tfhub_cache.fetch.mirrors import THROUGH_MIRROR
 from tfhub_cache.fetch.token_scope import TokenScope, auth_headers
 from tfhub_cache.responses import html_page_error, is_permanent, is_transient
 from tfhub_cache.units import human_bytes, human_duration, human_rate
@@ -45,6 +46,10 @@ STATUS_HINTS = {
     404: "no model at that handle: check publisher, name and version",
     410: "the model was removed from the hub",
 }
+#: A 404 from a mirror is first a question about the mirror prefix, then about the handle.
+MIRROR_404_HINT = (
+    "no model at that mirror URL: check the mirror prefix (the mirrors setting), then publisher, name and version"
+)
 USER_AGENT = "airflow-provider-tfhub"
 
 
@@ -371,6 +376,8 @@ def check_archive_response(resp: requests.Response, description: str) -> None:
         return
     resp.close()
     hint = STATUS_HINTS.get(status, "the server could not serve the archive")
+    if status == 404 and THROUGH_MIRROR in description:
+        hint = MIRROR_404_HINT
     raise DownloadError(
         f"{description!r} answered HTTP {status} ({resp.reason}): {hint}.",
         permanent=is_permanent(status),

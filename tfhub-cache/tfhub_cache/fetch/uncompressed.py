@@ -26,7 +26,9 @@ def resolve_uncompressed(
     fetch_url = mirrors_mod.rewrite(parsed.text, mirrors)
     url = with_format_query(fetch_url, UNCOMPRESSED_FORMAT_QUERY)
     token_host = urllib.parse.urlsplit(fetch_url).netloc  # with a mirror, the token goes to the mirror
-    source = HttpSource(url, token=token, token_host=token_host, retry=retry, description=parsed.text)
+    source = HttpSource(
+        url, token=token, token_host=token_host, retry=retry, description=mirrors_mod.describe(parsed.text, mirrors)
+    )
     resp = source.request(url, redirects=False, stream=False)
     try:
         if resp.status_code != 303:

@@ -29,6 +29,7 @@ from tfhub_cache.fetch import mirrors as mirrors_mod
 from tfhub_cache.fetch.token_scope import TokenScope, auth_headers
 from tfhub_cache.fetch.transfer import (
     MAX_REDIRECTS,
+    MIRROR_404_HINT,
     REDIRECT_STATUSES,
     STATUS_HINTS,
     USER_AGENT,
@@ -152,11 +153,11 @@ def check_for_update(
         token=token,
         token_host=urllib.parse.urlsplit(fetch_url).netloc,
         retry=retry or RetryPolicy(attempts=2),
-        description=parsed.text,
+        description=mirrors_mod.describe(parsed.text, mirrors),
     )
     resp = source.request(source.url, probe_headers(cached), stream=True)
     try:
-        return compare(cached, resp.status_code, resp.headers, parsed.text)
+        return compare(cached, resp.status_code, resp.headers, source.description)
     finally:
         resp.close()
 
@@ -196,7 +197,7 @@ async def acheck_for_update(
                     if resp.status_code in REDIRECT_STATUSES and location:
                         url = urllib.parse.urljoin(url, location)
                         continue
-                    return compare(cached, resp.status_code, resp.headers, parsed.text)
+                    return compare(cached, resp.status_code, resp.headers, mirrors_mod.describe(parsed.text, mirrors))
     except httpx.HTTPError as exc:
         raise DownloadError(
             f"Could not reach {parsed.text!r}: {type(exc).__name__}: {redact_error(exc)}; "
@@ -256,6 +257,8 @@ def _check_source(parsed: Handle, cached: Mapping[str, Any], storage: Storage | 
 
 def _raise_for_status(status: int, description: str) -> None:
     hint = STATUS_HINTS.get(status, "the server could not answer the update check")
+    if status == 404 and mirrors_mod.THROUGH_MIRROR in description:
+        hint = MIRROR_404_HINT
     raise DownloadError(
         f"{description!r} answered HTTP {status}: {hint}.",
         permanent=is_permanent(status),
