@@ -221,3 +221,23 @@ def test_a_refresh_through_a_mirror_logs_the_mirror(
         line.startswith(f"Downloaded {MIRRORED} through mirror {mirror.url}/google/x/1") for line in downloaded
     ), lines
     assert not [line for line in lines if GLUED_URL.search(line)], lines
+
+
+# -- progress lines -----------------------------------------------------------------------------------
+def test_progress_rate_and_time_left_follow_the_recent_rate(caplog: pytest.LogCaptureFixture) -> None:
+    """A slow start (one connection) then a fast phase: the rate and time left are those of now."""
+    from tfhub_cache.fetch.transfer import ProgressLog
+
+    now = [0.0]
+    progress = ProgressLog("https://h/m/1", 100_000_000, interval=5.0, clock=lambda: now[0])
+    with caplog.at_level(logging.INFO, logger="tfhub_cache"):
+        for second in range(1, 21):  # 20 s at 100 KB/s: 2 MB
+            now[0] = float(second)
+            progress.update(second * 100_000)
+        for second in range(1, 11):  # then 10 s at 5 MB/s
+            now[0] = 20.0 + second
+            progress.update(2_000_000 + second * 5_000_000)
+        progress.finish(52_000_000)
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines[-2] == "Downloading https://h/m/1 (52.0 MB of 100 MB, 52%, 5.0 MB/s, about 9.6s left)", lines
+    assert lines[-1] == "Downloaded https://h/m/1 (52.0 MB in 30s, 1.7 MB/s on average)", lines

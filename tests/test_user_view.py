@@ -112,7 +112,8 @@ def test_stage_logs_read_like_sentences(
     assert percents == sorted(percents) and percents[-1] < 100
 
     done = [m for m in info if m.startswith("Downloaded ")]
-    assert done == [m for m in done if re.match(rf"^Downloaded {re.escape(handle)} \({unit} in \S+, {unit}/s\)$", m)]
+    average = re.compile(rf"^Downloaded {re.escape(handle)} \({unit} in \S+, {unit}/s on average\)$")
+    assert done == [m for m in done if average.match(m)]
     assert len(done) == 1
     staged = [m for m in info if m.startswith("Staged ")]
     assert len(staged) == 1, info  # one line for the event, not "Staged ... into" then "Staged ... at"

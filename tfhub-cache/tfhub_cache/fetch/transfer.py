@@ -10,6 +10,7 @@ the extraction over.
 
 from __future__ import annotations
 
+import collections
 import datetime
 import email.utils
 import hashlib
@@ -484,7 +485,7 @@ class _HttpStream(QueuedArchiveStream):
 
         received = 0
         attempt = 0
-        started = last_log = time.monotonic()
+        progress = ProgressLog(self.source.description, self.info.size, interval=self.source.progress_interval)
         try:
             while True:
                 try:
@@ -494,10 +495,7 @@ class _HttpStream(QueuedArchiveStream):
                         if not self._put(chunk):
                             return
                         received += len(chunk)
-                        now = time.monotonic()
-                        if now - last_log >= self.source.progress_interval:
-                            last_log = now
-                            _log_progress(self.source.description, received, self.info.size, now - started)
+                        progress.update(received)
                     if self.info.size is not None and received < self.info.size:
                         raise requests.ConnectionError(f"body ended after {received} of {self.info.size} bytes")
                     break
@@ -510,7 +508,7 @@ class _HttpStream(QueuedArchiveStream):
                             f"{received}: {redact_error(exc)}."
                         ) from exc
                     resp = self._resume(received, attempt, exc)
-            _log_progress(self.source.description, received, self.info.size, time.monotonic() - started, final=True)
+            progress.finish(received)
             self._put(None)
         except BaseException as exc:
             self._put(exc)
@@ -572,27 +570,67 @@ def _urllib3_errors() -> type[BaseException]:
     return urllib3.exceptions.HTTPError
 
 
-def _log_progress(what: str, done: int, total: int | None, elapsed: float, *, final: bool = False) -> None:
-    """One line a person reads: ``Downloading <url> (12.3 MB of 50.0 MB, 25%, 8.1 MB/s, about 5.0s left)``.
+class ProgressLog:
+    """The progress lines of one download, as a person reads them.
 
+    ``Downloading <url> (12.3 MB of 50.0 MB, 25%, 8.1 MB/s, about 5s left)`` every ``interval``
+    seconds: the rate is measured over the last :attr:`RATE_WINDOW` seconds and the time left comes
+    from it, so a download that sped up (a ranged download fans out after a slow start) or slowed
+    down says what it does now, not its average since the start. The last line,
+    ``Downloaded <url> (50.0 MB in 9s, 5.6 MB/s on average)``, says that its rate is the average.
     ``what`` (a URL) is followed by a space, never by punctuation, so log viewers link it correctly.
     """
-    rate = done / elapsed if elapsed > 0 else 0.0
-    if final:
-        log.info("Downloaded %s (%s in %s, %s)", what, human_bytes(done), human_duration(elapsed), human_rate(rate))
-    elif total:
-        left = f", about {human_duration((total - done) / rate)} left" if rate > 0 and total > done else ""
+
+    #: seconds of recent progress the rate (and so the time left) is measured over
+    RATE_WINDOW = 10.0
+
+    def __init__(
+        self, what: str, total: int | None, *, interval: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.what = what
+        self.total = total
+        self.interval = interval
+        self.clock = clock
+        self.started = self.last_log = clock()
+        self._samples: collections.deque[tuple[float, int]] = collections.deque([(self.started, 0)])
+
+    def update(self, done: int) -> None:
+        """Record that ``done`` bytes arrived; log a line when ``interval`` has passed since the last one."""
+        now = self.clock()
+        if now - self._samples[-1][0] >= 0.25:  # a few samples a second are plenty for the rate
+            self._samples.append((now, done))
+            while len(self._samples) > 2 and now - self._samples[1][0] >= self.RATE_WINDOW:
+                self._samples.popleft()
+        if now - self.last_log < self.interval:
+            return
+        self.last_log = now
+        since, done_then = self._samples[0]
+        rate = (done - done_then) / (now - since) if now > since else 0.0
+        if self.total:
+            left = self.total - done
+            eta = f", about {human_duration(left / rate)} left" if rate > 0 and left > 0 else ""
+            log.info(
+                "Downloading %s (%s of %s, %d%%, %s%s)",
+                self.what,
+                human_bytes(done),
+                human_bytes(self.total),
+                int(100 * done / self.total),
+                human_rate(rate),
+                eta,
+            )
+        else:
+            log.info("Downloading %s (%s so far, %s)", self.what, human_bytes(done), human_rate(rate))
+
+    def finish(self, done: int) -> None:
+        elapsed = self.clock() - self.started
+        rate = done / elapsed if elapsed > 0 else 0.0
         log.info(
-            "Downloading %s (%s of %s, %d%%, %s%s)",
-            what,
+            "Downloaded %s (%s in %s, %s on average)",
+            self.what,
             human_bytes(done),
-            human_bytes(total),
-            int(100 * done / total),
+            human_duration(elapsed),
             human_rate(rate),
-            left,
         )
-    else:
-        log.info("Downloading %s (%s so far, %s)", what, human_bytes(done), human_rate(rate))
 
 
 def _strip_query_secrets(url: str) -> str:
