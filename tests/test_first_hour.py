@@ -241,3 +241,17 @@ def test_progress_rate_and_time_left_follow_the_recent_rate(caplog: pytest.LogCa
     lines = [r.getMessage() for r in caplog.records]
     assert lines[-2] == "Downloading https://h/m/1 (52.0 MB of 100 MB, 52%, 5.0 MB/s, about 9.6s left)", lines
     assert lines[-1] == "Downloaded https://h/m/1 (52.0 MB in 30s, 1.7 MB/s on average)", lines
+
+
+# -- the connection form's fields all do something ------------------------------------------------
+def test_mirrors_entered_in_the_form_are_used(mirror: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The form saves the Mirrors field as a string in the extra; staging goes through that mirror."""
+    import json
+
+    from airflow_provider_tfhub.hooks.tfhub import TFHubHook
+
+    extra = {"mirrors": json.dumps({"https://tfhub.dev": mirror.url}), "cache_dir": str(tmp_path / "c")}
+    monkeypatch.setenv("AIRFLOW_CONN_TFHUB_DEFAULT", json.dumps({"conn_type": "tfhub", "extra": extra}))
+    staged = TFHubHook().stage(MIRRORED)
+    assert staged["downloaded"] is True and staged["handle"] == MIRRORED
+    assert mirror.stats()["models"]["/google/x/1"]["archive_full"] == 1
