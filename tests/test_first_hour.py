@@ -255,3 +255,26 @@ def test_mirrors_entered_in_the_form_are_used(mirror: Any, tmp_path: Path, monke
     staged = TFHubHook().stage(MIRRORED)
     assert staged["downloaded"] is True and staged["handle"] == MIRRORED
     assert mirror.stats()["models"]["/google/x/1"]["archive_full"] == 1
+
+
+# -- log lines ---------------------------------------------------------------------------------------
+def test_an_export_is_logged_once_with_its_path_last(
+    hub: Any, handle_of: Any, cache_dir: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from structlog.testing import capture_logs
+
+    from airflow_provider_tfhub.operators.export import TFHubExportForServingOperator
+
+    base = tmp_path / "serving"
+    op = TFHubExportForServingOperator(
+        task_id="export", handle=handle_of("small_a"), cache_dir=cache_dir, base_path=str(base), model_name="m"
+    )
+    with capture_logs() as operator_events, caplog.at_level(logging.INFO):
+        result = op.execute({})
+    messages = [r.getMessage() for r in caplog.records]
+    messages += [e["event"] % tuple(e.get("positional_args", ())) for e in operator_events]
+    about_export = [m for m in messages if str(base) in m]
+    assert about_export == [
+        f"Exported {handle_of('small_a')} (sha256 {result['sha256'][:12]}) as version 1 of 'm' at {base}/m/1"
+    ], messages
+    assert not [m for m in messages if GLUED_URL.search(m)], messages

@@ -113,13 +113,7 @@ class TFHubExportForServingOperator(BaseOperator):
             lock_timeout=settings.resolve_lock_timeout(None, hook.settings.config_lock_timeout),
             storage_options=hook.storage_options(gcs_path),
         )
-        self.log.info(
-            "%s version %s of %s at %s",
-            "Exported" if result["exported"] else "Already exported:",
-            result["version"],
-            result["model_name"],
-            result["export_path"],
-        )
+        # An export is logged once, by the core ("Exported <handle> ... as version <n> of <name> at <path>").
         emit_asset_events(self, context, result)
         self._staged_input = dict(staged)
         self._export_result = result

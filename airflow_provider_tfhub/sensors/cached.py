@@ -32,7 +32,7 @@ class TFHubModelCachedSensor(BaseTFHubCacheSensor):
         if entry is None:
             self.log.info("%s is not staged yet.", self.handle)
             return False
-        self.log.info("%s is staged at %s.", self.handle, entry["path"])
+        self.log.info("%s is staged at %s", self.handle, entry["path"])
         return PokeReturnValue(is_done=True, xcom_value=entry)
 
     def event_value(self, event: dict[str, Any]) -> Any:

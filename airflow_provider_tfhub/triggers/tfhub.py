@@ -118,7 +118,7 @@ class TFHubModelCachedTrigger(_CacheTrigger):
             while True:
                 entry = await self._entry(storage)
                 if entry is not None:
-                    self.log.info("%s is staged at %s.", self.handle, entry["path"])
+                    self.log.info("%s is staged at %s", self.handle, entry["path"])
                     yield TriggerEvent({"status": "success", "handle": self.handle, "staged": entry})
                     return
                 self.log.debug("%s is not staged in %s yet.", self.handle, storage.location())
