@@ -278,3 +278,36 @@ def test_an_export_is_logged_once_with_its_path_last(
         f"Exported {handle_of('small_a')} (sha256 {result['sha256'][:12]}) as version 1 of 'm' at {base}/m/1"
     ], messages
     assert not [m for m in messages if GLUED_URL.search(m)], messages
+
+
+def test_the_cached_sensor_says_where_it_looks_and_how_often(tmp_path: Path) -> None:
+    from structlog.testing import capture_logs
+
+    from airflow_provider_tfhub.sensors.cached import TFHubModelCachedSensor
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    handle = "https://tfhub.dev/google/spice/2"
+    sensor = TFHubModelCachedSensor(task_id="wait", handle=handle, cache_dir=str(cache), poke_interval=90)
+    with capture_logs() as events:
+        assert sensor.poke({}) is False
+    lines = [e["event"] % tuple(e.get("positional_args", ())) for e in events]
+    assert lines == [f"{handle} is not staged in {cache} yet; checking every 1m 30s"], lines
+
+
+async def test_the_cached_trigger_says_where_it_looks_and_how_often(tmp_path: Path) -> None:
+    import asyncio
+
+    from structlog.testing import capture_logs
+
+    from airflow_provider_tfhub.triggers.tfhub import TFHubModelCachedTrigger
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    handle = "https://tfhub.dev/google/spice/2"
+    trigger = TFHubModelCachedTrigger(handle=handle, cache_dir=str(cache), poll_interval=0.05)
+    with capture_logs() as events, pytest.raises(TimeoutError):
+        await asyncio.wait_for(anext(trigger.run()), timeout=1.0)  # never staged: polls for a second
+    lines = [e["event"] % tuple(e.get("positional_args", ())) for e in events]
+    waiting = [line for line in lines if "is not staged" in line]  # once, not once per poll
+    assert waiting == [f"{handle} is not staged in {cache} yet (waiting 0.0s so far); checking every 0.1s"]
