@@ -311,3 +311,22 @@ async def test_the_cached_trigger_says_where_it_looks_and_how_often(tmp_path: Pa
     lines = [e["event"] % tuple(e.get("positional_args", ())) for e in events]
     waiting = [line for line in lines if "is not staged" in line]  # once, not once per poll
     assert waiting == [f"{handle} is not staged in {cache} yet (waiting 0.0s so far); checking every 0.1s"]
+
+
+def test_with_no_network_the_retries_are_summarised(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """One warning for a request that keeps failing, then the error that counts the attempts."""
+    import socket
+
+    from tfhub_cache.cache.staging import stage
+    from tfhub_cache.errors import DownloadError
+    from tfhub_cache.fetch.transfer import RetryPolicy
+
+    with socket.socket() as s:  # a loopback port nobody listens on: connection refused, like no network
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    handle = f"http://127.0.0.1:{port}/google/x/1"
+    with caplog.at_level(logging.DEBUG, logger="tfhub_cache"), pytest.raises(DownloadError, match="after 5 attempts"):
+        stage(handle, str(tmp_path / "c"), retry=RetryPolicy(attempts=5, backoff=0.01))
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and warnings[0].startswith(f"Request for {handle} failed ("), warnings
+    assert "retrying up to 4 more times" in warnings[0]

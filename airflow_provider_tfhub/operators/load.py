@@ -100,7 +100,7 @@ class TFHubLoadModelOperator(BaseOperator):
         if self.smoke_test:
             smoke = run_core(loading.smoke_call, model, self.signature)
             if smoke["called"]:
-                self.log.info("Smoke call of %r returned outputs %s.", self.signature, smoke["output_shapes"])
+                self.log.info("Smoke call of %r returned outputs of shapes %s", self.signature, smoke["output_shapes"])
             else:
                 self.log.warning("Smoke call of %r skipped: %s.", self.signature, smoke["reason"])
             result["smoke_test"] = smoke

@@ -305,15 +305,28 @@ class HttpSource(ArchiveSource):
                         f"{type(exc).__name__}: {redact_error(exc)}; check the network or the handle.",
                     ) from exc
                 delay = self.retry.delay(attempt)
-                log.warning(
-                    "Request for %s failed (%s); retrying in %.1fs.", self.description, redact_error(exc), delay
+                # one warning per request, not one per retry: the final error says how many attempts failed
+                log.log(
+                    logging.WARNING if attempt == 0 else logging.DEBUG,
+                    "Request for %s failed (%s); retrying up to %d more times, next in %.1fs",
+                    self.description,
+                    redact_error(exc),
+                    self.retry.attempts - attempt - 1,
+                    delay,
                 )
                 time.sleep(delay)
                 attempt += 1
                 continue
             if is_transient(resp.status_code) and attempt + 1 < self.retry.attempts:
                 delay = self.retry.delay(attempt, resp.headers.get("Retry-After"))
-                log.warning("%s answered HTTP %d; retrying in %.1fs.", self.description, resp.status_code, delay)
+                log.log(
+                    logging.WARNING if attempt == 0 else logging.DEBUG,
+                    "%s answered HTTP %d; retrying up to %d more times, next in %.1fs",
+                    self.description,
+                    resp.status_code,
+                    self.retry.attempts - attempt - 1,
+                    delay,
+                )
                 resp.close()
                 time.sleep(delay)
                 attempt += 1
