@@ -330,3 +330,26 @@ def test_with_no_network_the_retries_are_summarised(tmp_path: Path, caplog: pyte
     warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(warnings) == 1 and warnings[0].startswith(f"Request for {handle} failed ("), warnings
     assert "retrying up to 4 more times" in warnings[0]
+
+
+def test_every_mapped_operator_checks_its_literals_at_parse_time(tmp_path: Path) -> None:
+    from airflow.sdk import DAG
+
+    from airflow_provider_tfhub.operators.export import TFHubExportForServingOperator
+    from airflow_provider_tfhub.operators.load import TFHubLoadModelOperator
+    from airflow_provider_tfhub.sensors.cached import TFHubModelCachedSensor
+    from tfhub_cache.errors import ConfigurationError, InvalidHandleError
+
+    with DAG("mapped_checks_all", schedule=None):
+        with pytest.raises(InvalidHandleError, match=rf"export: item 0 of expand\(handle=\[...\]\).*{BAD_HANDLE}"):
+            TFHubExportForServingOperator.partial(task_id="export", base_path=str(tmp_path), model_name="m").expand(
+                handle=[BAD_HANDLE]
+            )
+        with pytest.raises(ConfigurationError, match=r"load: item 0 of expand\(tpu=\[...\]\).*tpu='yes'"):
+            TFHubLoadModelOperator.partial(task_id="load", handle="https://tfhub.dev/google/spice/2").expand(
+                tpu=["yes"]
+            )
+        with pytest.raises(InvalidHandleError, match=r"wait: item 1 of expand\(handle=\[...\]\)"):
+            TFHubModelCachedSensor.partial(task_id="wait").expand(
+                handle=["https://tfhub.dev/google/spice/2", BAD_HANDLE]
+            )
