@@ -111,8 +111,8 @@ def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
 
 
 def error_line(proc: subprocess.CompletedProcess[str]) -> str:
-    """The one ``tfhub-cache: error:`` line (Google's auth library may log a warning before it)."""
-    lines = [line for line in proc.stderr.splitlines() if not line.startswith("WARNING ")]
+    """The one line on stderr: ``tfhub-cache: error: ...``."""
+    lines = proc.stderr.splitlines()
     assert len(lines) == 1, proc.stderr
     return lines[0]
 

@@ -56,6 +56,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(levelname)s %(message)s",
         stream=sys.stderr,
     )
+    # Google's auth library warns that it probed for credentials before the error that says so: an error
+    # stays one line
+    logging.getLogger("google.auth").setLevel(logging.ERROR)
     try:
         return int(args.func(args) or 0)
     except TFHubError as exc:
