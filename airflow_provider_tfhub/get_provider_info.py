@@ -46,12 +46,10 @@ def get_provider_info() -> dict[str, Any]:
                 "conn-fields": {
                     "cache_dir": {
                         "label": "Cache dir",
-                        "description": "Local directory or gs://bucket/prefix for staged models. Empty: "
-                        "TFHUB_CACHE_DIR, then [tfhub] cache_dir.",
-                        "schema": {
-                            "type": ["string", "null"],
-                            "examples": ["gs://my-bucket/tfhub-modules", "/data/tfhub-modules"],
-                        },
+                        "description": "Local directory or gs://bucket/prefix for staged models, e.g. "
+                        "gs://my-bucket/tfhub-modules or /data/tfhub-modules. Empty: TFHUB_CACHE_DIR, then "
+                        "[tfhub] cache_dir.",
+                        "schema": {"type": ["string", "null"]},
                     },
                     "load_format": {
                         "label": "Load format",
@@ -66,16 +64,24 @@ def get_provider_info() -> dict[str, Any]:
                         "Application Default Credentials.",
                         "schema": {"type": ["string", "null"], "examples": ["google_cloud_default"]},
                     },
-                },
-                "ui-field-behaviour": {
-                    "hidden-fields": ["schema", "port", "login", "extra"],
-                    "relabeling": {"password": "Token", "host": "Hub host (optional)"},
-                    "placeholders": {
-                        "host": "tfhub.dev",
-                        "password": "Bearer token (if empty, an extra 'token' is used)",
-                        # Shown by Airflow UIs that read conn-field placeholders (3.3 uses schema.examples).
-                        "cache_dir": "gs://my-bucket/tfhub-modules",
+                    "mirrors": {
+                        "label": "Mirrors",
+                        "description": 'JSON object of URL prefix -> mirror prefix, e.g. {"https://tfhub.dev": '
+                        '"https://mirror.corp/tfhub"}: models are fetched from the mirror (the token goes to the '
+                        "mirror's host) and cached under the handle as written. Empty: TFHUB_MIRRORS, then "
+                        "[tfhub] mirrors.",
+                        "schema": {"type": ["string", "null"]},
                     },
+                },
+                # - a conn-field with `schema.examples` gets the placeholder "Start typing to see
+                #   options" and a suggestion list: only gcp_conn_id, whose example is a real default;
+                #   the other fields give their examples in the description instead;
+                # - there is no host field: handles name their host, and a different endpoint for
+                #   tfhub.dev is a mirror (the Mirrors field), so a host would only be a field that does nothing.
+                "ui-field-behaviour": {
+                    "hidden-fields": ["schema", "port", "login", "extra", "host"],
+                    "relabeling": {"password": "Token"},
+                    "placeholders": {"password": "optional: sent only to the model's hub (or its mirror)"},
                 },
             }
         ],

@@ -4,6 +4,8 @@ Airflow 3 evaluates operator links on the worker when the task finishes (``get_l
 finished task instance as ``ti_key``) and stores each URL as an XCom; the UI's API server then only
 reads that XCom. So ``get_link`` reads the task's own return value (the staged-model dict or the
 export result) and turns it into a URL; a task without one (failed, or a local path) gets no link.
+A task that did not succeed pushed no return value: asking for it anyway would only add an
+"XCom not found" error line to its log after the real error, so its XCom is not read at all.
 """
 
 from __future__ import annotations
@@ -48,6 +50,9 @@ def console_url(path: object) -> str:
 def _return_value(ti_key: Any) -> Mapping[str, Any]:
     from airflow.sdk.execution_time.xcom import XCom
 
+    state = getattr(ti_key, "state", None)  # the finished task instance on the worker; a plain key has none
+    if state is not None and state != "success":
+        return {}
     try:
         value = XCom.get_value(ti_key=ti_key, key="return_value")
     except Exception:  # no XCom (failed task, do_xcom_push=False): no link, never an error

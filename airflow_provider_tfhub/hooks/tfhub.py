@@ -80,7 +80,8 @@ class TFHubHook(BaseHook):
     """Stage and look up TF Hub models with the settings of a ``tfhub`` connection.
 
     :param tfhub_conn_id: connection with optional extras ``cache_dir``, ``load_format``,
-        ``gcp_conn_id`` and the token as password (an extra ``token``, the form's older field, is
+        ``gcp_conn_id``, ``mirrors`` (a JSON object, or its text as the form saves it) and the token as
+        password (an extra ``token``, the form's older field, is
         still read when the password is empty). A missing connection is not an error; extras that
         Airflow's form saved as ``null`` or ``""`` count as not set.
     """

@@ -10,13 +10,20 @@ nothing was written) and ``removed_versions``.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 from airflow.sdk import BaseOperator
 
+from airflow_provider_tfhub.arguments import (
+    ArgumentChecks,
+    MappedArgumentChecks,
+    check_arguments,
+    checked_arguments,
+    raise_argument_error,
+)
 from airflow_provider_tfhub.links import TFHubModelPageLink, TFHubStagedModelLink
 from airflow_provider_tfhub.operators.labels import HANDLE_MAP_INDEX_TEMPLATE
-from airflow_provider_tfhub.task_helpers import check_literals, emit_asset_events, is_literal, result_of, run_core
+from airflow_provider_tfhub.task_helpers import emit_asset_events, result_of, run_core
 from tfhub_cache import export as core_export
 from tfhub_cache import settings
 from tfhub_cache.errors import ConfigurationError
@@ -24,7 +31,7 @@ from tfhub_cache.handles import parse_handle
 from tfhub_cache.labels import handle_label
 
 
-class TFHubExportForServingOperator(BaseOperator):
+class TFHubExportForServingOperator(MappedArgumentChecks, BaseOperator):
     """Export a staged TF Hub model for TensorFlow Serving.
 
     :param staged: a staged-model dict (the stage operator's XCom, e.g. ``stage.output``); or
@@ -42,6 +49,13 @@ class TFHubExportForServingOperator(BaseOperator):
     template_fields: Sequence[str] = ("staged", "handle", "base_path", "model_name", "version", "keep_versions")
     ui_color = "#e0f0ff"
     operator_extra_links = (TFHubModelPageLink(), TFHubStagedModelLink())
+    argument_checks: ClassVar[ArgumentChecks] = {
+        "handle": parse_handle,
+        "base_path": core_export.check_base_path,
+        "model_name": core_export.check_model_name,
+        "version": lambda value: core_export.check_positive_int(value, "version"),
+        "keep_versions": lambda value: core_export.check_positive_int(value, "keep_versions"),
+    }
 
     @property
     def handle_label(self) -> str:
@@ -66,10 +80,6 @@ class TFHubExportForServingOperator(BaseOperator):
         **kwargs: Any,
     ) -> None:
         super().__init__(map_index_template=map_index_template, **kwargs)
-        if staged is None and not handle:
-            raise ConfigurationError(
-                "TFHubExportForServingOperator needs staged= (a stage task's output) or handle= (to stage first)."
-            )
         self.staged = staged
         self.handle = handle
         self.base_path = base_path
@@ -79,18 +89,26 @@ class TFHubExportForServingOperator(BaseOperator):
         self.overwrite = overwrite
         self.tfhub_conn_id = tfhub_conn_id
         self.cache_dir = cache_dir
-        check_literals(
-            (handle, parse_handle),
-            (base_path, core_export.check_base_path),
-            (model_name, core_export.check_model_name),
-        )
-        for value, what in ((version, "version"), (keep_versions, "keep_versions")):
-            if isinstance(value, int) or is_literal(value):
-                core_export.check_positive_int(value, what)
+        with checked_arguments(self):
+            if staged is None and not handle:
+                raise ConfigurationError(
+                    "TFHubExportForServingOperator needs staged= (a stage task's output) or handle= (to stage first)."
+                )
+            check_arguments(
+                self.argument_checks,
+                {
+                    "handle": handle,
+                    "base_path": base_path,
+                    "model_name": model_name,
+                    "version": version,
+                    "keep_versions": keep_versions,
+                },
+            )
 
     def execute(self, context: Any) -> dict[str, Any]:
         from airflow_provider_tfhub.hooks.tfhub import TFHubHook
 
+        raise_argument_error(self)
         hook = TFHubHook(tfhub_conn_id=self.tfhub_conn_id)
         staged = self.staged
         if staged is None:
@@ -113,13 +131,7 @@ class TFHubExportForServingOperator(BaseOperator):
             lock_timeout=settings.resolve_lock_timeout(None, hook.settings.config_lock_timeout),
             storage_options=hook.storage_options(gcs_path),
         )
-        self.log.info(
-            "%s version %s of %s at %s",
-            "Exported" if result["exported"] else "Already exported:",
-            result["version"],
-            result["model_name"],
-            result["export_path"],
-        )
+        # An export is logged once, by the core ("Exported <handle> ... as version <n> of <name> at <path>").
         emit_asset_events(self, context, result)
         self._staged_input = dict(staged)
         self._export_result = result

@@ -12,17 +12,24 @@ TensorFlow is imported only when ``execute`` loads the model, never when the DAG
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 from airflow.sdk import BaseOperator
 
-from airflow_provider_tfhub.task_helpers import check_literals, run_core
+from airflow_provider_tfhub.arguments import (
+    ArgumentChecks,
+    MappedArgumentChecks,
+    check_arguments,
+    checked_arguments,
+    raise_argument_error,
+)
+from airflow_provider_tfhub.task_helpers import run_core
 from tfhub_cache import loading, settings
 from tfhub_cache.errors import ConfigurationError
 from tfhub_cache.handles import parse_handle
 
 
-class TFHubLoadModelOperator(BaseOperator):
+class TFHubLoadModelOperator(MappedArgumentChecks, BaseOperator):
     """Load a staged TF Hub model with the right options for the target and return the load plan.
 
     :param handle: model handle to stage first (templated). Exactly one of ``handle`` and ``staged``.
@@ -43,6 +50,11 @@ class TFHubLoadModelOperator(BaseOperator):
 
     template_fields: Sequence[str] = ("handle", "staged", "cache_dir")
     ui_color = "#e0f0ff"
+    argument_checks: ClassVar[ArgumentChecks] = {
+        "handle": parse_handle,
+        "load_format": settings.resolve_load_format,
+        "tpu": loading.validate_tpu,
+    }
 
     def __init__(
         self,
@@ -58,21 +70,7 @@ class TFHubLoadModelOperator(BaseOperator):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        if (handle is None) == (staged is None):
-            raise ConfigurationError(
-                f"{type(self).__name__} needs exactly one of handle= (a model handle to stage) and staged= "
-                f"(the stage operator's output, e.g. staged=stage.output); got "
-                f"{'both' if handle is not None else 'neither'}."
-            )
-        if staged is not None and (load_format is not None or cache_dir is not None):
-            raise ConfigurationError(
-                "load_format= and cache_dir= apply to staging a handle=; with staged= the model is already staged "
-                "(set them on the stage operator instead)."
-            )
-        if not isinstance(signature, str) or not signature.strip():
-            raise ConfigurationError(f"signature={signature!r} must be a signature name such as 'serving_default'.")
-        self.tpu = loading.validate_tpu(tpu)
-        check_literals((load_format, settings.resolve_load_format), (handle, parse_handle))
+        self.tpu = tpu
         self.handle = handle
         self.staged = staged
         self.load_format = load_format
@@ -80,6 +78,22 @@ class TFHubLoadModelOperator(BaseOperator):
         self.smoke_test = smoke_test
         self.cache_dir = cache_dir
         self.tfhub_conn_id = tfhub_conn_id
+        with checked_arguments(self):
+            if (handle is None) == (staged is None):
+                raise ConfigurationError(
+                    f"{type(self).__name__} needs exactly one of handle= (a model handle to stage) and staged= "
+                    f"(the stage operator's output, e.g. staged=stage.output); got "
+                    f"{'both' if handle is not None else 'neither'}."
+                )
+            if staged is not None and (load_format is not None or cache_dir is not None):
+                raise ConfigurationError(
+                    "load_format= and cache_dir= apply to staging a handle=; with staged= the model is already "
+                    "staged (set them on the stage operator instead)."
+                )
+            if not isinstance(signature, str) or not signature.strip():
+                raise ConfigurationError(f"signature={signature!r} must be a signature name such as 'serving_default'.")
+            self.tpu = loading.validate_tpu(tpu)
+            check_arguments(self.argument_checks, {"load_format": load_format, "handle": handle})
 
     def _staged_model(self) -> Any:
         if self.staged is not None:
@@ -92,6 +106,7 @@ class TFHubLoadModelOperator(BaseOperator):
     def execute(self, context: Any) -> dict[str, Any]:
         from airflow.sdk.exceptions import AirflowFailException
 
+        raise_argument_error(self)
         plan = run_core(loading.build_plan, self._staged_model(), tpu=self.tpu)
         self.log.info("Loading %s from %s (%s)", plan["handle"], plan["path"], plan["reason"])
         try:
@@ -103,7 +118,7 @@ class TFHubLoadModelOperator(BaseOperator):
         if self.smoke_test:
             smoke = run_core(loading.smoke_call, model, self.signature)
             if smoke["called"]:
-                self.log.info("Smoke call of %r returned outputs %s.", self.signature, smoke["output_shapes"])
+                self.log.info("Smoke call of %r returned outputs of shapes %s", self.signature, smoke["output_shapes"])
             else:
                 self.log.warning("Smoke call of %r skipped: %s.", self.signature, smoke["reason"])
             result["smoke_test"] = smoke

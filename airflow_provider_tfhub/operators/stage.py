@@ -8,13 +8,20 @@ The XCom value is the staged-model dict (``handle``, ``path``, ``cache_dir``, ``
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from airflow.sdk import BaseOperator
 
+from airflow_provider_tfhub.arguments import (
+    ArgumentChecks,
+    MappedArgumentChecks,
+    check_arguments,
+    checked_arguments,
+    raise_argument_error,
+)
 from airflow_provider_tfhub.links import TFHubModelPageLink, TFHubStagedModelLink
 from airflow_provider_tfhub.operators.labels import HANDLE_MAP_INDEX_TEMPLATE, HandleLabelMixin
-from airflow_provider_tfhub.task_helpers import check_literals, emit_asset_events, is_literal, result_of, run_core
+from airflow_provider_tfhub.task_helpers import emit_asset_events, result_of, run_core
 from tfhub_cache import settings
 from tfhub_cache.archive.extract import check_max_files
 from tfhub_cache.cache.options import StageOptions, check_sha256
@@ -26,7 +33,7 @@ if TYPE_CHECKING:
     from airflow_provider_tfhub.hooks.tfhub import TFHubHook
 
 
-class TFHubStageModelOperator(HandleLabelMixin, BaseOperator):
+class TFHubStageModelOperator(MappedArgumentChecks, HandleLabelMixin, BaseOperator):
     """Stage a TF Hub model (tfhub.dev, Kaggle, http(s) or gs:// archive, local dir) into the cache.
 
     :param handle: model handle (templated).
@@ -57,6 +64,17 @@ class TFHubStageModelOperator(HandleLabelMixin, BaseOperator):
     template_fields: Sequence[str] = ("handle", "cache_dir", "sha256", "load_format", "refresh", "upstream_cache")
     ui_color = "#ffe8cc"
     operator_extra_links = (TFHubModelPageLink(), TFHubStagedModelLink())
+    argument_checks: ClassVar[ArgumentChecks] = {
+        "handle": parse_handle,
+        "sha256": check_sha256,
+        "load_format": settings.resolve_load_format,
+        "refresh": settings.resolve_refresh,
+        "cache_dir": settings.resolve_cache_dir,
+        "mirrors": lambda value: parse_mirrors(value, setting="The mirrors argument"),
+        "download_connections": connections_from,
+        "max_extracted_files": check_max_files,
+        "upstream_cache": settings.resolve_upstream_cache,
+    }
 
     def __init__(
         self,
@@ -86,27 +104,29 @@ class TFHubStageModelOperator(HandleLabelMixin, BaseOperator):
         self.offline = offline
         self.lock_timeout = lock_timeout
         self.mirrors = mirrors
-        if isinstance(mirrors, dict) or is_literal(mirrors):
-            parse_mirrors(mirrors, setting="The mirrors argument")
         self.download_connections = download_connections
-        if download_connections is not None:
-            connections_from(download_connections)
-        self.upstream_cache = upstream_cache
         self.max_extracted_files = max_extracted_files
-        if max_extracted_files is not None:
-            check_max_files(max_extracted_files)
-        check_literals(
-            (handle, parse_handle),
-            (sha256, check_sha256),
-            (load_format, settings.resolve_load_format),
-            (refresh, settings.resolve_refresh),
-            (cache_dir, settings.resolve_cache_dir),
-            (upstream_cache, settings.resolve_upstream_cache),
-        )
+        self.upstream_cache = upstream_cache
+        with checked_arguments(self):
+            check_arguments(
+                self.argument_checks,
+                {
+                    "handle": handle,
+                    "sha256": sha256,
+                    "load_format": load_format,
+                    "refresh": refresh,
+                    "cache_dir": cache_dir,
+                    "mirrors": mirrors,
+                    "download_connections": download_connections,
+                    "max_extracted_files": max_extracted_files,
+                    "upstream_cache": upstream_cache,
+                },
+            )
 
     def execute(self, context: Any) -> dict[str, Any]:
         from airflow_provider_tfhub.hooks.tfhub import TFHubHook
 
+        raise_argument_error(self)
         hook = TFHubHook(tfhub_conn_id=self.tfhub_conn_id)
         staged: dict[str, Any] = run_core(self._stage, hook)
         # A download is logged once, by the core ("Staged <handle> into <path> ..."); the rest here.

@@ -15,7 +15,14 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from airflow.sdk import BaseSensorOperator, PokeReturnValue, conf
 
-from airflow_provider_tfhub.task_helpers import check_literals, is_literal
+from airflow_provider_tfhub.arguments import (
+    ArgumentChecks,
+    MappedArgumentChecks,
+    check_arguments,
+    checked_arguments,
+    raise_argument_error,
+)
+from airflow_provider_tfhub.task_helpers import is_literal
 from tfhub_cache import settings
 from tfhub_cache.errors import ConfigurationError
 from tfhub_cache.handles import require_cacheable
@@ -31,7 +38,7 @@ def cached_handle(handle: str) -> str:
     return require_cacheable(handle).text
 
 
-class BaseTFHubCacheSensor(BaseSensorOperator):
+class BaseTFHubCacheSensor(MappedArgumentChecks, BaseSensorOperator):
     """Common arguments of the TF Hub sensors.
 
     :param handle: model handle (templated).
@@ -47,6 +54,7 @@ class BaseTFHubCacheSensor(BaseSensorOperator):
     template_fields: Sequence[str] = ("handle", "cache_dir", "poll_interval")
     ui_color = "#ffe8cc"
     trigger_class: ClassVar[type[BaseTFHubCacheTrigger]]
+    argument_checks: ClassVar[ArgumentChecks] = {"handle": cached_handle, "cache_dir": settings.resolve_cache_dir}
 
     def __init__(
         self,
@@ -64,9 +72,10 @@ class BaseTFHubCacheSensor(BaseSensorOperator):
         self.tfhub_conn_id = tfhub_conn_id
         self.deferrable = deferrable
         self.poll_interval = poll_interval
-        check_literals((handle, cached_handle), (cache_dir, settings.resolve_cache_dir))
-        if poll_interval is not None and (not isinstance(poll_interval, str) or is_literal(poll_interval)):
-            self.trigger_poll_interval()
+        with checked_arguments(self):
+            check_arguments(self.argument_checks, {"handle": handle, "cache_dir": cache_dir})
+            if poll_interval is not None and (not isinstance(poll_interval, str) or is_literal(poll_interval)):
+                self.trigger_poll_interval()
 
     def trigger_poll_interval(self) -> float:
         """``poll_interval`` (rendered) as seconds, or ``poke_interval`` when unset."""
@@ -91,6 +100,7 @@ class BaseTFHubCacheSensor(BaseSensorOperator):
         return self.hook.open_storage(self.cache_dir or None)
 
     def execute(self, context: Any) -> Any:
+        raise_argument_error(self)
         if not self.deferrable:
             return super().execute(context)
         result = self.poke(context)

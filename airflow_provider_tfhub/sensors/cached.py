@@ -15,6 +15,7 @@ from airflow_provider_tfhub.sensors.base import BaseTFHubCacheSensor, cached_han
 from airflow_provider_tfhub.task_helpers import run_core
 from airflow_provider_tfhub.triggers.tfhub import TFHubModelCachedTrigger
 from tfhub_cache.cache.staging import lookup_entry
+from tfhub_cache.units import human_duration
 
 
 class TFHubModelCachedSensor(BaseTFHubCacheSensor):
@@ -28,11 +29,20 @@ class TFHubModelCachedSensor(BaseTFHubCacheSensor):
 
     def poke(self, context: Any) -> bool | PokeReturnValue:
         # A permanent error (missing bucket, denied access) fails without retries, as when deferred.
-        entry = run_core(lambda: lookup_entry(self.storage(), cached_handle(self.handle)))
+        storage = run_core(self.storage)
+        entry = run_core(lambda: lookup_entry(storage, cached_handle(self.handle)))
         if entry is None:
-            self.log.info("%s is not staged yet.", self.handle)
+            # where it looks and how often, so a long wait is not a silent one
+            every = self.trigger_poll_interval() if self.deferrable else float(self.poke_interval)
+            self.log.info(
+                "%s is not staged in %s yet; checking every %s%s",
+                self.handle,
+                storage.location(),
+                human_duration(every),
+                " in the triggerer" if self.deferrable else "",
+            )
             return False
-        self.log.info("%s is staged at %s.", self.handle, entry["path"])
+        self.log.info("%s is staged at %s", self.handle, entry["path"])
         return PokeReturnValue(is_done=True, xcom_value=entry)
 
     def event_value(self, event: dict[str, Any]) -> Any:

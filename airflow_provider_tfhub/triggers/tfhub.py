@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -30,6 +31,10 @@ from tfhub_cache.errors import TFHubError
 from tfhub_cache.fetch.update_check import acheck_for_update
 from tfhub_cache.handles import parse_handle
 from tfhub_cache.storage import Storage, open_storage
+from tfhub_cache.units import human_duration
+
+#: seconds between the trigger's "still not staged" lines while it waits (the first poll says it too)
+STILL_WAITING_EVERY = 600.0
 
 
 def _preload() -> None:
@@ -115,13 +120,24 @@ class TFHubModelCachedTrigger(BaseTFHubCacheTrigger):
     async def run(self) -> AsyncIterator[TriggerEvent]:
         try:
             _hub, storage = await self._settings_and_storage()
+            started = time.monotonic()
+            last_said: float | None = None
             while True:
                 entry = await self._entry(storage)
                 if entry is not None:
-                    self.log.info("%s is staged at %s.", self.handle, entry["path"])
+                    self.log.info("%s is staged at %s", self.handle, entry["path"])
                     yield TriggerEvent({"status": "success", "handle": self.handle, "staged": entry})
                     return
-                self.log.debug("%s is not staged in %s yet.", self.handle, storage.location())
+                now = time.monotonic()
+                if last_said is None or now - last_said >= STILL_WAITING_EVERY:  # a long wait is not a silent one
+                    last_said = now
+                    self.log.info(
+                        "%s is not staged in %s yet (waiting %s so far); checking every %s",
+                        self.handle,
+                        storage.location(),
+                        human_duration(now - started),
+                        human_duration(self.poll_interval),
+                    )
                 await asyncio.sleep(self.poll_interval)
         except Exception as exc:
             yield error_event(self.handle, exc)

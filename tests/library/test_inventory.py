@@ -197,6 +197,7 @@ def test_verify_detects_deleted_altered_and_extra_files(
 
 
 def test_verify_of_an_unstaged_handle_says_so(cache_dir: str, handle_of: Any) -> None:
+    Path(cache_dir).mkdir(parents=True)  # an existing, empty cache (a missing one is an error)
     report = verify(LocalStorage(cache_dir), handle_of("medium"))
     assert report["ok"] is False and report["entries"][0]["status"] == "not staged"
 

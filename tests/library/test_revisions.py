@@ -206,6 +206,20 @@ def test_ls_and_verify_show_every_revision(hub: Any, handle: str, versions: dict
         [str(cli), "verify", "--cache-dir", str(cache), "--all-revisions"], capture_output=True, text=True
     )
     assert out.returncode == 1 and "superseded" in out.stdout
+    # the advice fits a superseded revision (staging again would leave it damaged), and it works
+    assert "--refresh always" not in out.stdout
+    advice = out.stdout.splitlines()[-1]
+    assert advice.startswith("1 superseded revisions damaged: remove them with tfhub-cache prune --superseded-max-age")
+    restaged = stage(handle, str(cache), refresh="always")
+    assert verify(storage, all_revisions=True)["ok"] is False  # what the old advice said does not repair it
+    subprocess.run([str(cli), "prune", "--cache-dir", str(cache), "--superseded-max-age", "0s"], check=True)
+    assert verify(storage, all_revisions=True)["ok"] is True
+    assert Path(restaged["path"], "saved_model.pb").is_file()
+
+    # a damaged current revision: staging again is what repairs it
+    (Path(restaged["path"]) / "saved_model.pb").write_bytes(b"damaged")
+    out = subprocess.run([str(cli), "verify", "--cache-dir", str(cache)], capture_output=True, text=True)
+    assert out.stdout.splitlines()[-1] == f"1 damaged: stage again with --refresh always: {handle}"
 
 
 def test_prune_never_touches_the_current_revision_nor_locked_or_kept_entries(

@@ -56,7 +56,7 @@ def test_retry_after_is_honoured(hub: Any, handle_of: Any, tmp_path: Path, caplo
     hub.set_faults(MEDIUM, fail_times=1, fail_status=429, retry_after=0.3)
     with caplog.at_level(logging.WARNING, logger="tfhub_cache"):
         stage(handle_of("medium"), str(tmp_path), retry=FAST)
-    assert "answered HTTP 429; retrying in 0.3s" in caplog.text
+    assert "answered HTTP 429; retrying up to 4 more times, next in 0.3s" in caplog.text
 
 
 def test_backoff_is_exponential_with_full_jitter_and_capped() -> None:

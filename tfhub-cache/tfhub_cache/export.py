@@ -111,14 +111,14 @@ def export_for_serving(
         removed = exporter.prune(keep, protect=chosen) if keep else []
     export_path = target.location(str(chosen))
     log.info(
-        "%s %s (sha256 %s) as version %d of %r at %s%s.",
+        "%s %s (sha256 %s) as version %d of %r%s at %s",  # the path last: no punctuation glued to a URL
         "Exported" if exported else "Kept",
         staged.get("handle") or path,
         str(digest)[:12],
         chosen,
         name,
+        f" (removed versions {', '.join(str(v) for v in removed)})" if removed else "",
         export_path,
-        f"; removed versions {removed}" if removed else "",
     )
     return {
         "export_path": export_path,

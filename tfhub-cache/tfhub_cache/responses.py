@@ -27,6 +27,12 @@ ARCHIVE_ADVICE = (
 
 
 #: What to do about a hub's error status, for error messages of downloads and update checks alike.
+#: How a description names the mirror that answered for a handle (``<handle> through mirror <url>``).
+THROUGH_MIRROR = " through mirror "
+#: A 404 from a mirror is first a question about the mirror prefix, then about the handle.
+MIRROR_404_HINT = (
+    "no model at that mirror URL: check the mirror prefix (the mirrors setting), then publisher, name and version"
+)
 STATUS_HINTS = {
     401: "the hub needs credentials: set the token (password) of the tfhub connection",
     403: "access was denied: check the token and that the model is public",
@@ -74,6 +80,8 @@ def check_archive_response(resp: requests.Response, description: str) -> None:
         return
     resp.close()
     hint = STATUS_HINTS.get(status, "the server could not serve the archive")
+    if status == 404 and THROUGH_MIRROR in description:
+        hint = MIRROR_404_HINT
     raise DownloadError(
         f"{description!r} answered HTTP {status} ({resp.reason}): {hint}.",
         permanent=is_permanent(status),
@@ -84,7 +92,9 @@ def check_archive_response(resp: requests.Response, description: str) -> None:
 __all__ = [
     "ARCHIVE_ADVICE",
     "HTML_CONTENT_TYPES",
+    "MIRROR_404_HINT",
     "STATUS_HINTS",
+    "THROUGH_MIRROR",
     "TRANSIENT_STATUSES",
     "check_archive_response",
     "content_type",

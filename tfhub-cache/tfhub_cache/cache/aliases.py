@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from tfhub_cache.cache.entries import EntryWriter, complete_meta, entry_result
-from tfhub_cache.cache.layout import EntryNames, descriptor_text, encode_meta, new_revision_id, tree_of
+from tfhub_cache.cache.layout import EntryNames, new_revision_id, tree_of
 from tfhub_cache.cache.records import EntryMeta, StagedModel, revision_meta
 from tfhub_cache.errors import DownloadError, InvalidHandleError
 from tfhub_cache.fetch.transfer import MAX_REDIRECTS, REDIRECT_STATUSES, HttpSource, thread_session
@@ -163,8 +163,9 @@ def stage_as_alias(
     def known(url: str) -> bool:
         return lookup(storage, [url], exclude=handle.text, read=read) is not None
 
+    http = source()
     try:
-        hops = resolve_first_hops(source(), known)
+        hops = resolve_first_hops(http, known)
     except DownloadError as exc:
         log.debug("Could not resolve the redirects of %s (%s); downloading it.", handle.text, exc)
         return None
@@ -186,15 +187,14 @@ def stage_as_alias(
         staged_at=now,
         checked_at=now,
     )
-    storage.write_bytes(names.revision_meta(rev), encode_meta(meta))
-    storage.write_bytes(names.descriptor, descriptor_text(handle.text).encode("utf8"))
-    writer.switch(meta, previous_rev=None)
+    writer.publish(meta, handle=handle.text, previous_rev=None)
     record(storage, handle.text, page_list)
+    # every URL is followed by a space (log viewers would link trailing punctuation with it)
     log.info(
-        "%s is the same model as %s (it redirects to %s): staged revision %s from its files, nothing downloaded.",
-        handle.text,
-        meta["alias_of"],
+        "%s redirects to %s like %s did: staged revision %s from the files already staged, nothing downloaded",
+        http.description,
         next((u for u in hops if u in other["page_urls"]), other["handle"]),
+        meta["alias_of"],
         rev,
     )
     return writer.result(meta, downloaded=False)

@@ -191,6 +191,7 @@ def list_entries(storage: Storage, *, lock_timeout: float = DEFAULT_LOCK_TIMEOUT
 
 
 def _scan(storage: Storage, lock_timeout: float) -> list[_Entry]:
+    storage.check_exists()  # a missing cache is an error, not "0 entries"
     entries: dict[str, _Entry] = {}
     now = time.time()
     for name in storage.list_root():
@@ -600,7 +601,9 @@ class _Pruner:
         self.removed.append(self._row(entry, reason, size=freed))
         self.removed_keys.add(entry.key)
         self.freed += freed
-        log.info("%s %s (%s): %s.", "Would remove" if self.dry_run else "Removed", entry.key, entry.handle, reason)
+        log.info(  # the handle (a URL) is followed by a space: log viewers link trailing punctuation with it
+            "%s %s, %s, of %s", "Would remove" if self.dry_run else "Removed", entry.key, reason, entry.handle
+        )
         return True
 
     def remove_revisions(self, entry: _Entry, *, now: float, grace: float | None) -> None:

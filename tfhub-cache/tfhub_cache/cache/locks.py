@@ -147,7 +147,7 @@ class CacheLock:
             try:
                 new = self.storage.refresh_lease(self.name, token, self.content)
             except Exception as exc:  # a transient storage error must not kill the holder
-                log.warning("Could not renew lease on %s: %s", self.storage.location(self.name), exc)
+                log.warning("Could not renew the lease on %s (%s)", self.storage.location(self.name), exc)
                 continue
             if new is None:
                 log.warning("Lost lock %s to another stager.", self.storage.location(self.name))

@@ -108,8 +108,40 @@ def cmd_verify(args: argparse.Namespace) -> int:
         for kind in ("missing", "changed", "extra"):
             for rel in entry[kind]:
                 print(f"  {kind}: {entry['path']}/{rel}")
-    print("ok" if report["ok"] else "damaged or incomplete entries found; re-stage them with --refresh always")
-    return 0 if report["ok"] else 1
+    if report["ok"]:
+        print("ok")
+        return 0
+    for advice in verify_advice(report["entries"]):
+        print(advice)
+    return 1
+
+
+def verify_advice(entries: list[dict[str, Any]]) -> list[str]:
+    """What repairs what ``verify`` found: each kind of problem has its own remedy.
+
+    A damaged current revision is replaced by staging again; a damaged superseded revision is not
+    (staging writes a new current revision and leaves it as it is), pruning removes it; leftovers of a
+    dead stager are removed by ``prune``; a model that was asked for and is missing is staged.
+    """
+    damaged = [e for e in entries if e["status"] == "damaged"]
+    current = [e for e in damaged if e.get("current", True)]
+    superseded = [e for e in damaged if not e.get("current", True)]
+    advice = []
+    if current:
+        handles = " ".join(sorted({e["handle"] or e["key"] for e in current}))
+        advice.append(f"{len(current)} damaged: stage again with --refresh always: {handles}")
+    if superseded:
+        advice.append(
+            f"{len(superseded)} superseded revisions damaged: remove them with "
+            "tfhub-cache prune --superseded-max-age 0s (readers of the current revision are not affected)"
+        )
+    partial = [e for e in entries if e["status"] == "partial"]
+    if partial:
+        advice.append(f"{len(partial)} partial entries (a stager died): tfhub-cache prune removes them")
+    missing = [e for e in entries if e["status"] == "not staged"]
+    if missing:
+        advice.append(f"not staged: {' '.join(e['handle'] for e in missing)}; stage it with tfhub-cache stage")
+    return advice
 
 
 def cmd_prune(args: argparse.Namespace) -> int:

@@ -20,6 +20,7 @@ from collections.abc import Mapping
 
 from tfhub_cache import settings
 from tfhub_cache.errors import ConfigurationError
+from tfhub_cache.responses import THROUGH_MIRROR
 
 MIRRORS_ENV = "TFHUB_MIRRORS"
 _EXAMPLE = '{"https://tfhub.dev": "https://mirror.corp/tfhub"}'
@@ -107,6 +108,19 @@ def mirror_url(url: str, mirrors: Mapping[str, str] | None) -> str | None:
         if rest is not None and (best is None or len(prefix) > best[0]):
             best = (len(prefix), mirror.rstrip("/") + rest)
     return best[1] if best else None
+
+
+#: How a fetch through a mirror is described in log lines and errors: ``<handle> through mirror <url>``.
+
+
+def describe(url: str, mirrors: Mapping[str, str] | None) -> str:
+    """``url`` as logs and errors name it: with its mirror URL when a mirror answers for it.
+
+    Whatever a mirror answers (a 404 from a wrong prefix, the bytes of a refresh) is then seen to come
+    from the mirror, not from the handle's own host. Each URL is followed by a space or ends the text.
+    """
+    mirrored = mirror_url(url, mirrors)
+    return f"{url}{THROUGH_MIRROR}{mirrored}" if mirrored else url
 
 
 def rewrite(url: str, mirrors: Mapping[str, str] | None) -> str:

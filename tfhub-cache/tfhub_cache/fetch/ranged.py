@@ -41,14 +41,15 @@ from tfhub_cache import settings
 from tfhub_cache.errors import DownloadError, RetriesExhausted
 from tfhub_cache.fetch.streams import (
     CHUNK_SIZE,
+    ProgressLog,
     QueuedArchiveStream,
     RestartRequired,
     SourceInfo,
-    log_progress,
     redact_error,
 )
 from tfhub_cache.responses import check_archive_response
 from tfhub_cache.retry import RetryPolicy
+from tfhub_cache.units import format_bytes_si, format_rate_si
 
 if TYPE_CHECKING:
     import requests
@@ -160,12 +161,12 @@ class RangedStream(QueuedArchiveStream):
         self._pump_waiting = False  # the pump is waiting for the head part's bytes right now
         self._t0: float | None = None  # when the first chunk arrived
         log.info(
-            "Downloading %s (%.1f MB) with up to %d connections in %d parts of %.1f MiB.",
+            "Downloading %s (%s) with up to %d connections in %d parts of %s",
             description,
-            size / 1e6,
+            format_bytes_si(size),
             self.connections,
             len(self._parts),
-            part_size / (1 << 20),
+            format_bytes_si(part_size),  # one unit base per line: decimal, like every size in the logs
         )
         self._workers = [
             threading.Thread(target=self._work, args=(i,), name=f"tfhub-part-{i}", daemon=True)
@@ -220,10 +221,11 @@ class RangedStream(QueuedArchiveStream):
             self._active = self.connections
             self._cond.notify_all()
         log.info(
-            "%s: one connection gives %.1f MB/s and the pipeline waits for it; downloading with %d connections.",
+            "Downloading %s with %d connections from now on: one connection gave %s and unpacking "
+            "waited for the network",
             self.description,
-            self.bytes_read / elapsed / 1e6,
             self.connections,
+            format_rate_si(self.bytes_read / elapsed),
         )
 
     def _work(self, worker: int) -> None:
@@ -314,7 +316,7 @@ class RangedStream(QueuedArchiveStream):
             import google_crc32c
 
             crc = google_crc32c.Checksum()
-        started = last_log = time.monotonic()
+        progress = ProgressLog(self.description, self.info.size, interval=self.progress_interval)
         try:
             for chunk in self._ordered():
                 self._sha.update(chunk)
@@ -325,10 +327,7 @@ class RangedStream(QueuedArchiveStream):
                     return
                 if self._active < self.connections:
                     self._maybe_fan_out()
-                now = time.monotonic()
-                if now - last_log >= self.progress_interval:
-                    last_log = now
-                    log_progress(self.description, self.bytes_read, self.info.size, now - started)
+                progress.update(self.bytes_read)
             if self._closed.is_set():
                 return
             if crc is not None and crc.digest() != self.expected_crc32c:
@@ -336,7 +335,7 @@ class RangedStream(QueuedArchiveStream):
                     f"The CRC32C of {self.description!r} as downloaded does not match the object's; "
                     "the download was corrupted in transit: retrying."
                 )
-            log_progress(self.description, self.bytes_read, self.info.size, time.monotonic() - started, final=True)
+            progress.finish(self.bytes_read)
             self._put(None)
         except BaseException as exc:
             self._put(exc)

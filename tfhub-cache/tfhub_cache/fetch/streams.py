@@ -7,10 +7,12 @@ imports another to get at the shared pieces.
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import logging
 import queue
 import threading
+import time
 import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -173,29 +175,67 @@ class QueuedArchiveStream(ArchiveStream):
             self._thread.join()
 
 
-def log_progress(what: str, done: int, total: int | None, elapsed: float, *, final: bool = False) -> None:
-    """One line a person reads: ``Downloading <url> (12.3 MB of 50.0 MB, 25%, 8.1 MB/s, about 5.0s left)``.
+class ProgressLog:
+    """The progress lines of one download, as a person reads them.
 
+    ``Downloading <url> (12.3 MB of 50.0 MB, 25%, 8.1 MB/s, about 5s left)`` every ``interval``
+    seconds: the rate is measured over the last :attr:`RATE_WINDOW` seconds and the time left comes
+    from it, so a download that sped up (a ranged download fans out after a slow start) or slowed
+    down says what it does now, not its average since the start. The last line,
+    ``Downloaded <url> (50.0 MB in 9s, 5.6 MB/s on average)``, says that its rate is the average.
     ``what`` (a URL) is followed by a space, never by punctuation, so log viewers link it correctly.
     """
-    rate = done / elapsed if elapsed > 0 else 0.0
-    if final:
+
+    #: seconds of recent progress the rate (and so the time left) is measured over
+    RATE_WINDOW = 10.0
+
+    def __init__(
+        self, what: str, total: int | None, *, interval: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.what = what
+        self.total = total
+        self.interval = interval
+        self.clock = clock
+        self.started = self.last_log = clock()
+        self._samples: collections.deque[tuple[float, int]] = collections.deque([(self.started, 0)])
+
+    def update(self, done: int) -> None:
+        """Record that ``done`` bytes arrived; log a line when ``interval`` has passed since the last one."""
+        now = self.clock()
+        if now - self._samples[-1][0] >= 0.25:  # a few samples a second are plenty for the rate
+            self._samples.append((now, done))
+            while len(self._samples) > 2 and now - self._samples[1][0] >= self.RATE_WINDOW:
+                self._samples.popleft()
+        if now - self.last_log < self.interval:
+            return
+        self.last_log = now
+        since, done_then = self._samples[0]
+        rate = (done - done_then) / (now - since) if now > since else 0.0
+        if self.total:
+            left = self.total - done
+            eta = f", about {human_duration(left / rate)} left" if rate > 0 and left > 0 else ""
+            log.info(
+                "Downloading %s (%s of %s, %d%%, %s%s)",
+                self.what,
+                format_bytes_si(done),
+                format_bytes_si(self.total),
+                int(100 * done / self.total),
+                format_rate_si(rate),
+                eta,
+            )
+        else:
+            log.info("Downloading %s (%s so far, %s)", self.what, format_bytes_si(done), format_rate_si(rate))
+
+    def finish(self, done: int) -> None:
+        elapsed = self.clock() - self.started
+        rate = done / elapsed if elapsed > 0 else 0.0
         log.info(
-            "Downloaded %s (%s in %s, %s)", what, format_bytes_si(done), human_duration(elapsed), format_rate_si(rate)
-        )
-    elif total:
-        left = f", about {human_duration((total - done) / rate)} left" if rate > 0 and total > done else ""
-        log.info(
-            "Downloading %s (%s of %s, %d%%, %s%s)",
-            what,
+            "Downloaded %s (%s in %s, %s on average)",
+            self.what,
             format_bytes_si(done),
-            format_bytes_si(total),
-            int(100 * done / total),
+            human_duration(elapsed),
             format_rate_si(rate),
-            left,
         )
-    else:
-        log.info("Downloading %s (%s so far, %s)", what, format_bytes_si(done), format_rate_si(rate))
 
 
 def strip_query_secrets(url: str) -> str:
@@ -215,10 +255,10 @@ __all__ = [
     "QUEUE_CHUNKS",
     "ArchiveSource",
     "ArchiveStream",
+    "ProgressLog",
     "QueuedArchiveStream",
     "RestartRequired",
     "SourceInfo",
-    "log_progress",
     "redact_error",
     "strip_query_secrets",
 ]

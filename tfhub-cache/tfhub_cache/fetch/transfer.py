@@ -26,10 +26,10 @@ from tfhub_cache.fetch.streams import (
     CHUNK_SIZE,
     ArchiveSource,
     ArchiveStream,
+    ProgressLog,
     QueuedArchiveStream,
     RestartRequired,
     SourceInfo,
-    log_progress,
     redact_error,
     strip_query_secrets,
 )
@@ -155,15 +155,28 @@ class HttpSource(ArchiveSource):
                         f"{type(exc).__name__}: {redact_error(exc)}; check the network or the handle.",
                     ) from exc
                 delay = self.retry.delay(attempt)
-                log.warning(
-                    "Request for %s failed (%s); retrying in %.1fs.", self.description, redact_error(exc), delay
+                # one warning per request, not one per retry: the final error says how many attempts failed
+                log.log(
+                    logging.WARNING if attempt == 0 else logging.DEBUG,
+                    "Request for %s failed (%s); retrying up to %d more times, next in %.1fs",
+                    self.description,
+                    redact_error(exc),
+                    self.retry.attempts - attempt - 1,
+                    delay,
                 )
                 time.sleep(delay)
                 attempt += 1
                 continue
             if is_transient(resp.status_code) and attempt + 1 < self.retry.attempts:
                 delay = self.retry.delay(attempt, resp.headers.get("Retry-After"))
-                log.warning("%s answered HTTP %d; retrying in %.1fs.", self.description, resp.status_code, delay)
+                log.log(
+                    logging.WARNING if attempt == 0 else logging.DEBUG,
+                    "%s answered HTTP %d; retrying up to %d more times, next in %.1fs",
+                    self.description,
+                    resp.status_code,
+                    self.retry.attempts - attempt - 1,
+                    delay,
+                )
                 resp.close()
                 time.sleep(delay)
                 attempt += 1
@@ -250,7 +263,7 @@ def hub_source(
         retry=retry,
         session=session,
         progress_interval=progress_interval,
-        description=handle_url,
+        description=mirrors_mod.describe(handle_url, mirrors),
         connections=connections,
     )
 
@@ -281,7 +294,7 @@ class _HttpStream(QueuedArchiveStream):
 
         received = 0
         attempt = 0
-        started = last_log = time.monotonic()
+        progress = ProgressLog(self.source.description, self.info.size, interval=self.source.progress_interval)
         try:
             while True:
                 try:
@@ -291,10 +304,7 @@ class _HttpStream(QueuedArchiveStream):
                         if not self._put(chunk):
                             return
                         received += len(chunk)
-                        now = time.monotonic()
-                        if now - last_log >= self.source.progress_interval:
-                            last_log = now
-                            log_progress(self.source.description, received, self.info.size, now - started)
+                        progress.update(received)
                     if self.info.size is not None and received < self.info.size:
                         raise requests.ConnectionError(f"body ended after {received} of {self.info.size} bytes")
                     break
@@ -307,7 +317,7 @@ class _HttpStream(QueuedArchiveStream):
                             f"{received}: {redact_error(exc)}."
                         ) from exc
                     resp = self._resume(received, attempt, exc)
-            log_progress(self.source.description, received, self.info.size, time.monotonic() - started, final=True)
+            progress.finish(received)
             self._put(None)
         except BaseException as exc:
             self._put(exc)

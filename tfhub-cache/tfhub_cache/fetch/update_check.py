@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tfhub_cache.errors import DownloadError
+from tfhub_cache.fetch import mirrors as mirrors_mod
 from tfhub_cache.fetch.streams import ArchiveSource, redact_error
 from tfhub_cache.fetch.token_scope import TokenScope, auth_headers
 from tfhub_cache.fetch.transfer import (
@@ -35,7 +36,7 @@ from tfhub_cache.fetch.transfer import (
     hub_url,
 )
 from tfhub_cache.handles import COMPRESSED_FORMAT_QUERY, Handle, require_cacheable
-from tfhub_cache.responses import STATUS_HINTS, html_page_error, is_permanent
+from tfhub_cache.responses import MIRROR_404_HINT, STATUS_HINTS, THROUGH_MIRROR, html_page_error, is_permanent
 from tfhub_cache.retry import RetryPolicy
 from tfhub_cache.storage.base import Storage
 from tfhub_cache.timestamps import utc_now
@@ -149,7 +150,7 @@ def check_for_update(
     )
     resp = source.request(source.url, probe_headers(cached), stream=True)
     try:
-        return compare(cached, resp.status_code, resp.headers, parsed.text)
+        return compare(cached, resp.status_code, resp.headers, source.description)
     finally:
         resp.close()
 
@@ -189,7 +190,7 @@ async def acheck_for_update(
                     if resp.status_code in REDIRECT_STATUSES and location:
                         url = urllib.parse.urljoin(url, location)
                         continue
-                    return compare(cached, resp.status_code, resp.headers, parsed.text)
+                    return compare(cached, resp.status_code, resp.headers, mirrors_mod.describe(parsed.text, mirrors))
     except httpx.HTTPError as exc:
         raise DownloadError(
             f"Could not reach {parsed.text!r}: {type(exc).__name__}: {redact_error(exc)}; "
@@ -249,6 +250,8 @@ def _check_source(parsed: Handle, cached: Mapping[str, Any], storage: Storage | 
 
 def _raise_for_status(status: int, description: str) -> None:
     hint = STATUS_HINTS.get(status, "the server could not answer the update check")
+    if status == 404 and THROUGH_MIRROR in description:
+        hint = MIRROR_404_HINT
     raise DownloadError(
         f"{description!r} answered HTTP {status}: {hint}.",
         permanent=is_permanent(status),

@@ -94,6 +94,15 @@ class Storage(abc.ABC):
     def ensure_root(self) -> None:
         """Create the root if needed; raise :class:`CacheError` if it cannot be written."""
 
+    def check_exists(self) -> None:
+        """Raise :class:`CacheError` unless the root exists and can be read.
+
+        For what only reads a cache (``ls``, ``verify``, ``prune``): creating the root there, or
+        reporting an empty cache, would hide a typo in the cache dir. By default the same check as
+        :meth:`ensure_root` (a ``gs://`` root needs its bucket, which is never created).
+        """
+        self.ensure_root()
+
     # -- small objects -------------------------------------------------------------------------
     @abc.abstractmethod
     def read_bytes(self, name: str) -> bytes | None:

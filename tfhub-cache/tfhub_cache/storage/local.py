@@ -64,6 +64,13 @@ class LocalStorage(Storage):
                 "cache_dir (argument, connection extra, TFHUB_CACHE_DIR or [tfhub] cache_dir)."
             )
 
+    def check_exists(self) -> None:
+        if not os.path.isdir(self.root):
+            raise CacheError(
+                f"Cache dir {self.root!r} does not exist; check the cache_dir for a typo "
+                "(argument, connection extra, TFHUB_CACHE_DIR or [tfhub] cache_dir)."
+            )
+
     def read_bytes(self, name: str) -> bytes | None:
         try:
             with open(self.location(name), "rb") as f:

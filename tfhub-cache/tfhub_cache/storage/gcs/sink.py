@@ -375,7 +375,7 @@ class GCSTreeSink(TreeSink):
         try:
             self.storage.delete_keys(b.name for b in self.storage.list_objects(self._tmp_key))
         except Exception as exc:
-            log.warning("Could not remove %s: %s", self.storage.location(self.tmp), exc)
+            log.warning("Could not remove %s (%s)", self.storage.location(self.tmp), exc)
 
     def abort(self) -> None:
         self._aborted.set()
@@ -398,4 +398,4 @@ class GCSTreeSink(TreeSink):
             self.storage.delete_keys(written)
             self._cleanup_tmp()
         except Exception as exc:
-            log.warning("Could not remove the partial upload %s: %s", self.storage.location(self.final), exc)
+            log.warning("Could not remove the partial upload %s (%s)", self.storage.location(self.final), exc)
