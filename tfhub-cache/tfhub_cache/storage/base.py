@@ -114,7 +114,10 @@ class Storage(abc.ABC):
 
     @abc.abstractmethod
     def create_exclusive(self, name: str, data: bytes) -> str | None:
-        """Create ``name`` only if absent; return its token, or None if it already existed."""
+        """Create ``name`` only if absent; return its token, or None if it already existed.
+
+        Parent directories of a name below the root are created as needed.
+        """
 
     @abc.abstractmethod
     def refresh_lease(self, name: str, token: str, data: bytes) -> str | None:

@@ -108,6 +108,8 @@ class LocalStorage(Storage):
         path = self.location(name)
         tmp = f"{path}.tmp{uuid.uuid4().hex}"
         try:
+            if os.path.dirname(name):  # a record below the root (a hold): its directory may not exist yet
+                os.makedirs(os.path.dirname(path), exist_ok=True)
             with open(tmp, "wb") as f:
                 f.write(data)
             os.link(tmp, path)
