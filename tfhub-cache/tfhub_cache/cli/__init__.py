@@ -6,7 +6,8 @@ Imports neither Airflow nor TensorFlow. Settings come from flags, then the envir
 one line on stderr and exit 1.
 
 One module per group of commands: :mod:`.stage` (``stage``, ``resolve``), :mod:`.lifecycle` (``ls``,
-``verify``, ``prune``), :mod:`.export` (``export``). They are imported plainly: a broken import fails
+``verify``, ``prune``), :mod:`.holds` (``hold``, ``release``, ``holds``),
+:mod:`.export` (``export``). They are imported plainly: a broken import fails
 loudly instead of silently removing commands.
 """
 
@@ -17,7 +18,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from tfhub_cache.cli import export, lifecycle, stage
+from tfhub_cache.cli import export, holds, lifecycle, stage
 from tfhub_cache.errors import TFHubError
 
 PROG = "tfhub-cache"
@@ -29,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors on stderr")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for commands in (stage, lifecycle, export):
+    for commands in (stage, lifecycle, holds, export):
         commands.add_subcommands(sub)
     return parser
 
