@@ -86,6 +86,7 @@ def get_provider_info() -> dict[str, Any]:
                     "airflow_provider_tfhub.operators.load",
                     "airflow_provider_tfhub.operators.prune",
                     "airflow_provider_tfhub.operators.export",
+                    "airflow_provider_tfhub.operators.release",
                 ],
             }
         ],

@@ -16,6 +16,7 @@ from typing import Any
 
 from airflow.sdk import BaseOperator
 
+from airflow_provider_tfhub.run_holds import HoldFor, check_hold_for, hold_staged
 from airflow_provider_tfhub.task_helpers import check_literals, run_core
 from tfhub_cache import loading, settings
 from tfhub_cache.errors import ConfigurationError
@@ -33,12 +34,15 @@ class TFHubLoadModelOperator(BaseOperator):
     :param smoke_test: call ``signature`` once on zeros of its input spec (see ``loading.smoke_call``).
     :param cache_dir: cache for staging ``handle`` (templated); only with ``handle``.
     :param tfhub_conn_id: ``tfhub`` connection used for staging (optional).
+    :param hold_for: hold the loaded revision for this DAG run during this long (``"12h"``, ``"7d"``,
+        seconds or a ``timedelta``) so ``prune`` keeps it while training may reload it; ``None``
+        (default) holds nothing. Release it with ``TFHubReleaseOperator`` as a teardown.
 
     XCom: the plan (``path``, ``handle``, ``load_format``, ``tpu``, ``load_options``, ``reason``) plus
     ``signatures`` and, with ``smoke_test``, ``smoke_test`` (the call's inputs and outputs).
     """
 
-    template_fields: Sequence[str] = ("handle", "staged", "cache_dir")
+    template_fields: Sequence[str] = ("handle", "staged", "cache_dir", "hold_for")
     ui_color = "#e0f0ff"
 
     def __init__(
@@ -52,6 +56,7 @@ class TFHubLoadModelOperator(BaseOperator):
         smoke_test: bool = True,
         cache_dir: str | None = None,
         tfhub_conn_id: str = "tfhub_default",
+        hold_for: HoldFor = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -68,6 +73,8 @@ class TFHubLoadModelOperator(BaseOperator):
             )
         if not isinstance(signature, str) or not signature.strip():
             raise ConfigurationError(f"signature={signature!r} must be a signature name such as 'serving_default'.")
+        check_hold_for(hold_for)
+        self.hold_for = hold_for
         self.tpu = loading.validate_tpu(tpu)
         check_literals((load_format, settings.resolve_load_format), (handle, parse_handle))
         self.handle = handle
@@ -89,7 +96,10 @@ class TFHubLoadModelOperator(BaseOperator):
     def execute(self, context: Any) -> dict[str, Any]:
         from airflow.sdk.exceptions import AirflowFailException
 
-        plan = run_core(loading.build_plan, self._staged_model(), tpu=self.tpu)
+        staged = self._staged_model()
+        plan = run_core(loading.build_plan, staged, tpu=self.tpu)
+        if isinstance(staged, dict):
+            run_core(hold_staged, staged, hold_for=self.hold_for, context=context, conn_id=self.tfhub_conn_id)
         self.log.info("Loading %s from %s (%s)", plan["handle"], plan["path"], plan["reason"])
         try:
             model = run_core(loading.load, plan)

@@ -14,6 +14,7 @@ from airflow.sdk import BaseOperator
 
 from airflow_provider_tfhub.links import TFHubModelPageLink, TFHubStagedModelLink
 from airflow_provider_tfhub.operators.labels import HANDLE_MAP_INDEX_TEMPLATE, HandleLabelMixin
+from airflow_provider_tfhub.run_holds import HoldFor, check_hold_for, hold_staged
 from airflow_provider_tfhub.task_helpers import check_literals, emit_asset_events, is_literal, result_of, run_core
 from tfhub_cache import settings
 from tfhub_cache.archive.extract import check_max_files
@@ -43,11 +44,14 @@ class TFHubStageModelOperator(HandleLabelMixin, BaseOperator):
         ``TFHUB_DOWNLOAD_CONNECTIONS`` or 8); ``1`` downloads with one stream.
     :param max_extracted_files: most files and directories the archive may create (default
         ``TFHUB_MAX_EXTRACTED_FILES``, else 100000); more fails without retries, leaving nothing behind.
+    :param hold_for: hold the staged revision for this DAG run during this long (``"12h"``, ``"7d"``,
+        seconds or a ``timedelta``) so ``prune`` keeps it; ``None`` (default) holds nothing. Release
+        it with :class:`~airflow_provider_tfhub.operators.release.TFHubReleaseOperator` as a teardown.
 
     Every Asset in ``outlets`` gets an event whose ``extra`` is the staged-model dict.
     """
 
-    template_fields: Sequence[str] = ("handle", "cache_dir", "sha256", "load_format", "refresh")
+    template_fields: Sequence[str] = ("handle", "cache_dir", "sha256", "load_format", "refresh", "hold_for")
     ui_color = "#ffe8cc"
     operator_extra_links = (TFHubModelPageLink(), TFHubStagedModelLink())
 
@@ -66,6 +70,7 @@ class TFHubStageModelOperator(HandleLabelMixin, BaseOperator):
         map_index_template: str | None = HANDLE_MAP_INDEX_TEMPLATE,
         download_connections: int | None = None,
         max_extracted_files: int | None = None,
+        hold_for: HoldFor = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(map_index_template=map_index_template, **kwargs)
@@ -86,6 +91,8 @@ class TFHubStageModelOperator(HandleLabelMixin, BaseOperator):
         self.max_extracted_files = max_extracted_files
         if max_extracted_files is not None:
             check_max_files(max_extracted_files)
+        check_hold_for(hold_for)
+        self.hold_for = hold_for
         check_literals(
             (handle, parse_handle),
             (sha256, check_sha256),
@@ -116,6 +123,7 @@ class TFHubStageModelOperator(HandleLabelMixin, BaseOperator):
             self.log.info("Resolved %s to its uncompressed copy %s", staged["handle"], staged["path"])
         elif not staged["downloaded"]:
             self.log.info("Found %s in the cache at %s", staged["handle"], staged["path"])
+        run_core(hold_staged, staged, hold_for=self.hold_for, context=context, conn_id=self.tfhub_conn_id)
         emit_asset_events(self, context, staged)
         self._staged_result = staged
         return staged
