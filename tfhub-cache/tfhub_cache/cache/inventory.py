@@ -649,7 +649,7 @@ class _Pruner:
                         self._restore_meta(entry, rev, data)
                     self.keep(entry, holds_store.describe(held))
                     return False
-                freed = self._delete_entry(entry)
+                freed = self._delete_entry(entry) + sum(len(data or b"") for data in retired.values())
             finally:
                 lock.release()
         self.removed.append(self._row(entry, reason, size=freed))
