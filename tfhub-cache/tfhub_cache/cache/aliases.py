@@ -9,6 +9,9 @@ store it twice (its cache key is the sha1 of the handle string). We:
   as a tiny object ``.alias.<sha1(url)>.<sha1(handle)>.json`` at the cache root (one object per URL
   and handle: no read-modify-write, so concurrent stagers never lose each other's records; the
   leading dot keeps it out of tensorflow_hub's and our inventory's way);
+* index every Kaggle handle under its other spellings too (the short and the long URL form,
+  with and without ``www.``, :func:`~tfhub_cache.handles.kaggle_equivalents`), so that a second
+  spelling is recognised without a request;
 * on a miss, resolve the first hops of the new handle (redirects only, never an archive byte) and
   look each URL up in the index; a hit is verified against the other entry's own metadata, so a
   stale index object (its entry was pruned or replaced) only costs a download.
@@ -27,7 +30,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from tfhub_cache.fetch.transfer import MAX_REDIRECTS, REDIRECT_STATUSES, HttpSource
-from tfhub_cache.handles import cache_key
+from tfhub_cache.handles import cache_key, kaggle_equivalents
 from tfhub_cache.storage.base import Storage
 
 log = logging.getLogger(__name__)
@@ -48,8 +51,8 @@ def page_url(url: str) -> str | None:
 
 
 def page_urls(handle: str, requested: Iterable[str]) -> list[str]:
-    """The handle and every model-page URL of the redirect chain, in order, without duplicates."""
-    urls = [handle]
+    """The handle, its other Kaggle spellings and every model-page URL of the redirect chain, without duplicates."""
+    urls = [handle, *kaggle_equivalents(handle)]
     for url in requested:
         page = page_url(url)
         if page and page not in urls:

@@ -67,6 +67,7 @@ from tfhub_cache.handles import (
     COMPRESSED_FORMAT_QUERY,
     Handle,
     is_archive_name,
+    kaggle_equivalents,
     parse_handle,
     with_format_query,
 )
@@ -544,14 +545,8 @@ class Stager:
         entry = dict(_result(self.storage, names, meta, downloaded=False))
         return {**entry, "page_urls": meta.get("page_urls") or [], "_meta": meta, "_tree": tree_of(names, meta)}
 
-    def _stage_as_alias(self) -> StagedModel | None:
-        """On a miss: if the handle redirects to a model another entry was downloaded through, publish a
-        revision of this entry built from that entry's current revision (hard links locally, server-side
-        copies on gs://), with no archive download. None when there is no such entry."""
-        if self.handle.kind != "http" or is_archive_name(urllib.parse.urlsplit(self.handle.text).path):
-            return None  # a direct archive URL is no model page (and its first hop would be the archive)
-        if not aliases.has_index(self.storage):
-            return None  # nothing indexed yet: no request spent on resolving redirects
+    def _alias_by_redirects(self) -> tuple[list[str], dict[str, Any] | None]:
+        """The page URLs of this handle's redirects and the entry of another handle among them (or None)."""
         source = self._source()
         assert isinstance(source, HttpSource)
 
@@ -562,8 +557,21 @@ class Stager:
             hops = aliases.resolve_first_hops(source, known)
         except DownloadError as exc:
             log.debug("Could not resolve the redirects of %s (%s); downloading it.", self.handle.text, exc)
-            return None
+            return [], None
+        return hops, aliases.lookup(self.storage, hops, exclude=self.handle.text, read=self._other_entry)
+
+    def _stage_as_alias(self) -> StagedModel | None:
+        """On a miss: if the handle redirects to a model another entry was downloaded through, publish a
+        revision of this entry built from that entry's current revision (hard links locally, server-side
+        copies on gs://), with no archive download. None when there is no such entry."""
+        if self.handle.kind != "http" or is_archive_name(urllib.parse.urlsplit(self.handle.text).path):
+            return None  # a direct archive URL is no model page (and its first hop would be the archive)
+        if not aliases.has_index(self.storage):
+            return None  # nothing indexed yet: no request spent on resolving redirects
+        hops = kaggle_equivalents(self.handle.text)  # another spelling of the same Kaggle model: no request
         other = aliases.lookup(self.storage, hops, exclude=self.handle.text, read=self._other_entry)
+        if other is None:
+            hops, other = self._alias_by_redirects()
         if other is None or (self.sha256 is not None and other.get("sha256") != self.sha256):
             return None
         rev = new_revision_id()
