@@ -1,4 +1,5 @@
-"""The long Kaggle URL form (what Kaggle's own pages show) is a handle, and an alias of the short form.
+"""The long Kaggle URL form (what Kaggle's own pages show) is a handle, and an alias of the short form;
+alias index objects are pruned with their entry.
 
 ``https://kaggle.com/models/<owner>/<model>/frameworks/<fw>/variations/<var>/versions/<n>`` is
 accepted by ``hub.load``; it gets its own cache key (sha1 of the handle as written, as
@@ -15,9 +16,11 @@ from typing import Any
 import pytest
 from test_aliases import hub_load_offline
 
+from tfhub_cache.cache import aliases, inventory
 from tfhub_cache.cache.staging import stage
 from tfhub_cache.errors import InvalidHandleError
 from tfhub_cache.handles import cache_key, kaggle_equivalents, parse_handle
+from tfhub_cache.storage.local import LocalStorage
 
 LONG = "https://kaggle.com/models/google/demo/frameworks/TensorFlow2/variations/demo/versions/1"
 SHORT = "https://www.kaggle.com/models/google/demo/TensorFlow2/demo/1"
@@ -55,3 +58,31 @@ def test_long_and_short_form_download_once_and_load_offline(
     assert second["downloaded"] is False and second["alias_of"] == LONG and second["sha256"] == first["sha256"]
     assert first["cache_key"] == cache_key(LONG) and second["cache_key"] == cache_key(SHORT)
     assert [[[1.0, 1.0]]] * 2 == hub_load_offline(cache, [LONG, SHORT])
+
+
+def test_prune_removes_alias_index_objects_with_their_entry(
+    hub: Any, model_archives: dict[str, Path], tmp_path: Path
+) -> None:
+    """An index object of a pruned entry goes with it; those of entries that stay are kept."""
+    for handle in (LONG, SHORT):
+        hub.add_model(handle.split(".com", 1)[1], model_archives["demo_v1"])
+    mirrors = {"https://kaggle.com/": f"{hub.url}/", "https://www.kaggle.com/": f"{hub.url}/"}
+    cache = tmp_path / "cache"
+    stage(LONG, str(cache), mirrors=mirrors)
+    stage(SHORT, str(cache), mirrors=mirrors)
+    storage = LocalStorage(str(cache))
+    indexed = aliases.index_by_entry(storage)
+    assert set(indexed) == {cache_key(LONG), cache_key(SHORT)} and all(indexed.values())
+
+    dry = inventory.prune(storage, max_age="0s", keep=[SHORT], dry_run=True)
+    assert {c["name"] for c in dry["cleaned"]} == set(indexed[cache_key(LONG)])
+    assert aliases.index_by_entry(storage) == indexed
+    report = inventory.prune(storage, max_age="0s", keep=[SHORT])
+    assert [r["handle"] for r in report["removed"]] == [LONG]
+    assert {c["name"] for c in report["cleaned"]} == set(indexed[cache_key(LONG)])
+    assert aliases.index_by_entry(storage) == {cache_key(SHORT): indexed[cache_key(SHORT)]}
+    # An index left by an older release (its entry long gone) is cleaned too.
+    stray = aliases.index_name("https://example.com/m", "https://example.com/m")
+    storage.write_bytes(stray, b'{"url": "https://example.com/m", "handle": "https://example.com/m"}')
+    assert [c["name"] for c in inventory.prune(storage)["cleaned"]] == [stray]
+    assert not storage.has_file(stray)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import urllib.parse
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -36,6 +37,8 @@ from tfhub_cache.storage.base import Storage
 log = logging.getLogger(__name__)
 
 INDEX_PREFIX = ".alias."
+#: ``.alias.<sha1(url)>.<sha1(handle)>.json``; the second key is the cache key of the indexed entry.
+_INDEX_RE = re.compile(r"^\.alias\.[0-9a-f]{40}\.(?P<key>[0-9a-f]{40})\.json$")
 _FORMAT_PARAM = "tf-hub-format"
 
 
@@ -62,6 +65,19 @@ def page_urls(handle: str, requested: Iterable[str]) -> list[str]:
 
 def index_name(url: str, handle: str) -> str:
     return f"{INDEX_PREFIX}{cache_key(url)}.{cache_key(handle)}.json"
+
+
+def index_by_entry(storage: Storage) -> dict[str, list[str]]:
+    """Every alias index object, grouped by the cache key of the entry it points to.
+
+    ``prune`` removes an entry's index objects with the entry, and those of entries that are gone.
+    """
+    found: dict[str, list[str]] = {}
+    for name in storage.list_root(prefix=INDEX_PREFIX):
+        match = _INDEX_RE.match(name)
+        if match:
+            found.setdefault(match.group("key"), []).append(name)
+    return found
 
 
 def has_index(storage: Storage) -> bool:

@@ -25,6 +25,7 @@ from typing import Any, TypedDict
 
 import google_crc32c
 
+from tfhub_cache.cache import aliases
 from tfhub_cache.cache import holds as holds_store
 from tfhub_cache.cache.holds import Hold
 from tfhub_cache.cache.layout import (
@@ -519,7 +520,8 @@ def prune(
     ``superseded_max_age`` (the grace period for readers of an older ``path``; ``0`` removes every
     superseded revision, ``None`` none; the current revision is never removed); then whole entries
     not used for ``max_age`` seconds; then the least recently used entries until the cache holds
-    at most ``max_total_bytes``. Entries whose handle (or key) is in ``keep`` and entries locked by
+    at most ``max_total_bytes``; last, alias index objects (:mod:`.aliases`) of entries that are
+    gone. Entries whose handle (or key) is in ``keep`` and entries locked by
     a live stager are never touched; held revisions (:mod:`.holds`, unexpired) and their entries
     are never removed, and a held revision that would have been is listed in ``held``. Every deletion happens under
     the entry's lock, so a stager that starts meanwhile waits and then stages afresh.
@@ -579,6 +581,11 @@ def prune(
     for entry in survivors:
         if entry.key not in pruner.removed_keys and entry.key not in pruner.kept_keys:
             pruner.keep(entry, "within limits")
+
+    live_keys = {e.key for e in entries if e.key not in pruner.removed_keys}
+    for key, names in aliases.index_by_entry(storage).items():
+        if key not in live_keys:
+            pruner.clean_index(key, names)
 
     remaining = sum(e.size for e in entries if e.key not in pruner.removed_keys)
     return pruner.report(total_bytes=remaining, over_budget=budget is not None and remaining > budget)
@@ -783,6 +790,15 @@ class _Pruner:
         for name in leftovers:
             self.cleaned.append(CleanedItem(key=entry.key, name=name, size=0, reason="unfinished small-file write"))
         entry.tmp_dirs, entry.tmp_bytes = [], 0
+
+    def clean_index(self, key: str, names: list[str]) -> None:
+        """Remove the alias index objects of an entry that is gone (pruned now or earlier)."""
+        if not self.dry_run and self.storage.has_file(EntryNames(key).meta):
+            return  # staged since the scan: its index is fresh
+        for name in names:
+            if not self.dry_run:
+                self.storage.delete(name)
+            self.cleaned.append(CleanedItem(key=key, name=name, size=0, reason="alias index of a removed entry"))
 
     def _older_than_timeout(self, name: str, now: float) -> bool:
         st = self.storage.stat(name)
