@@ -12,8 +12,11 @@ model reload in every serving replica).
   the K highest (never the one just exported).
 * **Appearing complete.** Local: the version is built under a hidden temporary name
   (``.<version>.<uid>.tmp``, which TF Serving ignores: it is not an integer) and renamed into place
-  in one step; an overwrite swaps the two trees atomically. Files are hard links into the cache when
-  both are on one filesystem (no copy, no extra space; staged revisions are never modified in place),
+  in one step; an overwrite swaps the two trees atomically, after the new tree is complete, and
+  keeps the replaced tree (hidden, ``.<version>.<uid>.replaced``) for ``replaced_max_age`` so a
+  server still reading it is not cut off; a later export removes it once that age is reached.
+  Files are hard links into the cache when both are on one filesystem (no copy, no extra space;
+  staged revisions are never modified in place),
   copies otherwise. ``gs://`` has no rename: every other file is copied first (server side when the
   cache is on GCS too) and ``saved_model.pb`` last, so a poller that lists the prefix early finds no
   ``saved_model.pb`` and fails that load attempt rather than loading a partial model.
@@ -35,6 +38,7 @@ import logging
 import os
 import re
 import shutil
+import time
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -45,6 +49,7 @@ from tfhub_cache.cache.locks import CacheLock
 from tfhub_cache.errors import CacheError, ConfigurationError, TFHubError
 from tfhub_cache.storage import Storage, open_storage
 from tfhub_cache.storage.base import MODEL_MARKERS
+from tfhub_cache.units import format_age, parse_age
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +59,10 @@ LOCK_NAME = ".tfhub-export.lock"
 SIDECAR_RE = re.compile(r"^\.(?P<version>[0-9]+)\.tfhub-export\.json$")
 _VERSION_RE = re.compile(r"^[0-9]+$")
 _MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+#: A tree an overwrite replaced, kept for readers until ``replaced_max_age`` (its mtime is the replacement time).
+_REPLACED_RE = re.compile(r"^\.[0-9]+\.[0-9a-f]+\.replaced$")
+#: How long a replaced version tree stays on disk by default.
+DEFAULT_REPLACED_MAX_AGE = "1d"
 _DEAD_RE = re.compile(r"^\.(export\.[0-9a-f]+\.tmp(\.old)?|[0-9]+\.[0-9a-f]+\.removing)$")
 _LINK_ERRNOS = (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EACCES)
 
@@ -76,12 +85,15 @@ def export_for_serving(
     overwrite: bool = False,
     lock_timeout: float | None = None,
     storage_options: Mapping[str, Any] | None = None,
+    replaced_max_age: float | str | None = DEFAULT_REPLACED_MAX_AGE,
 ) -> dict[str, Any]:
     """Export the model at ``staged["path"]`` to ``<base_path>/<model_name>/<version>/``.
 
     Returns :data:`EXPORT_KEYS` (``exported`` is False when nothing was written) plus
     ``removed_versions`` (what ``keep_versions`` removed) and ``handle`` (the staged model's).
     ``storage_options`` go to the GCS backend of a ``gs://`` source or target (credentials).
+    ``replaced_max_age``: how long the tree an ``overwrite`` replaced stays (hidden) on a local
+    target for readers that still use it (``"0s"``: removed by the next export; ``None``: never).
     """
     path = staged.get("path") if isinstance(staged, Mapping) else None
     if not isinstance(path, str) or not path:
@@ -105,7 +117,8 @@ def export_for_serving(
     model_dir = base.rstrip("/") + "/" + name if base.startswith("gs://") else os.path.join(base, name)
     target = open_storage(model_dir, **(options if model_dir.startswith("gs://") else {}))
     target.ensure_root()
-    exporter = _Exporter(source, files, target, str(digest), handle=staged.get("handle"))
+    grace = parse_age(replaced_max_age) if replaced_max_age is not None else None
+    exporter = _Exporter(source, files, target, str(digest), handle=staged.get("handle"), replaced_max_age=grace)
     lock = CacheLock(
         target,
         LOCK_NAME,
@@ -143,8 +156,15 @@ class _Exporter:
     """One export into one model directory, run under its lock."""
 
     def __init__(
-        self, source: Storage, files: list[tuple[str, int]], target: Storage, sha256: str, handle: Any
+        self,
+        source: Storage,
+        files: list[tuple[str, int]],
+        target: Storage,
+        sha256: str,
+        handle: Any,
+        replaced_max_age: float | None = None,
     ) -> None:
+        self.replaced_max_age = replaced_max_age
         self.source = source
         self.files = files
         self.target = target
@@ -223,6 +243,10 @@ class _Exporter:
                     os.rename(final, old)
                     os.rename(tmp, final)
                     tmp = old
+                # ``tmp`` now holds the replaced tree: kept for its readers, removed by a later export.
+                replaced = self.target.location(f".{version}.{self.uid}.replaced")
+                os.rename(tmp, replaced)
+                os.utime(replaced)
             else:
                 os.rename(tmp, final)
         except OSError as exc:
@@ -313,10 +337,16 @@ class _Exporter:
         """Temporary trees of exporters that died: we hold the lock, so no other exporter is working."""
         if self.gcs_target:
             return
+        now = time.time()
         for name in self.target.list_root(prefix="."):
             if _DEAD_RE.match(name):
                 self.target.delete_tree(name)
                 log.info("Removed %s left by an interrupted export.", self.target.location(name))
+            elif _REPLACED_RE.match(name) and self.replaced_max_age is not None:
+                st = self.target.stat(name)
+                if st is not None and now - st.mtime >= self.replaced_max_age:
+                    self.target.delete_tree(name)
+                    log.info("Removed %s, replaced %s ago.", self.target.location(name), format_age(now - st.mtime))
 
     # -- keep_versions ------------------------------------------------------------------------------
     def prune(self, keep: int, *, protect: int) -> list[int]:
