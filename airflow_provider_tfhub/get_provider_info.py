@@ -97,7 +97,10 @@ def get_provider_info() -> dict[str, Any]:
             }
         ],
         "triggers": [
-            {"integration-name": "TensorFlow Hub", "python-modules": ["airflow_provider_tfhub.triggers.tfhub"]}
+            {
+                "integration-name": "TensorFlow Hub",
+                "python-modules": ["airflow_provider_tfhub.triggers.tfhub", "airflow_provider_tfhub.triggers.events"],
+            }
         ],
         "extra-links": [
             "airflow_provider_tfhub.links.TFHubModelPageLink",

@@ -93,7 +93,7 @@ def compare(cached: Mapping[str, Any], status: int, headers: Mapping[str, str], 
     ``if_changed`` then downloads once and records validators for next time.
     """
     if status not in (200, 206, 304):
-        _raise_for_status(status, description)
+        _raise_for_status(status, description, headers.get("Retry-After"))
     etag = headers.get("ETag") or None
     last_modified = headers.get("Last-Modified") or None
     if status == 304:
@@ -254,12 +254,13 @@ def _check_source(parsed: Handle, cached: Mapping[str, Any], storage: Storage | 
         stream.close()
 
 
-def _raise_for_status(status: int, description: str) -> None:
+def _raise_for_status(status: int, description: str, retry_after: str | None = None) -> None:
     hint = STATUS_HINTS.get(status, "the server could not answer the update check")
     raise DownloadError(
         f"{description!r} answered HTTP {status}: {hint}.",
         permanent=is_permanent(status),
         status=status,
+        retry_after=retry_after,
     )
 
 
