@@ -150,8 +150,10 @@ class TFHubUpstreamChangedTrigger(_WatermarkTrigger):
                 wait = self._transient(exc)
             else:
                 if check.changed:
-                    validator = check.etag or check.last_modified or (
-                        f"size:{check.size}" if check.size is not None else "not cached"
+                    validator = (
+                        check.etag
+                        or check.last_modified
+                        or (f"size:{check.size}" if check.size is not None else "not cached")
                     )
                     if validator != await self._last_fired(UPSTREAM_KEY):
                         self.log.info("%s changed upstream (%s): firing.", self.handle, check.reason)
@@ -218,7 +220,7 @@ class TFHubRevisionPublishedTrigger(_WatermarkTrigger):
                 revision = (entry or {}).get("revision")
                 if revision and revision != await self._last_fired(REVISION_KEY):
                     assert entry is not None
-                    self.log.info("Revision %s of %s was published at %s: firing.", revision, self.handle, entry["path"])
+                    self.log.info("Revision %s of %s published at %s: firing.", revision, self.handle, entry["path"])
                     yield TriggerEvent(
                         {"handle": self.handle, "revision": revision, "path": entry["path"], "sha256": entry["sha256"]}
                     )
