@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -84,7 +84,7 @@ async def test_upstream_trigger_fires_once_per_change_the_cache_lacks(
     await asyncio.to_thread(stage, handle, cache_dir)
     state = KeptState()
     trigger = TFHubUpstreamChangedTrigger(handle, cache_dir=cache_dir, poll_interval=POLL)
-    trigger.asset_state_store = state
+    trigger.asset_state_store = cast(Any, state)  # the accessor API: aget/aset
     watch = Watch(trigger)
     try:
         await polls(hub, 3)
@@ -100,7 +100,7 @@ async def test_upstream_trigger_fires_once_per_change_the_cache_lacks(
     assert state.values[UPSTREAM_KEY] == etag
 
     restarted = TFHubUpstreamChangedTrigger(handle, cache_dir=cache_dir, poll_interval=POLL)
-    restarted.asset_state_store = state
+    restarted.asset_state_store = cast(Any, state)  # the accessor API: aget/aset
     watch = Watch(restarted)
     try:
         await polls(hub, 3)
@@ -161,7 +161,7 @@ async def test_revision_trigger_fires_once_per_published_revision(
 ) -> None:
     state = KeptState()
     trigger = TFHubRevisionPublishedTrigger(handle, cache_dir=cache_dir, poll_interval=POLL)
-    trigger.asset_state_store = state
+    trigger.asset_state_store = cast(Any, state)  # the accessor API: aget/aset
     watch = Watch(trigger)
     try:
         await asyncio.sleep(5 * POLL)
@@ -183,7 +183,7 @@ async def test_revision_trigger_fires_once_per_published_revision(
     assert state.values[REVISION_KEY] == second["revision"]
 
     restarted = TFHubRevisionPublishedTrigger(handle, cache_dir=cache_dir, poll_interval=POLL)
-    restarted.asset_state_store = state
+    restarted.asset_state_store = cast(Any, state)  # the accessor API: aget/aset
     watch = Watch(restarted)
     try:
         await asyncio.sleep(5 * POLL)
