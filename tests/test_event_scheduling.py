@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from airflow_provider_tfhub.triggers.events import REVISION_KEY, UPSTREAM_KEY
 from tfhub_cache.cache.staging import stage
 
 AIRFLOW = str(Path(sys.executable).with_name("airflow"))
@@ -98,6 +99,11 @@ class Airflow:
             (count,) = db.execute("SELECT count(*) FROM dag_run WHERE dag_id = ?", (dag_id,)).fetchone()
         return int(count)
 
+    def state(self) -> dict[str, str]:
+        """The asset state store's keys and values (the watchers' watermarks), from the metadata DB."""
+        with sqlite3.connect(f"file:{self.db}?mode=ro", uri=True, timeout=30) as db:
+            return dict(db.execute("SELECT key, value FROM asset_state_store").fetchall())
+
     def wait_runs(self, dag_id: str, count: int, timeout: float = 180) -> None:
         deadline = time.monotonic() + timeout
         while self.runs(dag_id) < count:
@@ -143,6 +149,8 @@ def test_watchers_start_each_dag_once_per_change_across_a_triggerer_restart(
         airflow.wait_log("triggerer", f"trigger ID {trigger_id} starting", 2)
     time.sleep(6)  # several polls; upstream is still changed: the watermarks are in the asset state store
     assert airflow.runs("refresh") == 1 and airflow.runs("consumer") == 1
+    kept = airflow.state()
+    assert str(first["revision"]) in kept[REVISION_KEY] and kept[UPSTREAM_KEY]  # what the watchers fired last
 
     second = stage(handle, cache, refresh="if_changed")  # the refresh publishes a revision
     assert second["revision"] != first["revision"]
