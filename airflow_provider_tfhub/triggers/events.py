@@ -27,6 +27,7 @@ from airflow.triggers.base import BaseEventTrigger, TriggerEvent
 from asgiref.sync import sync_to_async
 
 from airflow_provider_tfhub.hooks.tfhub import TFHubHook
+from airflow_provider_tfhub.triggers.tfhub import preload_trigger_imports
 from tfhub_cache import settings
 from tfhub_cache.cache.staging import lookup_entry
 from tfhub_cache.errors import TFHubError
@@ -35,6 +36,8 @@ from tfhub_cache.fetch.transfer import RetryPolicy
 from tfhub_cache.fetch.update_check import acheck_for_update
 from tfhub_cache.handles import require_cacheable
 from tfhub_cache.storage import Storage, open_storage
+
+preload_trigger_imports()  # the triggerer loads this module by classpath: import the transport now, not in run()
 
 #: The state-store keys of the watermarks.
 UPSTREAM_KEY = "tfhub_upstream_validator"
