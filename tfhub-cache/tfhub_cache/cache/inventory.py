@@ -520,8 +520,8 @@ def prune(
     ``superseded_max_age`` (the grace period for readers of an older ``path``; ``0`` removes every
     superseded revision, ``None`` none; the current revision is never removed); then whole entries
     not used for ``max_age`` seconds; then the least recently used entries until the cache holds
-    at most ``max_total_bytes``; last, alias index objects (:mod:`.aliases`) of entries that are
-    gone. Entries whose handle (or key) is in ``keep`` and entries locked by
+    at most ``max_total_bytes``. A removed entry's alias index objects (:mod:`.aliases`) go with it;
+    those of entries removed earlier are cleaned. Entries whose handle (or key) is in ``keep`` and entries locked by
     a live stager are never touched; held revisions (:mod:`.holds`, unexpired) and their entries
     are never removed, and a held revision that would have been is listed in ``held``. Every deletion happens under
     the entry's lock, so a stager that starts meanwhile waits and then stages afresh.
@@ -582,9 +582,9 @@ def prune(
         if entry.key not in pruner.removed_keys and entry.key not in pruner.kept_keys:
             pruner.keep(entry, "within limits")
 
-    live_keys = {e.key for e in entries if e.key not in pruner.removed_keys}
+    scanned = {e.key for e in entries}
     for key, names in aliases.index_by_entry(storage).items():
-        if key not in live_keys:
+        if key not in scanned:  # left by an entry removed earlier (those removed now took theirs along)
             pruner.clean_index(key, names)
 
     remaining = sum(e.size for e in entries if e.key not in pruner.removed_keys)
@@ -838,6 +838,8 @@ class _Pruner:
         freed += 0 if view_is_link else view_bytes  # a symlink to a revision frees nothing of its own
         freed += self.storage.delete_tree(names.revisions)
         freed += self.storage.delete_tree(names.holds)
+        for index in aliases.index_by_entry(self.storage).get(entry.key, []):
+            self.storage.delete(index)  # the alias index pointing at this entry
         for name in self.storage.list_root(prefix=f"{entry.key}."):
             if TMP_RE.match(name):
                 freed += self.storage.delete_tree(name)
