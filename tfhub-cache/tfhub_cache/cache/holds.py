@@ -22,7 +22,7 @@ import time
 from collections.abc import Iterable
 from typing import TypedDict
 
-from tfhub_cache.cache.layout import REVISION_RE, EntryNames, decode_meta
+from tfhub_cache.cache.layout import REVISION_RE, EntryNames, decode_meta, revision_exists
 from tfhub_cache.errors import CacheError, ConfigurationError
 from tfhub_cache.handles import parse_handle
 from tfhub_cache.storage.base import Storage
@@ -66,7 +66,7 @@ def hold(
         raise ConfigurationError(f"Hold TTL {ttl!r} must be positive, e.g. 12h or 7d.")
     names = EntryNames(parse_handle(handle).cache_key)
     rev = revision or _current_revision(storage, names, handle)
-    if not REVISION_RE.match(rev) or not storage.has_file(names.revision_meta(rev)):
+    if not REVISION_RE.match(rev) or not revision_exists(storage, names, rev):
         raise CacheError(
             f"{handle} has no revision {rev!r} in {storage.location()}; `tfhub-cache ls --json` lists its revisions."
         )
@@ -96,7 +96,7 @@ def hold(
             break
     else:
         raise CacheError(f"Could not write the hold {name} in {storage.location()}: it keeps changing; try again.")
-    if not storage.has_file(names.revision_meta(rev)):  # pruned before our hold was visible: it never held
+    if not revision_exists(storage, names, rev):  # pruned before our hold was visible: it never held
         storage.delete(name)
         raise CacheError(f"Revision {rev} of {handle} was pruned while the hold was being written; stage it again.")
     return record

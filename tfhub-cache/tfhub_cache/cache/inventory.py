@@ -36,6 +36,7 @@ from tfhub_cache.cache.layout import (
     EntryNames,
     decode_meta,
     find_marker,
+    has_entry_meta,
     is_complete,
     new_uid,
     tree_of,
@@ -793,7 +794,7 @@ class _Pruner:
 
     def clean_index(self, key: str, names: list[str]) -> None:
         """Remove the alias index objects of an entry that is gone (pruned now or earlier)."""
-        if not self.dry_run and self.storage.has_file(EntryNames(key).meta):
+        if not self.dry_run and has_entry_meta(self.storage, EntryNames(key)):
             return  # staged since the scan: its index is fresh
         for name in names:
             if not self.dry_run:

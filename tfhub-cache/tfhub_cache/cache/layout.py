@@ -173,3 +173,13 @@ def is_complete(meta: Mapping[str, Any] | None, marker: str | None, *, locked: b
     if meta is not None:
         return marker is not None
     return marker is not None and not locked
+
+
+def revision_exists(storage: Storage, names: EntryNames, rev: str) -> bool:
+    """A revision exists while its metadata does: written after its tree, removed first by prune (holds rely on it)."""
+    return storage.has_file(names.revision_meta(rev))
+
+
+def has_entry_meta(storage: Storage, names: EntryNames) -> bool:
+    """The entry's metadata exists (it was staged, or is being refreshed, since a listing was taken)."""
+    return storage.has_file(names.meta)
