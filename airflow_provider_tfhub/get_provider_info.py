@@ -94,6 +94,7 @@ def get_provider_info() -> dict[str, Any]:
                     "airflow_provider_tfhub.operators.load",
                     "airflow_provider_tfhub.operators.prune",
                     "airflow_provider_tfhub.operators.export",
+                    "airflow_provider_tfhub.operators.release",
                 ],
             }
         ],
@@ -104,7 +105,10 @@ def get_provider_info() -> dict[str, Any]:
             }
         ],
         "triggers": [
-            {"integration-name": "TensorFlow Hub", "python-modules": ["airflow_provider_tfhub.triggers.tfhub"]}
+            {
+                "integration-name": "TensorFlow Hub",
+                "python-modules": ["airflow_provider_tfhub.triggers.tfhub", "airflow_provider_tfhub.triggers.events"],
+            }
         ],
         "extra-links": [
             "airflow_provider_tfhub.links.TFHubModelPageLink",

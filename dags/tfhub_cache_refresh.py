@@ -1,6 +1,10 @@
 """Keep a persistent model cache fresh and bounded, and announce refreshed models as Assets.
 
-Daily, for every model in :data:`MODELS`:
+Started by upstream changes: each model has an ``Asset`` watched by
+:class:`~airflow_provider_tfhub.triggers.TFHubUpstreamChangedTrigger` (one conditional request per
+poll, in the triggerer), which starts this DAG once per new upstream version the cache lacks. Set
+:data:`SCHEDULE_ON_UPSTREAM_CHANGES` to False to run daily on cron instead. Each run, for every
+model in :data:`MODELS`:
 
 1. ``check``: a deferrable sensor waits (in the triggerer, one conditional request per poll, hourly) until
    the model changed upstream, or fires at once when it is not cached yet. No change within the
@@ -24,12 +28,13 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from airflow.sdk import DAG, Param, TaskGroup
+from airflow.sdk import DAG, Asset, AssetWatcher, Param, TaskGroup
 
 from airflow_provider_tfhub.assets import create_asset
 from airflow_provider_tfhub.operators.prune import TFHubPruneCacheOperator
 from airflow_provider_tfhub.operators.stage import TFHubStageModelOperator
 from airflow_provider_tfhub.sensors.updated import TFHubModelUpdatedSensor
+from airflow_provider_tfhub.triggers import TFHubUpstreamChangedTrigger
 
 #: Models kept fresh: name (task group) -> default handle. Their Assets are derived from these handles.
 MODELS = {
@@ -39,6 +44,23 @@ MODELS = {
 MODEL_ASSETS = {name: create_asset(handle=handle) for name, handle in MODELS.items()}
 CACHE_BUDGET = "10G"
 SUPERSEDED_GRACE = "1d"  # how long a task that was given an older path may still read it
+#: True: start on upstream changes (AssetWatcher, see UPSTREAM); False: daily cron.
+SCHEDULE_ON_UPSTREAM_CHANGES = True
+UPSTREAM_POLL_SECONDS = 3600
+#: One watched Asset per model: "a new version of it is upstream" (distinct from the model Assets this
+#: DAG emits, which consumers schedule on).
+UPSTREAM = {
+    name: Asset(
+        name=f"tfhub_upstream_{name}",
+        watchers=[
+            AssetWatcher(
+                name=f"tfhub_upstream_{name}",
+                trigger=TFHubUpstreamChangedTrigger(handle, poll_interval=UPSTREAM_POLL_SECONDS),
+            )
+        ],
+    )
+    for name, handle in MODELS.items()
+}
 CACHE_DIR = "{{ params.cache_dir or '' }}"  # empty: the connection's cache_dir, TFHUB_CACHE_DIR, [tfhub] cache_dir
 
 
@@ -50,7 +72,7 @@ def handle_of(name: str) -> str:
 with DAG(
     dag_id="tfhub_cache_refresh",
     description="Refresh cached TF Hub models when they change upstream, emit Assets, prune the cache.",
-    schedule="@daily",
+    schedule=list(UPSTREAM.values()) if SCHEDULE_ON_UPSTREAM_CHANGES else "@daily",
     start_date=datetime(2026, 1, 1),
     catchup=False,
     max_active_runs=1,

@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from stage_helpers import manifest_of_dir
+from stage_helpers import Version, manifest_of_dir
 
-from tfhub_cache.testing.models import build_archives_in_subprocess
+from tfhub_cache.testing.hub import HubServer
+from tfhub_cache.testing.models import build_archives_in_subprocess, make_archive
 
 ROOT = Path(__file__).resolve().parents[1]
 AIRFLOW_HOME = tempfile.mkdtemp(prefix="tfhub-test-airflow-")
@@ -104,3 +105,32 @@ def medium_reference(model_archives: dict[str, Path], tmp_path_factory: pytest.T
     with tarfile.open(model_archives["medium"]) as tar:
         tar.extractall(target, filter="data")
     return manifest_of_dir(target)
+
+
+@pytest.fixture(scope="session")
+def versions(model_archives: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Version]:
+    """demo_v1 / demo_v2 (offset 1 vs 5) plus ``assets/version.txt``, re-archived like tfhub.dev does."""
+    root = tmp_path_factory.mktemp("versions")
+    result = {}
+    for tag, name in (("v1", "demo_v1"), ("v2", "demo_v2")):
+        src = root / tag / "model"
+        src.mkdir(parents=True)
+        with tarfile.open(model_archives[name]) as tar:
+            tar.extractall(src, filter="data")
+        (src / "assets").mkdir(exist_ok=True)
+        (src / "assets" / "version.txt").write_text(tag)
+        archive = make_archive(src, root / tag / "model.tar.gz")
+        files = {p.relative_to(src).as_posix(): p.read_bytes() for p in src.rglob("*") if p.is_file()}
+        result[tag] = Version(tag, archive, files)
+    assert result["v1"].files["saved_model.pb"]  # a real SavedModel, not a placeholder
+    differing = {r for r in result["v1"].files if result["v1"].files[r] != result["v2"].files.get(r)}
+    assert {"assets/version.txt", "variables/variables.data-00000-of-00001"} <= differing
+    return result
+
+
+@pytest.fixture
+def mirror(model_archives: dict[str, Path]) -> Any:
+    """A loopback hub playing the corporate mirror of tfhub.dev (model ``/google/x/1``)."""
+    with HubServer() as server:
+        server.add_model("/google/x/1", model_archives["demo_v1"], uncompressed_location="gs://mirror-b/google/x/1")
+        yield server

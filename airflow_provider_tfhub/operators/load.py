@@ -23,6 +23,7 @@ from airflow_provider_tfhub.arguments import (
     checked_arguments,
     raise_argument_error,
 )
+from airflow_provider_tfhub.run_holds import HoldFor, check_hold_for, hold_staged
 from airflow_provider_tfhub.task_helpers import run_core
 from tfhub_cache import loading, settings
 from tfhub_cache.errors import ConfigurationError
@@ -43,12 +44,15 @@ class TFHubLoadModelOperator(MappedArgumentChecks, BaseOperator):
     :param smoke_test: call ``signature`` once on zeros of its input spec (see ``loading.smoke_call``).
     :param cache_dir: cache for staging ``handle`` (templated); only with ``handle``.
     :param tfhub_conn_id: ``tfhub`` connection used for staging (optional).
+    :param hold_for: hold the loaded revision for this DAG run during this long (``"12h"``, ``"7d"``,
+        seconds or a ``timedelta``) so ``prune`` keeps it while training may reload it; ``None``
+        (default) holds nothing. Release it with ``TFHubReleaseOperator`` as a teardown.
 
     XCom: the plan (``path``, ``handle``, ``load_format``, ``tpu``, ``load_options``, ``reason``) plus
     ``signatures`` and, with ``smoke_test``, ``smoke_test`` (the call's inputs and outputs).
     """
 
-    template_fields: Sequence[str] = ("handle", "staged", "cache_dir")
+    template_fields: Sequence[str] = ("handle", "staged", "cache_dir", "hold_for")
     ui_color = "#e0f0ff"
     argument_checks: ClassVar[ArgumentChecks] = {
         "handle": parse_handle,
@@ -67,10 +71,12 @@ class TFHubLoadModelOperator(MappedArgumentChecks, BaseOperator):
         smoke_test: bool = True,
         cache_dir: str | None = None,
         tfhub_conn_id: str = "tfhub_default",
+        hold_for: HoldFor = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.tpu = tpu
+        self.hold_for = hold_for
         self.handle = handle
         self.staged = staged
         self.load_format = load_format
@@ -93,6 +99,7 @@ class TFHubLoadModelOperator(MappedArgumentChecks, BaseOperator):
             if not isinstance(signature, str) or not signature.strip():
                 raise ConfigurationError(f"signature={signature!r} must be a signature name such as 'serving_default'.")
             self.tpu = loading.validate_tpu(tpu)
+            check_hold_for(hold_for)
             check_arguments(self.argument_checks, {"load_format": load_format, "handle": handle})
 
     def _staged_model(self) -> Any:
@@ -107,7 +114,10 @@ class TFHubLoadModelOperator(MappedArgumentChecks, BaseOperator):
         from airflow.sdk.exceptions import AirflowFailException
 
         raise_argument_error(self)
-        plan = run_core(loading.build_plan, self._staged_model(), tpu=self.tpu)
+        staged = self._staged_model()
+        plan = run_core(loading.build_plan, staged, tpu=self.tpu)
+        if isinstance(staged, dict):
+            run_core(hold_staged, staged, hold_for=self.hold_for, context=context, conn_id=self.tfhub_conn_id)
         self.log.info("Loading %s from %s (%s)", plan["handle"], plan["path"], plan["reason"])
         try:
             model = run_core(loading.load, plan, tpu=plan["tpu"])  # the target planned for, not this worker

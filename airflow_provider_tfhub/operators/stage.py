@@ -21,6 +21,7 @@ from airflow_provider_tfhub.arguments import (
 )
 from airflow_provider_tfhub.links import TFHubModelPageLink, TFHubStagedModelLink
 from airflow_provider_tfhub.operators.labels import HANDLE_MAP_INDEX_TEMPLATE, HandleLabelMixin
+from airflow_provider_tfhub.run_holds import HoldFor, check_hold_for, hold_staged
 from airflow_provider_tfhub.task_helpers import emit_asset_events, result_of, run_core
 from tfhub_cache import settings
 from tfhub_cache.archive.extract import check_max_files
@@ -57,11 +58,22 @@ class TFHubStageModelOperator(MappedArgumentChecks, HandleLabelMixin, BaseOperat
         local tier (templated; default from the connection extra ``upstream_cache``,
         ``TFHUB_UPSTREAM_CACHE`` or ``[tfhub] upstream_cache``): a miss pulls the upstream's revision,
         staging it there first (once per fleet) when the upstream lacks it.
+    :param hold_for: hold the staged revision for this DAG run during this long (``"12h"``, ``"7d"``,
+        seconds or a ``timedelta``) so ``prune`` keeps it; ``None`` (default) holds nothing. Release
+        it with :class:`~airflow_provider_tfhub.operators.release.TFHubReleaseOperator` as a teardown.
 
     Every Asset in ``outlets`` gets an event whose ``extra`` is the staged-model dict.
     """
 
-    template_fields: Sequence[str] = ("handle", "cache_dir", "sha256", "load_format", "refresh", "upstream_cache")
+    template_fields: Sequence[str] = (
+        "handle",
+        "cache_dir",
+        "sha256",
+        "load_format",
+        "refresh",
+        "upstream_cache",
+        "hold_for",
+    )
     ui_color = "#ffe8cc"
     operator_extra_links = (TFHubModelPageLink(), TFHubStagedModelLink())
     argument_checks: ClassVar[ArgumentChecks] = {
@@ -92,6 +104,7 @@ class TFHubStageModelOperator(MappedArgumentChecks, HandleLabelMixin, BaseOperat
         download_connections: int | None = None,
         max_extracted_files: int | None = None,
         upstream_cache: str | None = None,
+        hold_for: HoldFor = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(map_index_template=map_index_template, **kwargs)
@@ -107,7 +120,9 @@ class TFHubStageModelOperator(MappedArgumentChecks, HandleLabelMixin, BaseOperat
         self.download_connections = download_connections
         self.max_extracted_files = max_extracted_files
         self.upstream_cache = upstream_cache
+        self.hold_for = hold_for
         with checked_arguments(self):
+            check_hold_for(hold_for)
             check_arguments(
                 self.argument_checks,
                 {
@@ -134,6 +149,7 @@ class TFHubStageModelOperator(MappedArgumentChecks, HandleLabelMixin, BaseOperat
             self.log.info("Resolved %s to its uncompressed copy %s", staged["handle"], staged["path"])
         elif not staged["downloaded"]:
             self.log.info("Found %s in the cache at %s", staged["handle"], staged["path"])
+        run_core(hold_staged, staged, hold_for=self.hold_for, context=context, conn_id=self.tfhub_conn_id)
         emit_asset_events(self, context, staged)
         self._staged_result = staged
         return staged

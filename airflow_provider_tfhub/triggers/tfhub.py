@@ -37,7 +37,7 @@ from tfhub_cache.units import human_duration
 STILL_WAITING_EVERY = 600.0
 
 
-def _preload() -> None:
+def preload_trigger_imports() -> None:
     """Import now what ``run()`` would otherwise import lazily on the triggerer's loop.
 
     The triggerer imports a trigger's module once, by its classpath, and yields to other triggers
@@ -54,7 +54,7 @@ def _preload() -> None:
         pass
 
 
-_preload()
+preload_trigger_imports()
 
 
 def error_event(handle: str, exc: BaseException) -> TriggerEvent:
@@ -97,7 +97,7 @@ class BaseTFHubCacheTrigger(BaseTrigger):
         )
 
     async def _settings_and_storage(self) -> tuple[Any, Storage]:
-        # Everything run() needs was imported with this module (see _preload): a cold import inside
+        # Everything run() needs was imported with this module (see preload_trigger_imports): a cold import inside
         # run() held a triggerer's loop for ~0.2-0.4 s, and one in a thread still holds the import
         # lock and the GIL. Local storages touch the disk: a thread.
         hook = TFHubHook(tfhub_conn_id=self.tfhub_conn_id)

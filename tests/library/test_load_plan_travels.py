@@ -16,17 +16,12 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
-import gcs_helpers
 import pytest
 
 from tfhub_cache import loading
 from tfhub_cache.cache.staging import stage
 from tfhub_cache.errors import ConfigurationError
 from tfhub_cache.testing.models import expected_output
-
-gcs_emulator = gcs_helpers.gcs_emulator
-gcs_env = gcs_helpers.gcs_env
-gcs_cache = gcs_helpers.gcs_cache
 
 IO_DEVICE_OPTIONS = {"experimental_io_device": "/job:localhost"}
 

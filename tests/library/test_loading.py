@@ -188,7 +188,7 @@ def test_operator_validates_arguments_at_parse_time() -> None:
     with pytest.raises(TypeError):
         TFHubLoadModelOperator({"path": "/m"})  # type: ignore[call-arg,arg-type]
     op = TFHubLoadModelOperator(task_id="templated", handle="{{ params.handle }}", tpu=False, load_format="auto")
-    assert op.template_fields == ("handle", "staged", "cache_dir") and op.tpu is False
+    assert op.template_fields == ("handle", "staged", "cache_dir", "hold_for") and op.tpu is False
 
 
 # -- UNCOMPRESSED against the loopback hub (no TensorFlow) --------------------------------------------------------

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
 
 import pytest
 from stage_helpers import run_py
@@ -23,14 +22,6 @@ from tfhub_cache.testing.hub import HubServer
 
 HANDLE = "https://tfhub.dev/google/x/1"
 TOKEN = "s3cr3t-mirror-token"
-
-
-@pytest.fixture
-def mirror(model_archives: dict[str, Path]) -> Any:
-    """A loopback hub playing the corporate mirror of tfhub.dev (model ``/google/x/1``)."""
-    with HubServer() as server:
-        server.add_model("/google/x/1", model_archives["demo_v1"], uncompressed_location="gs://mirror-b/google/x/1")
-        yield server
 
 
 # -- the rule ---------------------------------------------------------------------------------------

@@ -35,10 +35,6 @@ from tfhub_cache.testing.models import expected_output
 PY = sys.executable
 MiB = 1 << 20
 
-gcs_emulator = gcs_helpers.gcs_emulator
-gcs_env = gcs_helpers.gcs_env
-gcs_cache = gcs_helpers.gcs_cache
-
 
 def revision_meta_of(cache: str, handle: str, rev: str) -> dict[str, Any]:
     meta = decode_meta(open_storage(cache).read_bytes(EntryNames(cache_key(handle)).revision_meta(rev)))

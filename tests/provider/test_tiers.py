@@ -14,7 +14,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import gcs_helpers
 import pytest
 
 from tfhub_cache.cache.inventory import list_entries, verify
@@ -23,10 +22,6 @@ from tfhub_cache.cache.tiers import stage_tiered
 from tfhub_cache.errors import ConfigurationError
 from tfhub_cache.storage import open_storage
 from tfhub_cache.storage.local import LocalStorage
-
-gcs_emulator = gcs_helpers.gcs_emulator
-gcs_env = gcs_helpers.gcs_env
-gcs_cache = gcs_helpers.gcs_cache
 
 FLEET = 8
 STAGE_CLI = (sys.executable, "-m", "tfhub_cache.cli", "stage")

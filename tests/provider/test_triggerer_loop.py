@@ -4,7 +4,8 @@ The triggers run in a fresh interpreter (nothing imported or warmed up by other 
 triggerer that just loaded them, under asyncio debug mode with ``slow_callback_duration = 0.1``:
 every step of a task that holds the loop longer than 0.1 s is logged by asyncio, and the test
 fails on any such warning. Covered: the cached trigger on a local and a ``gs://`` cache and the
-updated trigger's probe, with a connection (token) read through ``aget_connection``.
+updated trigger's probe, with a connection (token) read through ``aget_connection``, and the
+AssetWatcher event triggers (upstream probe, published revision) on both caches.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from tfhub_cache.cache.staging import stage
 RUNNER = r"""
 import asyncio, json, logging, sys
 
+from airflow_provider_tfhub.triggers.events import TFHubRevisionPublishedTrigger, TFHubUpstreamChangedTrigger
 from airflow_provider_tfhub.triggers.tfhub import TFHubModelCachedTrigger, TFHubModelUpdatedTrigger
 
 slow = []
@@ -37,7 +39,12 @@ specs = json.loads(sys.argv[1])
 
 async def main():
     asyncio.get_running_loop().slow_callback_duration = 0.1
-    classes = {"cached": TFHubModelCachedTrigger, "updated": TFHubModelUpdatedTrigger}
+    classes = {
+        "cached": TFHubModelCachedTrigger,
+        "updated": TFHubModelUpdatedTrigger,
+        "upstream": TFHubUpstreamChangedTrigger,
+        "published": TFHubRevisionPublishedTrigger,
+    }
     triggers = [classes[kind](**kwargs) for kind, kwargs in specs]
     async def first(trigger):
         return (await asyncio.wait_for(trigger.run().__anext__(), 60)).payload
@@ -74,6 +81,10 @@ def test_triggers_never_block_the_event_loop(
         ("cached", {"handle": remote, "cache_dir": gcs_cache, "poll_interval": 0.05}),
         ("updated", {"handle": local, "cache_dir": cache_dir, "poll_interval": 0.05}),
         ("updated", {"handle": remote, "cache_dir": gcs_cache, "poll_interval": 0.05}),
+        ("upstream", {"handle": local, "cache_dir": cache_dir, "poll_interval": 0.05}),
+        ("upstream", {"handle": remote, "cache_dir": gcs_cache, "poll_interval": 0.05}),
+        ("published", {"handle": local, "cache_dir": cache_dir, "poll_interval": 0.05}),
+        ("published", {"handle": remote, "cache_dir": gcs_cache, "poll_interval": 0.05}),
     ]
 
     # A fresh interpreter each time; a second one only if the first saw a slow step: what this test
@@ -82,8 +93,12 @@ def test_triggers_never_block_the_event_loop(
     runs = []
     for _ in range(2):
         result = run_triggers(specs, env)
-        assert [e["status"] for e in result["events"]] == ["success"] * 4, result["events"]
-        assert all(e["reason"].startswith("ETag changed") for e in result["events"][2:]), result["events"]
+        deferral, upstream, published = result["events"][:4], result["events"][4:6], result["events"][6:]
+        assert [e["status"] for e in deferral] == ["success"] * 4, result["events"]
+        assert all(e["reason"].startswith("ETag changed") for e in deferral[2:]), result["events"]
+        assert [e["handle"] for e in upstream + published] == [local, remote] * 2, result["events"]
+        assert all(e["reason"].startswith("ETag changed") for e in upstream), result["events"]
+        assert all(e["revision"] for e in published), result["events"]
         runs.append(result["slow"])
         if not result["slow"]:
             break

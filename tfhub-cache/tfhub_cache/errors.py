@@ -42,9 +42,13 @@ class ConfigurationError(TFHubError, ValueError):
 class DownloadError(TFHubError):
     """The model could not be fetched from its source (transient unless said otherwise)."""
 
-    def __init__(self, message: str, *, permanent: bool = False, status: int | None = None) -> None:
+    def __init__(
+        self, message: str, *, permanent: bool = False, status: int | None = None, retry_after: str | None = None
+    ) -> None:
         super().__init__(message, permanent=permanent)
         self.status = status
+        #: The server's ``Retry-After`` header (seconds or an HTTP date), for callers that poll again.
+        self.retry_after = retry_after
 
 
 class RetriesExhausted(DownloadError):

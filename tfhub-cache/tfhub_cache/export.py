@@ -13,8 +13,11 @@ model reload in every serving replica).
 * **Appearing complete.** The target's :meth:`~tfhub_cache.storage.base.Storage.publish_tree` writes a
   version. Local: it is built under a hidden temporary name
   (``.export.<uid>.tmp``, which TF Serving ignores: it is not an integer) and renamed into place
-  in one step; an overwrite swaps the two trees atomically. Files are hard links into the cache when
-  both are on one filesystem (no copy, no extra space; staged revisions are never modified in place),
+  in one step; an overwrite swaps the two trees atomically, after the new tree is complete, and
+  keeps the replaced tree (hidden, ``.<version>.<uid>.replaced``) for ``replaced_max_age`` so a
+  server still reading it is not cut off; a later export removes it once that age is reached.
+  Files are hard links into the cache when both are on one filesystem (no copy, no extra space;
+  staged revisions are never modified in place),
   copies otherwise. ``gs://`` has no rename: every other file is copied first (server side when the
   cache is on GCS too) and ``saved_model.pb`` last, so a poller that lists the prefix early finds no
   ``saved_model.pb`` and fails that load attempt rather than loading a partial model.
@@ -34,6 +37,7 @@ import json
 import logging
 import os
 import re
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -45,6 +49,7 @@ from tfhub_cache.locations import check_location, is_gs_url
 from tfhub_cache.storage import Storage, open_storage
 from tfhub_cache.storage.base import MODEL_MARKERS
 from tfhub_cache.timestamps import utc_now
+from tfhub_cache.units import format_age, parse_age
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +58,10 @@ EXPORT_KEYS = ("export_path", "version", "model_name", "base_path", "sha256", "e
 LOCK_NAME = ".tfhub-export.lock"
 _VERSION_RE = re.compile(r"^[0-9]+$")
 _MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+#: A tree an overwrite replaced, kept for readers until ``replaced_max_age`` (its mtime is the replacement time).
+_REPLACED_RE = re.compile(r"^\.[0-9]+\.[0-9a-f]+\.replaced$")
+#: How long a replaced version tree stays on disk by default.
+DEFAULT_REPLACED_MAX_AGE = "1d"
 _DEAD_RE = re.compile(r"^\.(export\.[0-9a-f]+\.tmp(\.old)?|[0-9]+\.[0-9a-f]+\.removing)$")
 
 
@@ -70,12 +79,15 @@ def export_for_serving(
     overwrite: bool = False,
     lock_timeout: float | None = None,
     storage_options: Mapping[str, Any] | None = None,
+    replaced_max_age: float | str | None = DEFAULT_REPLACED_MAX_AGE,
 ) -> dict[str, Any]:
     """Export the model at ``staged["path"]`` to ``<base_path>/<model_name>/<version>/``.
 
     Returns :data:`EXPORT_KEYS` (``exported`` is False when nothing was written) plus
     ``removed_versions`` (what ``keep_versions`` removed) and ``handle`` (the staged model's).
     ``storage_options`` go to the GCS backend of a ``gs://`` source or target (credentials).
+    ``replaced_max_age``: how long the tree an ``overwrite`` replaced stays (hidden) on a local
+    target for readers that still use it (``"0s"``: removed by the next export; ``None``: never).
     """
     path = staged.get("path") if isinstance(staged, Mapping) else None
     if not isinstance(path, str) or not path:
@@ -98,7 +110,8 @@ def export_for_serving(
     digest = staged.get("sha256") or tree_digest(source, [rel for rel, _ in files])
     target = open_storage(f"{base.rstrip('/')}/{name}", **options)
     target.ensure_root()
-    exporter = _Exporter(source, files, target, str(digest), handle=staged.get("handle"))
+    grace = parse_age(replaced_max_age) if replaced_max_age is not None else None
+    exporter = _Exporter(source, files, target, str(digest), handle=staged.get("handle"), replaced_max_age=grace)
     lock = CacheLock(
         target,
         LOCK_NAME,
@@ -136,8 +149,15 @@ class _Exporter:
     """One export into one model directory, run under its lock."""
 
     def __init__(
-        self, source: Storage, files: list[tuple[str, int]], target: Storage, sha256: str, handle: Any
+        self,
+        source: Storage,
+        files: list[tuple[str, int]],
+        target: Storage,
+        sha256: str,
+        handle: Any,
+        replaced_max_age: float | None = None,
     ) -> None:
+        self.replaced_max_age = replaced_max_age
         self.source = source
         self.files = files
         self.target = target
@@ -189,7 +209,9 @@ class _Exporter:
 
     def publish(self, version: int) -> None:
         rels = [rel for rel, _size in self.files]
-        self.target.publish_tree(str(version), _tmp_name(self.uid), self.source, rels)
+        # an overwrite keeps the replaced tree (hidden) for its readers; _remove_dead_tmp removes it later
+        replaced = f".{version}.{self.uid}.replaced"
+        self.target.publish_tree(str(version), _tmp_name(self.uid), self.source, rels, replaced=replaced)
         record = {
             "format_version": 1,
             "sha256": self.sha256,
@@ -201,11 +223,18 @@ class _Exporter:
         self.target.write_bytes(sidecar_name(version), json.dumps(record, indent=1, sort_keys=True).encode())
 
     def _remove_dead_tmp(self) -> None:
-        """Temporary trees of exporters that died: we hold the lock, so no other exporter is working."""
+        """Temporary trees of exporters that died (we hold the lock, so no other exporter is working),
+        and replaced trees older than ``replaced_max_age``."""
+        now = time.time()
         for name in self.target.list_root(prefix="."):
             if _DEAD_RE.match(name):
                 self.target.delete_tree(name)
                 log.info("Removed %s left by an interrupted export.", self.target.location(name))
+            elif _REPLACED_RE.match(name) and self.replaced_max_age is not None:
+                st = self.target.stat(name)
+                if st is not None and now - st.mtime >= self.replaced_max_age:
+                    self.target.delete_tree(name)
+                    log.info("Removed %s, replaced %s ago.", self.target.location(name), format_age(now - st.mtime))
 
     # -- keep_versions ------------------------------------------------------------------------------
     def prune(self, keep: int, *, protect: int) -> list[int]:

@@ -26,7 +26,8 @@ _SCHEMELESS_HOSTS = ("tfhub.dev/", "www.tfhub.dev/", "kaggle.com/models/", "www.
 _SCHEME_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 _ACCEPTED = (
     "https://tfhub.dev/<publisher>/<model>/<version>, "
-    "https://www.kaggle.com/models/<owner>/<model>/<framework>/<variation>/<version>, "
+    "https://www.kaggle.com/models/<owner>/<model>/<framework>/<variation>/<version> (or its long form "
+    ".../models/<owner>/<model>/frameworks/<framework>/variations/<variation>/versions/<version>), "
     "any http(s):// model or .tar.gz URL, gs://<bucket>/<path>.tar.gz, or a local directory"
 )
 
@@ -111,11 +112,54 @@ def _check_http_handle(handle: str) -> None:
                 "https://tfhub.dev/<publisher>/<model>/<version> ending in a version number, e.g. .../1."
             )
     elif host in ("kaggle.com", "www.kaggle.com") and segments[:1] == ["models"]:
-        if len(segments) != 6 or not segments[-1].isdigit():
+        if kaggle_model_path(segments) is None:
             raise InvalidHandleError(
                 f"Model handle {handle!r} is not a Kaggle model handle; expected "
-                "https://www.kaggle.com/models/<owner>/<model>/<framework>/<variation>/<version>."
+                "https://www.kaggle.com/models/<owner>/<model>/<framework>/<variation>/<version> or "
+                "https://www.kaggle.com/models/<owner>/<model>/frameworks/<framework>/variations/<variation>"
+                "/versions/<version>."
             )
+
+
+#: The long Kaggle form's fixed words, by position after ``models/<owner>/<model>/``.
+_KAGGLE_LONG_WORDS = {3: "frameworks", 5: "variations", 7: "versions"}
+
+
+def kaggle_model_path(segments: list[str]) -> tuple[str, str, str, str, str] | None:
+    """``(owner, model, framework, variation, version)`` of a Kaggle model URL path, short or long form.
+
+    Short: ``models/<owner>/<model>/<framework>/<variation>/<version>``; long (Kaggle's own pages):
+    ``models/<owner>/<model>/frameworks/<framework>/variations/<variation>/versions/<version>``.
+    None when ``segments`` is neither.
+    """
+    if segments[:1] != ["models"] or not segments[-1:] or not segments[-1].isdigit():
+        return None
+    if len(segments) == 6:
+        return (segments[1], segments[2], segments[3], segments[4], segments[5])
+    if len(segments) == 9 and all(segments[i].lower() == word for i, word in _KAGGLE_LONG_WORDS.items()):
+        return (segments[1], segments[2], segments[4], segments[6], segments[8])
+    return None
+
+
+def kaggle_equivalents(handle: str) -> list[str]:
+    """The other spellings of the same Kaggle model as ``handle`` (short/long form, with or without ``www.``).
+
+    Each is its own tensorflow_hub cache key (sha1 of the handle as written), but the same model:
+    staging any of them after another is an alias, not a second download. Empty for other handles.
+    """
+    parts = urllib.parse.urlsplit(handle)
+    if (parts.hostname or "").lower() not in ("kaggle.com", "www.kaggle.com") or parts.query:
+        return []
+    path = kaggle_model_path([s for s in parts.path.split("/") if s])
+    if path is None:
+        return []
+    owner, model, framework, variation, version = path
+    forms = [
+        f"models/{owner}/{model}/{framework}/{variation}/{version}",
+        f"models/{owner}/{model}/frameworks/{framework}/variations/{variation}/versions/{version}",
+    ]
+    urls = [f"{parts.scheme}://{host}/{form}" for form in forms for host in ("www.kaggle.com", "kaggle.com")]
+    return [u for u in urls if u != handle]
 
 
 def require_cacheable(handle: object) -> Handle:

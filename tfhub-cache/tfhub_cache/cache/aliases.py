@@ -9,6 +9,9 @@ store it twice (its cache key is the sha1 of the handle string). We:
   as a tiny object ``.alias.<sha1(url)>.<sha1(handle)>.json`` at the cache root (one object per URL
   and handle: no read-modify-write, so concurrent stagers never lose each other's records; the
   leading dot keeps it out of tensorflow_hub's and our inventory's way);
+* index every Kaggle handle under its other spellings too (the short and the long URL form,
+  with and without ``www.``, :func:`~tfhub_cache.handles.kaggle_equivalents`), so that a second
+  spelling is recognised without a request;
 * on a miss, resolve the first hops of the new handle (redirects only, never an archive byte) and
   look each URL up in the index; a hit is verified against the other entry's own metadata, so a
   stale index object (its entry was pruned or replaced) only costs a download.
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import urllib.parse
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -31,13 +35,15 @@ from tfhub_cache.cache.layout import EntryNames, new_revision_id, tree_of
 from tfhub_cache.cache.records import EntryMeta, StagedModel, revision_meta
 from tfhub_cache.errors import DownloadError, InvalidHandleError
 from tfhub_cache.fetch.transfer import MAX_REDIRECTS, REDIRECT_STATUSES, HttpSource, thread_session
-from tfhub_cache.handles import Handle, cache_key, is_archive_name, parse_handle
+from tfhub_cache.handles import Handle, cache_key, is_archive_name, kaggle_equivalents, parse_handle
 from tfhub_cache.storage.base import Storage
 from tfhub_cache.timestamps import utc_now
 
 log = logging.getLogger(__name__)
 
 INDEX_PREFIX = ".alias."
+#: ``.alias.<sha1(url)>.<sha1(handle)>.json``; the second key is the cache key of the indexed entry.
+_INDEX_RE = re.compile(r"^\.alias\.[0-9a-f]{40}\.(?P<key>[0-9a-f]{40})\.json$")
 _FORMAT_PARAM = "tf-hub-format"
 
 
@@ -53,8 +59,8 @@ def page_url(url: str) -> str | None:
 
 
 def page_urls(handle: str, requested: Iterable[str]) -> list[str]:
-    """The handle and every model-page URL of the redirect chain, in order, without duplicates."""
-    urls = [handle]
+    """The handle, its other Kaggle spellings and every model-page URL of the redirect chain, without duplicates."""
+    urls = [handle, *kaggle_equivalents(handle)]
     for url in requested:
         page = page_url(url)
         if page and page not in urls:
@@ -64,6 +70,19 @@ def page_urls(handle: str, requested: Iterable[str]) -> list[str]:
 
 def index_name(url: str, handle: str) -> str:
     return f"{INDEX_PREFIX}{cache_key(url)}.{cache_key(handle)}.json"
+
+
+def index_by_entry(storage: Storage) -> dict[str, list[str]]:
+    """Every alias index object, grouped by the cache key of the entry it points to.
+
+    ``prune`` removes an entry's index objects with the entry, and those of entries that are gone.
+    """
+    found: dict[str, list[str]] = {}
+    for name in storage.list_root(prefix=INDEX_PREFIX):
+        match = _INDEX_RE.match(name)
+        if match:
+            found.setdefault(match.group("key"), []).append(name)
+    return found
 
 
 def has_index(storage: Storage) -> bool:
@@ -163,13 +182,18 @@ def stage_as_alias(
     def known(url: str) -> bool:
         return lookup(storage, [url], exclude=handle.text, read=read) is not None
 
-    http = source()
-    try:
-        hops = resolve_first_hops(http, known)
-    except DownloadError as exc:
-        log.debug("Could not resolve the redirects of %s (%s); downloading it.", handle.text, exc)
-        return None
+    described = handle.text
+    hops = kaggle_equivalents(handle.text)  # another spelling of the same Kaggle model: no request
     other = lookup(storage, hops, exclude=handle.text, read=read)
+    if other is None:
+        http = source()
+        described = http.description
+        try:
+            hops = resolve_first_hops(http, known)
+        except DownloadError as exc:
+            log.debug("Could not resolve the redirects of %s (%s); downloading it.", handle.text, exc)
+            return None
+        other = lookup(storage, hops, exclude=handle.text, read=read)
     if other is None or (sha256 is not None and other.get("sha256") != sha256):
         return None
     rev = new_revision_id()
@@ -192,7 +216,7 @@ def stage_as_alias(
     # every URL is followed by a space (log viewers would link trailing punctuation with it)
     log.info(
         "%s redirects to %s like %s did: staged revision %s from the files already staged, nothing downloaded",
-        http.description,
+        described,
         next((u for u in hops if u in other["page_urls"]), other["handle"]),
         meta["alias_of"],
         rev,

@@ -24,6 +24,9 @@ from typing import Any, TypedDict
 
 import google_crc32c
 
+from tfhub_cache.cache import aliases
+from tfhub_cache.cache import holds as holds_store
+from tfhub_cache.cache.holds import Hold
 from tfhub_cache.cache.layout import (
     ENTRY_RE,
     TMP_RE,
@@ -31,6 +34,7 @@ from tfhub_cache.cache.layout import (
     EntryNames,
     decode_meta,
     find_marker,
+    has_entry_meta,
     is_complete,
     new_uid,
     tree_of,
@@ -71,6 +75,7 @@ class _Revision:
     files: int = 0
     meta_bytes: int = 0
     superseded_since: float | None = None  # epoch seconds; None for the current revision
+    holds: list[Hold] = field(default_factory=list)  # expired ones included
 
     def as_dict(self, storage: Storage, names: EntryNames, now: float) -> dict[str, Any]:
         meta = self.meta or {}
@@ -86,6 +91,9 @@ class _Revision:
             "superseded_at": meta.get("superseded_at"),
             "age_s": round(now - staged, 1) if staged else None,
             "superseded_for_s": round(now - self.superseded_since, 1) if self.superseded_since else None,
+            "holds": [
+                {"holder": h["holder"], "expires_at": h["expires_at"], "expired": h["expired"]} for h in self.holds
+            ],
         }
 
 
@@ -98,6 +106,7 @@ class _Entry:
     has_revisions: bool = False
     has_descriptor: bool = False
     has_meta: bool = False
+    has_holds: bool = False
     tmp_dirs: list[str] = field(default_factory=list)
     write_leftovers: list[str] = field(default_factory=list)
     meta: EntryMeta | None = None
@@ -184,7 +193,8 @@ def list_entries(storage: Storage, *, lock_timeout: float = DEFAULT_LOCK_TIMEOUT
     ``last_used`` (mtime of the metadata, which stagers touch on every hit), ``etag``,
     ``last_modified``, ``sha256``, ``source``, ``lock``, ``lock_stale``, ``tmp``, ``revision`` (the
     current one) and ``revisions`` (current and superseded: ``revision``, ``current``, ``path``,
-    ``size``, ``files``, ``sha256``, ``staged_at``, ``superseded_at``, ``age_s``, ``superseded_for_s``).
+    ``size``, ``files``, ``sha256``, ``staged_at``, ``superseded_at``, ``age_s``, ``superseded_for_s``,
+    ``holds``: ``[{"holder", "expires_at", "expired"}]``, see :mod:`~tfhub_cache.cache.holds`).
     """
     now = time.time()
     return [e.as_dict(storage, now) for e in _scan(storage, lock_timeout)]
@@ -208,6 +218,8 @@ def _scan(storage: Storage, lock_timeout: float) -> list[_Entry]:
             entry.has_descriptor = True
         elif suffix == ".meta.json":
             entry.has_meta = True
+        elif suffix == ".holds":
+            entry.has_holds = True
         elif suffix == ".lock":
             pass  # read below, after the listing
         elif TMP_RE.match(name):
@@ -234,6 +246,10 @@ def _fill(storage: Storage, entry: _Entry, lock_timeout: float, now: float) -> N
                 entry.last_used = st.mtime
     if entry.has_revisions:
         _fill_revisions(storage, entry)
+    if entry.has_holds:
+        for record in holds_store.read_holds(storage, names, now=now):
+            if record["revision"] in entry.revisions:
+                entry.revisions[record["revision"]].holds.append(record)
     if entry.has_model and entry.current_revision is not None and storage.view_target(names.model) is None:
         entry.view_bytes = sum(size for _, size in storage.list_tree(names.model))  # gs://: a copy
     if entry.has_model or entry.current_revision is not None:
@@ -441,6 +457,17 @@ class PrunedRevision(TypedDict):
     reason: str
 
 
+class HeldRevision(TypedDict):
+    """A revision prune would have removed but kept because someone holds it (see :mod:`.holds`)."""
+
+    handle: str | None
+    key: str
+    revision: str
+    path: str
+    holders: list[str]
+    reason: str
+
+
 class CleanedItem(TypedDict):
     """A leftover of a dead stager removed from an entry that stays: stale lock, tmp dir, small-file write."""
 
@@ -455,6 +482,7 @@ class PruneReport(TypedDict):
 
     removed: list[PrunedEntry]
     removed_revisions: list[PrunedRevision]
+    held: list[HeldRevision]
     cleaned: list[CleanedItem]
     kept: list[PrunedEntry]
     freed_bytes: int
@@ -480,13 +508,16 @@ def prune(
     ``superseded_max_age`` (the grace period for readers of an older ``path``; ``0`` removes every
     superseded revision, ``None`` none; the current revision is never removed); then whole entries
     not used for ``max_age`` seconds; then the least recently used entries until the cache holds
-    at most ``max_total_bytes``. Entries whose handle (or key) is in ``keep`` and entries locked by
-    a live stager are never touched. Every deletion happens under
+    at most ``max_total_bytes``. A removed entry's alias index objects (:mod:`.aliases`) go with it;
+    those of entries removed earlier are cleaned. Entries whose handle (or key) is in ``keep`` and entries locked by
+    a live stager are never touched; held revisions (:mod:`.holds`, unexpired) and their entries
+    are never removed, and a held revision that would have been is listed in ``held``. Every deletion happens under
     the entry's lock, so a stager that starts meanwhile waits and then stages afresh.
 
     Returns ``{"removed": [...], "removed_revisions": [...], "cleaned": [...], "kept": [...],
     "freed_bytes", "total_bytes" (what remains), "over_budget" (the budget could not be met),
-    "dry_run"}``; ``removed_revisions`` lists ``{"handle", "key", "revision", "path", "size",
+    "dry_run", "held"}``; ``held`` lists ``{"handle", "key", "revision", "path", "holders",
+    "reason"}``; ``removed_revisions`` lists ``{"handle", "key", "revision", "path", "size",
     "reason"}``; ``removed`` and
     ``kept`` list entries as ``{"handle", "key", "path", "size", "last_used", "reason"}``,
     ``cleaned`` lists stale locks, tmp dirs and write leftovers of entries that stay.
@@ -513,7 +544,11 @@ def prune(
         else:
             pruner.clean(entry)
             pruner.remove_revisions(entry, now=now, grace=grace_s)
-            candidates.append(entry)
+            held = holds_store.active(h for r in entry.revisions.values() for h in r.holds)
+            if held:
+                pruner.keep(entry, holds_store.describe(held, now))
+            else:
+                candidates.append(entry)
 
     survivors: list[_Entry] = []
     for entry in candidates:
@@ -535,6 +570,11 @@ def prune(
         if entry.key not in pruner.removed_keys and entry.key not in pruner.kept_keys:
             pruner.keep(entry, "within limits")
 
+    scanned = {e.key for e in entries}
+    for key, names in aliases.index_by_entry(storage).items():
+        if key not in scanned:  # left by an entry removed earlier (those removed now took theirs along)
+            pruner.clean_index(key, names)
+
     remaining = sum(e.size for e in entries if e.key not in pruner.removed_keys)
     return pruner.report(total_bytes=remaining, over_budget=budget is not None and remaining > budget)
 
@@ -549,6 +589,7 @@ class _Pruner:
         self.uid = new_uid()
         self.removed: list[PrunedEntry] = []
         self.removed_revisions: list[PrunedRevision] = []
+        self.held: list[HeldRevision] = []
         self.kept: list[PrunedEntry] = []
         self.cleaned: list[CleanedItem] = []
         self.removed_keys: set[str] = set()
@@ -560,6 +601,7 @@ class _Pruner:
         return PruneReport(
             removed=self.removed,
             removed_revisions=self.removed_revisions,
+            held=self.held,
             cleaned=self.cleaned,
             kept=self.kept,
             freed_bytes=self.freed,
@@ -595,7 +637,14 @@ class _Pruner:
                 if self._changed_since_scan(entry):
                     self.keep(entry, "used or restaged while pruning")
                     return False
-                freed = self._delete_entry(entry)
+                retired = {rev: self._retire_meta(entry, rev) for rev in list(entry.revisions)}
+                held = holds_store.active(holds_store.read_holds(self.storage, entry.names))
+                if held:
+                    for rev, data in retired.items():
+                        self._restore_meta(entry, rev, data)
+                    self.keep(entry, holds_store.describe(held))
+                    return False
+                freed = self._delete_entry(entry) + sum(len(data or b"") for data in retired.values())
             finally:
                 lock.release()
         self.removed.append(self._row(entry, reason, size=freed))
@@ -632,13 +681,31 @@ class _Pruner:
                 if rev.rev == current:
                     continue
                 names = entry.names
-                if self.dry_run:
+                held = holds_store.active(rev.holds if self.dry_run else self._holds(entry, rev.rev))
+                if self.dry_run or held:
                     freed = rev.size + rev.meta_bytes
                 else:
-                    freed = self.storage.delete_tree(names.revision(rev.rev))
-                    st = self.storage.stat(names.revision_meta(rev.rev))
-                    if st is not None and self.storage.delete(names.revision_meta(rev.rev)):
-                        freed += st.size
+                    # Metadata first, then look for holds again: a holder checks it after writing its hold.
+                    retired = self._retire_meta(entry, rev.rev)
+                    held = self._holds(entry, rev.rev)
+                    if held:
+                        self._restore_meta(entry, rev.rev, retired)
+                    else:
+                        freed = len(retired or b"") + self.storage.delete_tree(names.revision(rev.rev))
+                        self.storage.delete_tree(names.revision_holds(rev.rev))
+                if held:
+                    self.held.append(
+                        HeldRevision(
+                            handle=entry.handle,
+                            key=entry.key,
+                            revision=rev.rev,
+                            path=self.storage.location(names.revision(rev.rev)),
+                            holders=[h["holder"] for h in held],
+                            reason=holds_store.describe(held),
+                        )
+                    )
+                    log.info("Kept revision %s of %s: %s.", rev.rev, entry.key, holds_store.describe(held))
+                    continue
                 del entry.revisions[rev.rev]
                 self.freed += freed
                 self.removed_revisions.append(
@@ -661,6 +728,21 @@ class _Pruner:
         finally:
             if lock is not None:
                 lock.release()
+
+    def _holds(self, entry: _Entry, rev: str) -> list[Hold]:
+        return holds_store.active(holds_store.read_holds(self.storage, entry.names, revision=rev))
+
+    def _retire_meta(self, entry: _Entry, rev: str) -> bytes | None:
+        """Delete a revision's metadata (a hold written from now on sees it gone); return it to restore."""
+        name = entry.names.revision_meta(rev)
+        data = self.storage.read_bytes(name)
+        if data is not None:
+            self.storage.delete(name)
+        return data
+
+    def _restore_meta(self, entry: _Entry, rev: str, data: bytes | None) -> None:
+        if data is not None:
+            self.storage.write_bytes(entry.names.revision_meta(rev), data)
 
     def clean(self, entry: _Entry) -> None:
         """Remove a dead stager's lock, tmp dirs and write leftovers from an entry that may stay.
@@ -699,6 +781,15 @@ class _Pruner:
             self.cleaned.append(CleanedItem(key=entry.key, name=name, size=0, reason="unfinished small-file write"))
         entry.tmp_dirs, entry.tmp_bytes = [], 0
 
+    def clean_index(self, key: str, names: list[str]) -> None:
+        """Remove the alias index objects of an entry that is gone (pruned now or earlier)."""
+        if not self.dry_run and has_entry_meta(self.storage, EntryNames(key)):
+            return  # staged since the scan: its index is fresh
+        for name in names:
+            if not self.dry_run:
+                self.storage.delete(name)
+            self.cleaned.append(CleanedItem(key=key, name=name, size=0, reason="alias index of a removed entry"))
+
     def _older_than_timeout(self, name: str, now: float) -> bool:
         st = self.storage.stat(name)
         return st is not None and now - st.mtime > self.lock_timeout
@@ -736,6 +827,9 @@ class _Pruner:
         view_bytes = self.storage.delete_tree(names.model)
         freed += 0 if view_is_link else view_bytes  # a symlink to a revision frees nothing of its own
         freed += self.storage.delete_tree(names.revisions)
+        freed += self.storage.delete_tree(names.holds)
+        for index in aliases.index_by_entry(self.storage).get(entry.key, []):
+            self.storage.delete(index)  # the alias index pointing at this entry
         for name in self.storage.list_root(prefix=f"{entry.key}."):
             if TMP_RE.match(name):
                 freed += self.storage.delete_tree(name)

@@ -11,6 +11,7 @@
     <cache>/<sha1>.<uid>.tmp/                the holder's download in progress
     <cache>/<sha1>.meta.json                 ours, written last: the entry is complete; names the
                                              current revision (the one switch readers follow)
+    <cache>/<sha1>.holds/<rev>/<holder>.json a hold: someone still uses that revision until an expiry
 
 Entries written before revisions existed have a plain model dir at ``<sha1>/`` and metadata without
 ``revision``; they are converted (hard links locally, server-side copies on GCS) the first time
@@ -75,6 +76,13 @@ class EntryNames:
 
     def revision_meta(self, rev: str) -> str:
         return f"{self.key}.revisions/{rev}.json"
+
+    @property
+    def holds(self) -> str:
+        return f"{self.key}.holds"
+
+    def revision_holds(self, rev: str) -> str:
+        return f"{self.key}.holds/{rev}"
 
 
 def new_uid() -> str:
@@ -161,3 +169,13 @@ def is_complete(meta: Mapping[str, Any] | None, marker: str | None, *, locked: b
     if meta is not None:
         return marker is not None
     return marker is not None and not locked
+
+
+def revision_exists(storage: Storage, names: EntryNames, rev: str) -> bool:
+    """A revision exists while its metadata does: written after its tree, removed first by prune (holds rely on it)."""
+    return storage.has_file(names.revision_meta(rev))
+
+
+def has_entry_meta(storage: Storage, names: EntryNames) -> bool:
+    """The entry's metadata exists (it was staged, or is being refreshed, since a listing was taken)."""
+    return storage.has_file(names.meta)

@@ -12,8 +12,9 @@ one line on stderr, in CLI terms (see :mod:`.wording`). Exit codes:
 - 130: interrupted (Ctrl-C).
 
 One module per group of commands: :mod:`.stage` (``stage``, ``resolve``), :mod:`.lifecycle` (``ls``,
-``verify``, ``prune``), :mod:`.pull` (``pull``), :mod:`.export` (``export``). They are imported
-plainly: a broken import fails loudly instead of silently removing commands.
+``verify``, ``prune``), :mod:`.holds` (``hold``, ``release``, ``holds``), :mod:`.pull` (``pull``),
+:mod:`.export` (``export``). They are imported plainly: a broken import fails
+loudly instead of silently removing commands.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
-from tfhub_cache.cli import export, lifecycle, pull, stage
+from tfhub_cache.cli import export, holds, lifecycle, pull, stage
 from tfhub_cache.cli.wording import for_cli
 from tfhub_cache.errors import TFHubError
 
@@ -43,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog=PROG, description="Stage TF Hub models into a tensorflow_hub-compatible cache.")
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors on stderr")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for commands in (stage, pull, lifecycle, export):
+    for commands in (stage, pull, lifecycle, holds, export):
         commands.add_subcommands(sub)
     return parser
 

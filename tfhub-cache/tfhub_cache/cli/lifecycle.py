@@ -164,6 +164,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
         [verb, format_bytes_iec(r["size"]), f"{r['handle'] or r['key']} @ {r['revision']}", r["reason"]]
         for r in result["removed_revisions"]
     ]
+    rows += [["kept", "-", f"{h['handle'] or h['key']} @ {h['revision']}", h["reason"]] for h in result["held"]]
     rows += [[verb, format_bytes_iec(c["size"]), c["name"], c["reason"]] for c in result["cleaned"]]
     rows += [["kept", format_bytes_iec(k["size"]), k["handle"] or k["key"], k["reason"]] for k in result["kept"]]
     if rows:

@@ -92,7 +92,7 @@ def compare(cached: Mapping[str, Any], status: int, headers: Mapping[str, str], 
     ``if_changed`` then downloads once and records validators for next time.
     """
     if status not in (200, 206, 304):
-        _raise_for_status(status, description)
+        _raise_for_status(status, description, headers.get("Retry-After"))
     etag = headers.get("ETag") or None
     last_modified = headers.get("Last-Modified") or None
     if status == 304:
@@ -248,7 +248,7 @@ def _check_source(parsed: Handle, cached: Mapping[str, Any], storage: Storage | 
         stream.close()
 
 
-def _raise_for_status(status: int, description: str) -> None:
+def _raise_for_status(status: int, description: str, retry_after: str | None = None) -> None:
     hint = STATUS_HINTS.get(status, "the server could not answer the update check")
     if status == 404 and THROUGH_MIRROR in description:
         hint = MIRROR_404_HINT
@@ -256,6 +256,7 @@ def _raise_for_status(status: int, description: str) -> None:
         f"{description!r} answered HTTP {status}: {hint}.",
         permanent=is_permanent(status),
         status=status,
+        retry_after=retry_after,
     )
 
 

@@ -122,7 +122,10 @@ class Storage(abc.ABC):
 
     @abc.abstractmethod
     def create_exclusive(self, name: str, data: bytes) -> str | None:
-        """Create ``name`` only if absent; return its token, or None if it already existed."""
+        """Create ``name`` only if absent; return its token, or None if it already existed.
+
+        Parent directories of a name below the root are created as needed.
+        """
 
     @abc.abstractmethod
     def refresh_lease(self, name: str, token: str, data: bytes) -> str | None:
@@ -175,13 +178,17 @@ class Storage(abc.ABC):
         """A sink that writes a tree via the temporary name ``tmp`` and publishes it at ``final``."""
 
     @abc.abstractmethod
-    def publish_tree(self, name: str, tmp: str, source: Storage, rels: Sequence[str]) -> None:
+    def publish_tree(
+        self, name: str, tmp: str, source: Storage, rels: Sequence[str], *, replaced: str | None = None
+    ) -> None:
         """Publish the files ``rels`` of ``source`` (any backend) as the tree ``name``, replacing what is there.
 
         A reader of ``name`` never loads a partial or mixed model. Local: the tree is built under
         ``tmp`` and exchanged (or renamed) into place in one step. GCS: old model markers are deleted
         first, then the files are copied (server side when ``source`` is on GCS), objects the new
-        tree lacks are deleted, and the markers are copied last.
+        tree lacks are deleted, and the markers are copied last. ``replaced`` (local): where the tree
+        that was in place goes instead of being deleted, for readers that still have it open (the
+        caller removes it later); GCS objects are rewritten in place, markers first.
         """
 
     @abc.abstractmethod

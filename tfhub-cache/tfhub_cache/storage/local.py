@@ -116,6 +116,8 @@ class LocalStorage(Storage):
         path = self.location(name)
         tmp = f"{path}.tmp{uuid.uuid4().hex}"
         try:
+            if os.path.dirname(name):  # a record below the root (a hold): its directory may not exist yet
+                os.makedirs(os.path.dirname(path), exist_ok=True)
             with open(tmp, "wb") as f:
                 f.write(data)
             os.link(tmp, path)
@@ -272,7 +274,9 @@ class LocalStorage(Storage):
         full = os.path.normpath(os.path.join(os.path.dirname(path), target))
         return os.path.relpath(full, self.root).replace(os.sep, "/")
 
-    def publish_tree(self, name: str, tmp: str, source: Storage, rels: Sequence[str]) -> None:
+    def publish_tree(
+        self, name: str, tmp: str, source: Storage, rels: Sequence[str], *, replaced: str | None = None
+    ) -> None:
         """Build the tree under ``tmp``, then put it in ``name``'s place in one step (:func:`exchange_or_rename`).
 
         Files of a local ``source`` are hard links when both are on one filesystem (no copy, no
@@ -298,7 +302,12 @@ class LocalStorage(Storage):
                 with source.open_read(rel) as src, open(dst, "wb") as out:
                     shutil.copyfileobj(src, out, 8 << 20)
             if os.path.isdir(final):
-                shutil.rmtree(exchange_or_rename(staging, final), ignore_errors=True)
+                old = exchange_or_rename(staging, final)
+                if replaced is None:
+                    shutil.rmtree(old, ignore_errors=True)
+                else:  # kept for readers that still have it open; its mtime says when it was replaced
+                    os.rename(old, self.location(replaced))
+                    os.utime(self.location(replaced))
             else:
                 os.rename(staging, final)
         except OSError as exc:

@@ -248,9 +248,11 @@ class GCSStorage(GCSObjects, Storage):
         except Exception as exc:
             self.fail_with(exc, f"copying {src} to {dst}", object_level=True)
 
-    def publish_tree(self, name: str, tmp: str, source: Storage, rels: Sequence[str]) -> None:
+    def publish_tree(
+        self, name: str, tmp: str, source: Storage, rels: Sequence[str], *, replaced: str | None = None
+    ) -> None:
         """Write ``rels`` of ``source`` under ``name`` with :meth:`write_tree`: old markers off, files, stale
-        objects off, markers last (``tmp`` is not needed: GCS publishes in place, in that order).
+        objects off, markers last (``tmp`` and ``replaced`` are not needed: GCS publishes in place, in that order).
 
         Server-side copies when ``source`` is on GCS too, uploads otherwise (from the file when local).
         """

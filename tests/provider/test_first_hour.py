@@ -11,14 +11,8 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
-import gcs_helpers
 import pytest
 from airflow_utils import get_dag
-from test_mirrors import mirror
-
-gcs_emulator = gcs_helpers.gcs_emulator
-gcs_env = gcs_helpers.gcs_env
-__all__ = ["gcs_emulator", "gcs_env", "mirror"]  # fixtures shared with other test modules
 
 BAD_HANDLE = "https://tfhub.dev/google/nnlm-en-dim50"  # no version
 

@@ -1,0 +1,57 @@
+"""``overwrite=True`` never removes a version tree under a reader.
+
+The new tree is complete before it takes the version's name (one atomic swap); the tree it
+replaced stays, hidden, for ``replaced_max_age``, so a server that opened the old version (a
+directory handle, a half-done load) still reads every one of its files; a later export removes it
+once that age is reached (``None``: never).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from tfhub_cache.cache.staging import stage
+from tfhub_cache.export import export_for_serving
+
+
+def read_via(dir_fd: int, rel: str) -> bytes:
+    with os.fdopen(os.open(rel, os.O_RDONLY, dir_fd=dir_fd), "rb") as f:
+        return f.read()
+
+
+def replaced_trees(model_dir: Path) -> list[Path]:
+    return sorted(p for p in model_dir.iterdir() if p.name.endswith(".replaced"))
+
+
+def test_overwrite_keeps_the_replaced_tree_for_its_readers_until_its_max_age(
+    hub: Any, handle_of: Any, cache_dir: str, tmp_path: Path
+) -> None:
+    v1, v2 = stage(handle_of("demo_v1"), cache_dir), stage(handle_of("demo_v2"), cache_dir)
+    base = tmp_path / "serving"
+    model_dir = base / "demo"
+    export_for_serving(v1, str(base), "demo", version=5)
+    old_files = {
+        p.relative_to(model_dir / "5").as_posix(): p.read_bytes() for p in (model_dir / "5").rglob("*") if p.is_file()
+    }
+    reader = os.open(model_dir / "5", os.O_RDONLY | os.O_DIRECTORY)  # a server in the middle of loading 5
+    try:
+        export_for_serving(v2, str(base), "demo", version=5, overwrite=True)
+        assert {rel: read_via(reader, rel) for rel in old_files} == old_files  # the reader still sees v1, whole
+    finally:
+        os.close(reader)
+    new_files = {
+        p.relative_to(model_dir / "5").as_posix(): p.read_bytes() for p in (model_dir / "5").rglob("*") if p.is_file()
+    }
+    assert new_files != old_files and (model_dir / "5" / "saved_model.pb").exists()
+    [replaced] = replaced_trees(model_dir)
+    assert replaced.name.startswith(".5.")  # hidden: TF Serving only loads integer-named versions
+
+    export_for_serving(v1, str(base), "demo", version=6)  # default max age (1d): kept
+    assert replaced_trees(model_dir) == [replaced]
+    export_for_serving(v1, str(base), "demo", version=6, replaced_max_age=None)  # never removed
+    assert replaced_trees(model_dir) == [replaced]
+    export_for_serving(v1, str(base), "demo", version=6, replaced_max_age="0s")
+    assert replaced_trees(model_dir) == []
+    assert sorted(n for n in os.listdir(model_dir) if n.isdigit()) == ["5", "6"]
