@@ -21,27 +21,35 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from airflow.triggers.base import BaseEventTrigger, TriggerEvent
-from asgiref.sync import sync_to_async
 
-from airflow_provider_tfhub.hooks.tfhub import TFHubHook
+from airflow_provider_tfhub.triggers.cache_access import open_cache, read_entry
 from airflow_provider_tfhub.triggers.tfhub import preload_trigger_imports
-from tfhub_cache import settings
-from tfhub_cache.cache.staging import lookup_entry
 from tfhub_cache.errors import TFHubError
 from tfhub_cache.fetch.mirrors import parse_mirrors
 from tfhub_cache.fetch.transfer import RetryPolicy
 from tfhub_cache.fetch.update_check import acheck_for_update
 from tfhub_cache.handles import require_cacheable
-from tfhub_cache.storage import Storage, open_storage
+from tfhub_cache.storage import Storage
 
 preload_trigger_imports()  # the triggerer loads this module by classpath: import the transport now, not in run()
 
 #: The state-store keys of the watermarks.
 UPSTREAM_KEY = "tfhub_upstream_validator"
 REVISION_KEY = "tfhub_published_revision"
+
+
+@dataclass(frozen=True)
+class Change:
+    """What a poll saw: the watermark ``key`` and its new ``value``, the event's payload, a log phrase."""
+
+    key: str
+    value: Any
+    payload: dict[str, Any]
+    what: str
 
 
 class _WatermarkTrigger(BaseEventTrigger):
@@ -57,6 +65,38 @@ class _WatermarkTrigger(BaseEventTrigger):
         self.poll_interval = float(poll_interval)
         self.tfhub_conn_id = tfhub_conn_id
         self._fired: dict[str, Any] = {}
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return f"{type(self).__module__}.{type(self).__qualname__}", self._arguments()
+
+    def _arguments(self) -> dict[str, Any]:
+        return {
+            "handle": self.handle,
+            "cache_dir": self.cache_dir,
+            "poll_interval": self.poll_interval,
+            "tfhub_conn_id": self.tfhub_conn_id,
+        }
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        hub, storage = await open_cache(self.tfhub_conn_id, self.cache_dir)
+        while True:
+            wait = self.poll_interval
+            try:
+                change = await self._poll(hub, storage)
+            except (TFHubError, OSError) as exc:
+                if isinstance(exc, TFHubError) and exc.permanent:
+                    raise
+                wait = self._transient(exc)
+            else:
+                if change is not None and change.value != await self._last_fired(change.key):
+                    self.log.info("Firing an event: %s", change.what)  # what may end with a path: nothing after it
+                    yield TriggerEvent(change.payload)
+                    await self._remember(change.key, change.value)
+            await asyncio.sleep(wait)
+
+    async def _poll(self, hub: Any, storage: Storage) -> Change | None:
+        """One look upstream or at the cache: the change seen now (fired unless already fired), or None."""
+        raise NotImplementedError
 
     async def _last_fired(self, key: str) -> Any:
         store = getattr(self, "asset_state_store", None)
@@ -77,19 +117,6 @@ class _WatermarkTrigger(BaseEventTrigger):
                 await store.aset(key, value)
             except ValueError:
                 pass  # kept in memory only (see _last_fired)
-
-    async def _open(self) -> tuple[Any, Storage]:
-        hook = TFHubHook(tfhub_conn_id=self.tfhub_conn_id)
-        hub = await hook.aget_settings()
-        cache_dir = settings.resolve_cache_dir(self.cache_dir, hub.cache_dir, hub.config_cache_dir)
-        if not cache_dir.startswith("gs://"):
-            return hub, await asyncio.to_thread(open_storage, cache_dir)
-        storage: Storage = await sync_to_async(hook.open_storage)(cache_dir)
-        return hub, storage
-
-    async def _entry(self, storage: Storage) -> dict[str, Any] | None:
-        entry = await asyncio.to_thread(lookup_entry, storage, require_cacheable(self.handle).text)
-        return None if entry is None else dict(entry)
 
     def _transient(self, exc: BaseException) -> float:
         """Log a failure that polling again may cure; return how long to wait (``Retry-After`` wins)."""
@@ -126,54 +153,29 @@ class TFHubUpstreamChangedTrigger(_WatermarkTrigger):
             parse_mirrors(mirrors, setting="The mirrors argument")
         self.mirrors = dict(mirrors) if isinstance(mirrors, Mapping) else mirrors
 
-    def serialize(self) -> tuple[str, dict[str, Any]]:
-        return (
-            f"{type(self).__module__}.{type(self).__qualname__}",
-            {
-                "handle": self.handle,
-                "cache_dir": self.cache_dir,
-                "poll_interval": self.poll_interval,
-                "tfhub_conn_id": self.tfhub_conn_id,
-                "mirrors": self.mirrors,
-            },
-        )
+    def _arguments(self) -> dict[str, Any]:
+        return {**super()._arguments(), "mirrors": self.mirrors}
 
-    async def run(self) -> AsyncIterator[TriggerEvent]:
-        hub, storage = await self._open()
-        while True:
-            wait = self.poll_interval
-            try:
-                cached = await self._entry(storage)
-                check = await acheck_for_update(
-                    self.handle, cached, token=hub.token, storage=storage, mirrors=hub.mirror_map(self.mirrors)
-                )
-            except (TFHubError, OSError) as exc:
-                if isinstance(exc, TFHubError) and exc.permanent:
-                    raise
-                wait = self._transient(exc)
-            else:
-                if check.changed:
-                    validator = (
-                        check.etag
-                        or check.last_modified
-                        or (f"size:{check.size}" if check.size is not None else "not cached")
-                    )
-                    if validator != await self._last_fired(UPSTREAM_KEY):
-                        self.log.info("%s changed upstream (%s): firing.", self.handle, check.reason)
-                        yield TriggerEvent(
-                            {
-                                "handle": self.handle,
-                                "validator": validator,
-                                "etag": check.etag,
-                                "last_modified": check.last_modified,
-                                "reason": check.reason,
-                                "cached_revision": (cached or {}).get("revision"),
-                            }
-                        )
-                        await self._remember(UPSTREAM_KEY, validator)
-                else:
-                    self.log.debug("%s unchanged upstream (%s).", self.handle, check.reason)
-            await asyncio.sleep(wait)
+    async def _poll(self, hub: Any, storage: Storage) -> Change | None:
+        cached = await read_entry(storage, self.handle)
+        check = await acheck_for_update(
+            self.handle, cached, token=hub.token, storage=storage, mirrors=hub.mirror_map(self.mirrors)
+        )
+        if not check.changed:
+            self.log.debug("%s unchanged upstream (%s).", self.handle, check.reason)
+            return None
+        validator = (
+            check.etag or check.last_modified or (f"size:{check.size}" if check.size is not None else "not cached")
+        )
+        payload = {
+            "handle": self.handle,
+            "validator": validator,
+            "etag": check.etag,
+            "last_modified": check.last_modified,
+            "reason": check.reason,
+            "cached_revision": (cached or {}).get("revision"),
+        }
+        return Change(UPSTREAM_KEY, validator, payload, f"{self.handle} changed upstream ({check.reason})")
 
 
 class TFHubRevisionPublishedTrigger(_WatermarkTrigger):
@@ -198,34 +200,12 @@ class TFHubRevisionPublishedTrigger(_WatermarkTrigger):
     ) -> None:
         super().__init__(handle, cache_dir, poll_interval, tfhub_conn_id)
 
-    def serialize(self) -> tuple[str, dict[str, Any]]:
-        return (
-            f"{type(self).__module__}.{type(self).__qualname__}",
-            {
-                "handle": self.handle,
-                "cache_dir": self.cache_dir,
-                "poll_interval": self.poll_interval,
-                "tfhub_conn_id": self.tfhub_conn_id,
-            },
+    async def _poll(self, hub: Any, storage: Storage) -> Change | None:
+        entry = await read_entry(storage, self.handle)
+        revision = (entry or {}).get("revision")
+        if entry is None or not revision:
+            return None
+        payload = {"handle": self.handle, "revision": revision, "path": entry["path"], "sha256": entry["sha256"]}
+        return Change(
+            REVISION_KEY, revision, payload, f"Revision {revision} of {self.handle} published at {entry['path']}"
         )
-
-    async def run(self) -> AsyncIterator[TriggerEvent]:
-        _hub, storage = await self._open()
-        while True:
-            wait = self.poll_interval
-            try:
-                entry = await self._entry(storage)
-            except (TFHubError, OSError) as exc:
-                if isinstance(exc, TFHubError) and exc.permanent:
-                    raise
-                wait = self._transient(exc)
-            else:
-                revision = (entry or {}).get("revision")
-                if revision and revision != await self._last_fired(REVISION_KEY):
-                    assert entry is not None
-                    self.log.info("Revision %s of %s published at %s: firing.", revision, self.handle, entry["path"])
-                    yield TriggerEvent(
-                        {"handle": self.handle, "revision": revision, "path": entry["path"], "sha256": entry["sha256"]}
-                    )
-                    await self._remember(REVISION_KEY, revision)
-            await asyncio.sleep(wait)

@@ -22,15 +22,10 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
-from asgiref.sync import sync_to_async
 
-from airflow_provider_tfhub.hooks.tfhub import TFHubHook
-from tfhub_cache import settings
-from tfhub_cache.cache.staging import lookup_entry
+from airflow_provider_tfhub.triggers.cache_access import open_cache, read_entry
 from tfhub_cache.errors import TFHubError
 from tfhub_cache.fetch.update_check import acheck_for_update
-from tfhub_cache.handles import parse_handle
-from tfhub_cache.storage import Storage, open_storage
 from tfhub_cache.units import human_duration
 
 #: seconds between the trigger's "still not staged" lines while it waits (the first poll says it too)
@@ -96,34 +91,17 @@ class BaseTFHubCacheTrigger(BaseTrigger):
             },
         )
 
-    async def _settings_and_storage(self) -> tuple[Any, Storage]:
-        # Everything run() needs was imported with this module (see preload_trigger_imports): a cold import inside
-        # run() held a triggerer's loop for ~0.2-0.4 s, and one in a thread still holds the import
-        # lock and the GIL. Local storages touch the disk: a thread.
-        hook = TFHubHook(tfhub_conn_id=self.tfhub_conn_id)
-        hub = await hook.aget_settings()
-        cache_dir = settings.resolve_cache_dir(self.cache_dir, hub.cache_dir, hub.config_cache_dir)
-        if not cache_dir.startswith("gs://"):
-            return hub, await asyncio.to_thread(open_storage, cache_dir)
-        storage: Storage = await sync_to_async(hook.open_storage)(cache_dir)
-        return hub, storage
-
-    async def _entry(self, storage: Storage) -> dict[str, Any] | None:
-        handle = parse_handle(self.handle).text
-        entry = await asyncio.to_thread(lookup_entry, storage, handle)
-        return None if entry is None else dict(entry)
-
 
 class TFHubModelCachedTrigger(BaseTFHubCacheTrigger):
     """Fires once ``handle`` is completely staged in the cache (its metadata exists)."""
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         try:
-            _hub, storage = await self._settings_and_storage()
+            _hub, storage = await open_cache(self.tfhub_conn_id, self.cache_dir)
             started = time.monotonic()
             last_said: float | None = None
             while True:
-                entry = await self._entry(storage)
+                entry = await read_entry(storage, self.handle)
                 if entry is not None:
                     self.log.info("%s is staged at %s", self.handle, entry["path"])
                     yield TriggerEvent({"status": "success", "handle": self.handle, "staged": entry})
@@ -152,9 +130,9 @@ class TFHubModelUpdatedTrigger(BaseTFHubCacheTrigger):
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         try:
-            hub, storage = await self._settings_and_storage()
+            hub, storage = await open_cache(self.tfhub_conn_id, self.cache_dir)
             while True:
-                cached = await self._entry(storage)
+                cached = await read_entry(storage, self.handle)
                 try:
                     check = await acheck_for_update(
                         self.handle, cached, token=hub.token, storage=storage, mirrors=hub.mirror_map()

@@ -79,13 +79,29 @@ def check_archive_response(resp: requests.Response, description: str) -> None:
             raise html
         return
     resp.close()
-    hint = STATUS_HINTS.get(status, "the server could not serve the archive")
+    raise status_error(
+        status, description, reason=resp.reason, retry_after=resp.headers.get("Retry-After"), doing="serve the archive"
+    )
+
+
+def status_error(
+    status: int, description: str, *, reason: str | None = None, retry_after: str | None = None, doing: str
+) -> DownloadError:
+    """The error for a hub (or mirror) answering ``status``: what it means and what to check.
+
+    ``description`` names what was asked (``<handle> through mirror <url>`` when a mirror answered,
+    so a 404 points at the mirror prefix first); ``doing`` completes "the server could not ..." for
+    statuses without a specific hint; ``retry_after`` travels with the error for callers that poll.
+    """
+    hint = STATUS_HINTS.get(status, f"the server could not {doing}")
     if status == 404 and THROUGH_MIRROR in description:
         hint = MIRROR_404_HINT
-    raise DownloadError(
-        f"{description!r} answered HTTP {status} ({resp.reason}): {hint}.",
+    answered = f"HTTP {status} ({reason})" if reason else f"HTTP {status}"
+    return DownloadError(
+        f"{description!r} answered {answered}: {hint}.",
         permanent=is_permanent(status),
         status=status,
+        retry_after=retry_after,
     )
 
 
@@ -101,4 +117,5 @@ __all__ = [
     "html_page_error",
     "is_permanent",
     "is_transient",
+    "status_error",
 ]

@@ -36,7 +36,7 @@ from tfhub_cache.fetch.transfer import (
     hub_url,
 )
 from tfhub_cache.handles import COMPRESSED_FORMAT_QUERY, Handle, require_cacheable
-from tfhub_cache.responses import MIRROR_404_HINT, STATUS_HINTS, THROUGH_MIRROR, html_page_error, is_permanent
+from tfhub_cache.responses import html_page_error, status_error
 from tfhub_cache.retry import RetryPolicy
 from tfhub_cache.storage.base import Storage
 from tfhub_cache.timestamps import utc_now
@@ -92,7 +92,7 @@ def compare(cached: Mapping[str, Any], status: int, headers: Mapping[str, str], 
     ``if_changed`` then downloads once and records validators for next time.
     """
     if status not in (200, 206, 304):
-        _raise_for_status(status, description, headers.get("Retry-After"))
+        raise status_error(status, description, retry_after=headers.get("Retry-After"), doing="answer the update check")
     etag = headers.get("ETag") or None
     last_modified = headers.get("Last-Modified") or None
     if status == 304:
@@ -246,18 +246,6 @@ def _check_source(parsed: Handle, cached: Mapping[str, Any], storage: Storage | 
         return compare(cached, 200, headers, parsed.text)
     finally:
         stream.close()
-
-
-def _raise_for_status(status: int, description: str, retry_after: str | None = None) -> None:
-    hint = STATUS_HINTS.get(status, "the server could not answer the update check")
-    if status == 404 and THROUGH_MIRROR in description:
-        hint = MIRROR_404_HINT
-    raise DownloadError(
-        f"{description!r} answered HTTP {status}: {hint}.",
-        permanent=is_permanent(status),
-        status=status,
-        retry_after=retry_after,
-    )
 
 
 def _total_size(status: int, headers: Mapping[str, str]) -> int | None:
