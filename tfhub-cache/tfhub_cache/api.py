@@ -14,13 +14,28 @@ from typing import Any
 from tfhub_cache import settings
 from tfhub_cache.cache import inventory
 from tfhub_cache.cache.entries import lookup_entry
+from tfhub_cache.cache.options import StageOptions
 from tfhub_cache.cache.records import StagedModel
-from tfhub_cache.cache.staging import stage
+from tfhub_cache.cache.tiers import stage_tiered
 from tfhub_cache.export import export_for_serving
 from tfhub_cache.handles import parse_handle
 from tfhub_cache.storage import Storage, open_storage
 
 __all__ = ["export_for_serving", "lookup", "ls", "prune", "stage", "verify"]
+
+
+def stage(
+    handle: str, cache_dir: str | None = None, *, options: StageOptions | None = None, **choices: Any
+) -> StagedModel:
+    """Stage ``handle`` into ``cache_dir`` and return its staged-model dict (a cache hit costs no request).
+
+    The choices are one :class:`~tfhub_cache.cache.options.StageOptions` or its fields as keyword
+    arguments (``sha256=``, ``refresh=``, ``mirrors=``, ``upstream_cache=`` ...); what is not given
+    comes from ``TFHUB_*`` or the defaults. With an ``upstream_cache`` (or ``TFHUB_UPSTREAM_CACHE``),
+    ``cache_dir`` is a local tier of that shared cache: a miss pulls from it, and the model is staged
+    there first when it lacks it (one hub download per fleet).
+    """
+    return stage_tiered(handle, cache_dir, options=options, **choices)
 
 
 def _storage(cache_dir: str | None, storage_options: Mapping[str, Any] | None) -> Storage:
