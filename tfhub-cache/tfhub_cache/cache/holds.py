@@ -26,6 +26,7 @@ from tfhub_cache.cache.layout import REVISION_RE, EntryNames, decode_meta, revis
 from tfhub_cache.errors import CacheError, ConfigurationError
 from tfhub_cache.handles import parse_handle
 from tfhub_cache.storage.base import Storage
+from tfhub_cache.timestamps import iso_utc, parse_iso
 from tfhub_cache.units import format_age, parse_age
 
 
@@ -77,8 +78,8 @@ def hold(
         revision=rev,
         holder=holder,
         path=storage.location(names.revision(rev)),
-        created_at=_iso(now),
-        expires_at=_iso(now + seconds),
+        created_at=iso_utc(now),
+        expires_at=iso_utc(now + seconds),
         expired=False,
     )
     name = f"{names.revision_holds(rev)}/{holder_file(holder)}"
@@ -166,10 +167,8 @@ def _check_holder(holder: object) -> str:
 
 
 def _expiry(record: Hold) -> float:
-    try:
-        return datetime.datetime.fromisoformat(record["expires_at"]).timestamp()
-    except (KeyError, TypeError, ValueError):
-        return 0.0  # unreadable expiry: protects nothing
+    expires = parse_iso(record.get("expires_at"))
+    return 0.0 if expires is None else expires  # unreadable expiry: protects nothing
 
 
 def _encode(record: Hold) -> bytes:
@@ -186,7 +185,3 @@ def _decode(data: bytes | None) -> Hold | None:
         return None
     value.setdefault("expired", False)
     return Hold(**value)  # type: ignore[typeddict-item]
-
-
-def _iso(ts: float) -> str:
-    return datetime.datetime.fromtimestamp(ts, datetime.timezone.utc).isoformat(timespec="seconds")
