@@ -62,6 +62,8 @@ _MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _REPLACED_RE = re.compile(r"^\.[0-9]+\.[0-9a-f]+\.replaced$")
 #: How long a replaced version tree stays on disk by default.
 DEFAULT_REPLACED_MAX_AGE = "1d"
+#: ``replaced_max_age`` / ``--replaced-max-age`` value that keeps replaced trees forever (as ``None`` does).
+NEVER = "never"
 _DEAD_RE = re.compile(r"^\.(export\.[0-9a-f]+\.tmp(\.old)?|[0-9]+\.[0-9a-f]+\.removing)$")
 
 
@@ -87,7 +89,8 @@ def export_for_serving(
     ``removed_versions`` (what ``keep_versions`` removed) and ``handle`` (the staged model's).
     ``storage_options`` go to the GCS backend of a ``gs://`` source or target (credentials).
     ``replaced_max_age``: how long the tree an ``overwrite`` replaced stays (hidden) on a local
-    target for readers that still use it (``"0s"``: removed by the next export; ``None``: never).
+    target for readers that still use it (``"0s"``: removed by the next export; ``None`` or
+    ``"never"``: kept until removed by hand).
     """
     path = staged.get("path") if isinstance(staged, Mapping) else None
     if not isinstance(path, str) or not path:
@@ -110,7 +113,7 @@ def export_for_serving(
     digest = staged.get("sha256") or tree_digest(source, [rel for rel, _ in files])
     target = open_storage(f"{base.rstrip('/')}/{name}", **options)
     target.ensure_root()
-    grace = parse_age(replaced_max_age) if replaced_max_age is not None else None
+    grace = check_replaced_max_age(replaced_max_age)
     exporter = _Exporter(source, files, target, str(digest), handle=staged.get("handle"), replaced_max_age=grace)
     lock = CacheLock(
         target,
@@ -286,6 +289,18 @@ def check_positive_int(value: object, what: str) -> int | None:
     if isinstance(value, bool) or not text.isdigit() or int(text) < 1:
         raise ConfigurationError(f"{what}={value!r} must be a positive integer (TF Serving versions are 1, 2, ...).")
     return int(text)
+
+
+def check_replaced_max_age(value: object, what: str = "replaced_max_age") -> float | None:
+    """Seconds a replaced version tree is kept, or None (``None`` / ``"never"``) to keep it forever."""
+    if value is None or (isinstance(value, str) and value.strip().lower() == NEVER):
+        return None
+    try:
+        return parse_age(value)
+    except ConfigurationError as exc:
+        raise ConfigurationError(
+            f"{what}: {exc} Or {NEVER!r} to keep replaced versions until removed by hand."
+        ) from None
 
 
 def check_base_path(value: object) -> str:
