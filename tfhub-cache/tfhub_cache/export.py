@@ -20,7 +20,10 @@ model reload in every serving replica).
   staged revisions are never modified in place),
   copies otherwise. ``gs://`` has no rename: every other file is copied first (server side when the
   cache is on GCS too) and ``saved_model.pb`` last, so a poller that lists the prefix early finds no
-  ``saved_model.pb`` and fails that load attempt rather than loading a partial model.
+  ``saved_model.pb`` and fails that load attempt rather than loading a partial model. An overwrite
+  on ``gs://`` rewrites the version's objects in place (old ``saved_model.pb`` deleted first), keeps
+  nothing of the old tree and logs a warning: a load of that version already under way is not
+  protected, which only a new version number is.
 * **Bookkeeping.** The exported sha256 is recorded beside the version, in ``.<version>.tfhub-export.json``
   (hidden, so the version directory holds only the model). Exports into one model directory are
   serialised by ``.tfhub-export.lock`` (the cache's lease lock), so concurrent exports never pick the
@@ -206,6 +209,15 @@ class _Exporter:
                     f"Version {version} at {self.target.location(str(version))!r} holds {what}, not sha256 "
                     f"{self.sha256}; choose another version, omit it (next version), or overwrite it "
                     "(overwrite=True / --overwrite)."
+                )
+            if is_gs_url(self.target.location()):
+                log.warning(
+                    "Overwriting version %d in place (GCS has no atomic rename; the replaced objects are not kept): "
+                    "a server loading this version meanwhile can read old and new files together, and servers "
+                    "that loaded it already keep serving the old model. Export a new version (version=None) to "
+                    "switch servers safely. Target: %s",
+                    version,
+                    self.target.location(str(version)),
                 )
         self.publish(version)
         return version, True
