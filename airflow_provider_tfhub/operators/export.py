@@ -10,6 +10,7 @@ nothing was written) and ``removed_versions``.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from datetime import timedelta
 from typing import Any, ClassVar
 
 from airflow.sdk import BaseOperator
@@ -42,11 +43,22 @@ class TFHubExportForServingOperator(MappedArgumentChecks, BaseOperator):
         highest version already holds the same sha256).
     :param keep_versions: afterwards remove the oldest versions beyond this many.
     :param overwrite: replace an explicit ``version`` that holds another model (else an error).
+    :param replaced_max_age: how long the tree an overwrite replaced stays (hidden) on a local
+        ``base_path`` for servers still reading it; a later export removes it once older
+        (``"0s"``: the next export; ``None`` or ``"never"``: kept until removed by hand).
     :param tfhub_conn_id: ``tfhub`` connection (cache dir, token, mirrors, GCS credentials).
     :param cache_dir: cache to stage ``handle`` into (default from the connection/environment).
     """
 
-    template_fields: Sequence[str] = ("staged", "handle", "base_path", "model_name", "version", "keep_versions")
+    template_fields: Sequence[str] = (
+        "staged",
+        "handle",
+        "base_path",
+        "model_name",
+        "version",
+        "keep_versions",
+        "replaced_max_age",
+    )
     ui_color = "#e0f0ff"
     operator_extra_links = (TFHubModelPageLink(), TFHubStagedModelLink())
     argument_checks: ClassVar[ArgumentChecks] = {
@@ -55,6 +67,7 @@ class TFHubExportForServingOperator(MappedArgumentChecks, BaseOperator):
         "model_name": core_export.check_model_name,
         "version": lambda value: core_export.check_positive_int(value, "version"),
         "keep_versions": lambda value: core_export.check_positive_int(value, "keep_versions"),
+        "replaced_max_age": core_export.check_replaced_max_age,
     }
 
     @property
@@ -74,6 +87,7 @@ class TFHubExportForServingOperator(MappedArgumentChecks, BaseOperator):
         version: int | str | None = None,
         keep_versions: int | str | None = None,
         overwrite: bool = False,
+        replaced_max_age: float | str | timedelta | None = core_export.DEFAULT_REPLACED_MAX_AGE,
         tfhub_conn_id: str = "tfhub_default",
         cache_dir: str | None = None,
         map_index_template: str | None = HANDLE_MAP_INDEX_TEMPLATE,
@@ -87,6 +101,7 @@ class TFHubExportForServingOperator(MappedArgumentChecks, BaseOperator):
         self.version = version
         self.keep_versions = keep_versions
         self.overwrite = overwrite
+        self.replaced_max_age = replaced_max_age
         self.tfhub_conn_id = tfhub_conn_id
         self.cache_dir = cache_dir
         with checked_arguments(self):
@@ -102,6 +117,7 @@ class TFHubExportForServingOperator(MappedArgumentChecks, BaseOperator):
                     "model_name": model_name,
                     "version": version,
                     "keep_versions": keep_versions,
+                    "replaced_max_age": replaced_max_age,
                 },
             )
 
@@ -130,6 +146,7 @@ class TFHubExportForServingOperator(MappedArgumentChecks, BaseOperator):
             overwrite=self.overwrite,
             lock_timeout=settings.resolve_lock_timeout(None, hook.settings.config_lock_timeout),
             storage_options=hook.storage_options(gcs_path),
+            replaced_max_age=self.replaced_max_age,
         )
         # An export is logged once, by the core ("Exported <handle> ... as version <n> of <name> at <path>").
         emit_asset_events(self, context, result)

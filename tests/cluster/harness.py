@@ -7,11 +7,14 @@ Redis, fake-gcs-server, the loopback hub, ``airflow api-server``, ``scheduler``,
 ``triggerer`` and two ``airflow celery worker`` processes (CeleryExecutor), triggers
 ``tfhub_cluster_check`` (8 mapped stage tasks: one handle four times plus four others, and a
 deferrable sensor) and then ``tfhub_prestage`` (the example DAG; every model is a cache hit by then).
+Meanwhile ``tfhub_cluster_published`` waits on an asset watched by ``TFHubRevisionPublishedTrigger``
+(the shared handle, in the bucket): nobody triggers it.
 
 Checks: every task succeeded; the hub served each archive exactly once; every task of one handle
 returned the same path and exactly one of them downloaded; the sensor deferred and returned that
-path; both workers ran tasks; the bucket holds exactly the published entries (no lock, no temp
-object); no DAG import errors.
+path; both workers ran tasks; the watcher started ``tfhub_cluster_published`` exactly once, with
+the revision the stagers published (and not again for the example DAG's cache hits); the bucket
+holds exactly the published entries (no lock, no temp object); no DAG import errors.
 
 Run it through ``tests/cluster/run.sh`` (``make test-cluster``), which installs PostgreSQL/Redis and
 the Celery provider first and kills whatever is left in ``--pidfile`` when this exits. Every process
@@ -53,6 +56,7 @@ from tfhub_cache.testing.models import build_archives_in_subprocess
 ROOT = Path(__file__).resolve().parents[2]
 CLUSTER_DAG_DIR = Path(__file__).resolve().parent / "dags"
 CHECK_DAG = "tfhub_cluster_check"
+WATCHED_DAG = "tfhub_cluster_published"
 EXAMPLE_DAG = "tfhub_prestage"
 BUCKET = "tfhub-cache"
 PREFIX = "models"
@@ -340,7 +344,7 @@ def build_models(cache_root: Path, hub_root: Path) -> dict[str, Path]:
 
 
 def airflow_env(
-    *, home: Path, dags: Path, pg: str, broker: str, api_port: int, gcs_endpoint: str, passwords: Path
+    *, home: Path, dags: Path, pg: str, broker: str, api_port: int, gcs_endpoint: str, passwords: Path, watched: str
 ) -> dict[str, str]:
     from cryptography.fernet import Fernet  # an Airflow dependency
 
@@ -371,6 +375,7 @@ def airflow_env(
         "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
         "AIRFLOW_CONN_TFHUB_DEFAULT": json.dumps({"conn_type": "tfhub", "extra": {"cache_dir": CACHE_DIR}}),
         "STORAGE_EMULATOR_HOST": gcs_endpoint,
+        "TFHUB_CLUSTER_WATCHED_HANDLE": watched,  # read by tests/cluster/dags/tfhub_cluster_published.py
         "NO_GCE_CHECK": "true",
         "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false",
         "TF_CPP_MIN_LOG_LEVEL": "2",
@@ -426,6 +431,9 @@ class Api:
     def task_instances(self, dag_id: str, run_id: str) -> list[dict[str, Any]]:
         answer = self.get(f"/api/v2/dags/{dag_id}/dagRuns/{urllib.parse.quote(run_id)}/taskInstances?limit=100")
         return list(answer["task_instances"])
+
+    def dag_runs(self, dag_id: str) -> list[dict[str, Any]]:
+        return list(self.get(f"/api/v2/dags/{dag_id}/dagRuns?limit=100")["dag_runs"])
 
     def xcom(self, dag_id: str, run_id: str, task_id: str, map_index: int = -1) -> Any:
         path = (
@@ -560,6 +568,26 @@ def check_hub(report: Report, stats: dict[str, Any], archive_counts: dict[str, i
         report.check(got == expected, f"hub: {path} archive served {got} time(s), expected {expected}")
 
 
+def check_watched(report: Report, api: Api, staged: list[tuple[str, dict[str, Any]]], handle: str) -> None:
+    """One asset-triggered run of the watched DAG, whose event names the revision the stagers published."""
+    runs = api.dag_runs(WATCHED_DAG)
+    report.check(
+        len(runs) == 1 and runs[0].get("run_type") == "asset_triggered",
+        f"{WATCHED_DAG}: exactly one asset-triggered run (found {[(r['run_type'], r['state']) for r in runs]})",
+    )
+    if not runs:
+        return
+    run_id = runs[0]["dag_run_id"]
+    report.check(runs[0]["state"] == "success", f"{WATCHED_DAG}: run state {runs[0]['state']}")
+    got = api.xcom(WATCHED_DAG, run_id, "consume")
+    path = next(r.get("path") for h, r in staged if h == handle)
+    report.check(
+        got.get("events") == 1 and got.get("handle") == handle and got.get("path") == path and got.get("revision")
+        and f"/{got['revision']}" in str(path),
+        f"{WATCHED_DAG}: one event, for revision {got.get('revision')} at {got.get('path')}, expected {path}",
+    )  # fmt: skip
+
+
 WORKLOAD_RE = re.compile(r"Executing workload in Celery: .*?task_id='(?P<task>[^']+)'.*?map_index=(?P<idx>-?\d+)")
 
 
@@ -656,7 +684,7 @@ def run(args: argparse.Namespace) -> int:
         api_port = free_port()
         env = airflow_env(
             home=home, dags=dags, pg=pg, broker=broker, api_port=api_port, gcs_endpoint=gcs_endpoint,
-            passwords=passwords,
+            passwords=passwords, watched=handles[SHARED],
         )  # fmt: skip
         airflow = str(Path(sys.executable).parent / "airflow")
 
@@ -696,12 +724,23 @@ def run(args: argparse.Namespace) -> int:
         log("all components healthy")
 
         wait_for(
-            f"the dag-processor to serialize {CHECK_DAG} and {EXAMPLE_DAG}",
-            lambda: api.get(f"/api/v2/dags/{CHECK_DAG}") and api.get(f"/api/v2/dags/{EXAMPLE_DAG}"),
+            f"the dag-processor to serialize {CHECK_DAG}, {EXAMPLE_DAG} and {WATCHED_DAG}",
+            lambda: all(api.get(f"/api/v2/dags/{d}") for d in (CHECK_DAG, EXAMPLE_DAG, WATCHED_DAG)),
             180,
             cluster,
             2,
         )
+        # The watcher runs in the triggerer once the DAG it schedules is registered unpaused. Before the check DAG:
+        # nothing is staged yet, so a run of the watched DAG can only come from a revision the workers publish.
+        triggerer_log = next(c for c in cluster.components if c.name == "triggerer").log_path
+        wait_for(
+            f"the triggerer to start the watcher of {WATCHED_DAG}",
+            lambda: re.search(r"trigger ID \d+ starting", triggerer_log.read_text(errors="replace")),
+            180,
+            cluster,
+            1,
+        )
+        report.check(not api.dag_runs(WATCHED_DAG), f"{WATCHED_DAG}: no run before anything is published")
         errors = api.get("/api/v2/importErrors")
         report.check(
             errors["total_entries"] == 0,
@@ -744,6 +783,15 @@ def run(args: argparse.Namespace) -> int:
         with report.guard("bucket listing"):
             check_bucket(report, gcs_endpoint, handles.values())
 
+        with report.guard(f"{WATCHED_DAG} started by its watcher"):
+            wait_for(
+                f"the watcher to start {WATCHED_DAG}",
+                lambda: any(r["state"] in ("success", "failed") for r in api.dag_runs(WATCHED_DAG)),
+                min(180.0, max(30.0, deadline - time.monotonic())),
+                cluster,
+                2,
+            )
+
         # 2. The example DAG on the same cluster and cache: every model is a hit, nothing is downloaded again.
         if not args.skip_example:
             run_id = "cluster-prestage"
@@ -765,6 +813,11 @@ def run(args: argparse.Namespace) -> int:
                 check_hub(report, hub.stats(), {f"/cluster/{n}/1": 1 for n in MODELS})
             with report.guard("bucket listing after the example DAG"):
                 check_bucket(report, gcs_endpoint, handles.values())
+        # 3. The watched DAG: started once by the cluster's triggerer, for the revision the stagers published.
+        if args.skip_example:
+            time.sleep(10)  # several polls with nothing new published
+        with report.guard(f"{WATCHED_DAG} runs"):
+            check_watched(report, api, staged, handles[SHARED])
     except ClusterError as exc:
         report.failures.append(f"FAIL: {exc}")
     except Exception as exc:  # a harness bug must still stop the cluster and show the logs

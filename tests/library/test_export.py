@@ -216,3 +216,27 @@ def test_gcs_export_marker_last_and_versions(
     pruned = export_for_serving(staged, base, "medium", keep_versions=1)
     assert pruned["version"] == 3 and pruned["exported"] is False and pruned["removed_versions"] == [1]
     assert not any(n.startswith("1/") or n == ".1.tfhub-export.json" for n in _objects(model))
+
+
+def test_gcs_overwrite_rewrites_in_place_and_says_so(
+    hub: Any, handle_of: Any, cache_dir: str, gcs_cache: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    v1, v2 = stage(handle_of("small_a"), cache_dir), stage(handle_of("small_b"), cache_dir)
+    base = f"gs://{gcs_helpers.BUCKET}/{uuid.uuid4().hex[:8]}/serving"
+    model = GCSStorage(f"{base}/m")
+    export_for_serving(v1, base, "m", version=2)
+    caplog.set_level("WARNING", logger="tfhub_cache.export")
+    export_for_serving(v1, base, "m", version=2, overwrite=True)  # the same model: nothing rewritten, no warning
+    export_for_serving(v1, str(tmp_path), "m", version=2)
+    export_for_serving(v2, str(tmp_path), "m", version=2, overwrite=True)  # local: an atomic swap, no warning
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+
+    done = export_for_serving(v2, base, "m", version=2, overwrite=True)
+    [warning] = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert "Overwriting version 2 in place" in warning and "version=None" in warning
+    assert warning.endswith(f"{base}/m/2")
+    assert done["exported"] is True and done["sha256"] == v2["sha256"]
+    objects = _objects(model)
+    assert {n[2:] for n in objects if n.startswith("2/")} == model_files(v2["path"])
+    assert not [n for n in objects if n.endswith(".replaced") or ".replaced/" in n]  # nothing of the old tree kept
+    assert json.loads(model.read_bytes(sidecar_name(2)) or b"{}")["sha256"] == v2["sha256"]

@@ -9,11 +9,16 @@ once that age is reached (``None``: never).
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Any
 
-from tfhub_cache.cache.staging import stage
+import pytest
+
+from tfhub_cache.cache.staging import lookup_entry, stage
+from tfhub_cache.cli import main as cli_main
 from tfhub_cache.export import export_for_serving
+from tfhub_cache.storage import open_storage
 
 
 def read_via(dir_fd: int, rel: str) -> bytes:
@@ -55,3 +60,41 @@ def test_overwrite_keeps_the_replaced_tree_for_its_readers_until_its_max_age(
     export_for_serving(v1, str(base), "demo", version=6, replaced_max_age="0s")
     assert replaced_trees(model_dir) == []
     assert sorted(n for n in os.listdir(model_dir) if n.isdigit()) == ["5", "6"]
+
+
+def test_cli_replaced_max_age_keeps_then_removes_the_replaced_tree(
+    hub: Any, handle_of: Any, cache_dir: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    base = tmp_path / "serving"
+    model_dir = base / "demo"
+    args = ["--base-path", str(base), "--model-name", "demo", "--cache-dir", cache_dir, "--json"]
+
+    def export(name: str, *extra: str) -> int:
+        code = cli_main(["export", handle_of(name), *args, *extra])
+        capsys.readouterr()
+        return code
+
+    assert export("demo_v1", "--version", "5") == 0
+    assert export("demo_v2", "--version", "5", "--overwrite", "--replaced-max-age", "0s") == 0
+    [replaced] = replaced_trees(model_dir)  # the age applies to later exports, never to the tree just replaced
+    an_hour_ago = time.time() - 3600
+    os.utime(replaced, (an_hour_ago, an_hour_ago))
+    assert export("demo_v1", "--version", "6") == 0  # default 1d
+    assert export("demo_v1", "--version", "6", "--replaced-max-age", "never") == 0
+    assert export("demo_v1", "--version", "6", "--replaced-max-age", "2h") == 0
+    assert replaced_trees(model_dir) == [replaced]
+    assert export("demo_v1", "--version", "6", "--replaced-max-age", "30m") == 0  # older than 30m: removed
+    assert replaced_trees(model_dir) == []
+    assert sorted(n for n in os.listdir(model_dir) if n.isdigit()) == ["5", "6"]
+
+
+def test_cli_bad_replaced_max_age_fails_before_staging(
+    hub: Any, handle_of: Any, cache_dir: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    handle = handle_of("small_b")
+    code = cli_main(["export", handle, "--base-path", str(tmp_path), "--model-name", "m", "--cache-dir", cache_dir,
+                     "--replaced-max-age", "soon"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 1 and "--replaced-max-age" in err and "'soon'" in err and "never" in err
+    assert lookup_entry(open_storage(cache_dir), handle) is None  # nothing was downloaded
+    assert not (tmp_path / "m").exists()

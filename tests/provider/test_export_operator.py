@@ -5,6 +5,9 @@ The library side of export (versions, keep, pollers, gs://) is ``tests/library/t
 
 from __future__ import annotations
 
+import os
+import time
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -49,3 +52,31 @@ def test_operator_stages_a_handle_and_fails_permanently_on_conflict(
     assert op("small_a", version=2).execute({})["version"] == 2
     with pytest.raises(AirflowFailException, match="Version 2"):
         op("small_b", version=2).execute({})
+
+
+def test_operator_replaced_max_age_keeps_then_removes_the_replaced_tree(
+    hub: Any, handle_of: Any, cache_dir: str, tmp_path: Path
+) -> None:
+    with pytest.raises(ConfigurationError, match=r"replaced_max_age: .*'soon'.*'never'"):  # when the DAG is parsed
+        TFHubExportForServingOperator(
+            task_id="x", handle=handle_of("small_a"), base_path=str(tmp_path), model_name="m", replaced_max_age="soon"
+        )
+
+    def op(name: str, **kw: Any) -> Any:
+        return TFHubExportForServingOperator(
+            task_id="e", handle=handle_of(name), cache_dir=cache_dir, base_path=str(tmp_path), model_name="m", **kw
+        )
+
+    def replaced() -> list[str]:
+        return sorted(p.name for p in (tmp_path / "m").iterdir() if p.name.endswith(".replaced"))
+
+    op("small_a", version=1).execute({})
+    op("small_b", version=1, overwrite=True).execute({})
+    [tree] = replaced()
+    an_hour_ago = time.time() - 3600
+    os.utime(tmp_path / "m" / tree, (an_hour_ago, an_hour_ago))
+    for kept in (None, "never", timedelta(hours=2), "1d"):
+        op("small_a", version=2, replaced_max_age=kept).execute({})
+        assert replaced() == [tree], kept
+    op("small_a", version=2, replaced_max_age="30m").execute({})
+    assert replaced() == [] and versions(tmp_path / "m") == [1, 2]

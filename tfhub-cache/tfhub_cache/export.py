@@ -20,7 +20,10 @@ model reload in every serving replica).
   staged revisions are never modified in place),
   copies otherwise. ``gs://`` has no rename: every other file is copied first (server side when the
   cache is on GCS too) and ``saved_model.pb`` last, so a poller that lists the prefix early finds no
-  ``saved_model.pb`` and fails that load attempt rather than loading a partial model.
+  ``saved_model.pb`` and fails that load attempt rather than loading a partial model. An overwrite
+  on ``gs://`` rewrites the version's objects in place (old ``saved_model.pb`` deleted first), keeps
+  nothing of the old tree and logs a warning: a load of that version already under way is not
+  protected, which only a new version number is.
 * **Bookkeeping.** The exported sha256 is recorded beside the version, in ``.<version>.tfhub-export.json``
   (hidden, so the version directory holds only the model). Exports into one model directory are
   serialised by ``.tfhub-export.lock`` (the cache's lease lock), so concurrent exports never pick the
@@ -62,6 +65,8 @@ _MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _REPLACED_RE = re.compile(r"^\.[0-9]+\.[0-9a-f]+\.replaced$")
 #: How long a replaced version tree stays on disk by default.
 DEFAULT_REPLACED_MAX_AGE = "1d"
+#: ``replaced_max_age`` / ``--replaced-max-age`` value that keeps replaced trees forever (as ``None`` does).
+NEVER = "never"
 _DEAD_RE = re.compile(r"^\.(export\.[0-9a-f]+\.tmp(\.old)?|[0-9]+\.[0-9a-f]+\.removing)$")
 
 
@@ -87,7 +92,8 @@ def export_for_serving(
     ``removed_versions`` (what ``keep_versions`` removed) and ``handle`` (the staged model's).
     ``storage_options`` go to the GCS backend of a ``gs://`` source or target (credentials).
     ``replaced_max_age``: how long the tree an ``overwrite`` replaced stays (hidden) on a local
-    target for readers that still use it (``"0s"``: removed by the next export; ``None``: never).
+    target for readers that still use it (``"0s"``: removed by the next export; ``None`` or
+    ``"never"``: kept until removed by hand).
     """
     path = staged.get("path") if isinstance(staged, Mapping) else None
     if not isinstance(path, str) or not path:
@@ -110,7 +116,7 @@ def export_for_serving(
     digest = staged.get("sha256") or tree_digest(source, [rel for rel, _ in files])
     target = open_storage(f"{base.rstrip('/')}/{name}", **options)
     target.ensure_root()
-    grace = parse_age(replaced_max_age) if replaced_max_age is not None else None
+    grace = check_replaced_max_age(replaced_max_age)
     exporter = _Exporter(source, files, target, str(digest), handle=staged.get("handle"), replaced_max_age=grace)
     lock = CacheLock(
         target,
@@ -204,6 +210,15 @@ class _Exporter:
                     f"{self.sha256}; choose another version, omit it (next version), or overwrite it "
                     "(overwrite=True / --overwrite)."
                 )
+            if is_gs_url(self.target.location()):
+                log.warning(
+                    "Overwriting version %d in place (GCS has no atomic rename; the replaced objects are not kept): "
+                    "a server loading this version meanwhile can read old and new files together, and servers "
+                    "that loaded it already keep serving the old model. Export a new version (version=None) to "
+                    "switch servers safely. Target: %s",
+                    version,
+                    self.target.location(str(version)),
+                )
         self.publish(version)
         return version, True
 
@@ -286,6 +301,18 @@ def check_positive_int(value: object, what: str) -> int | None:
     if isinstance(value, bool) or not text.isdigit() or int(text) < 1:
         raise ConfigurationError(f"{what}={value!r} must be a positive integer (TF Serving versions are 1, 2, ...).")
     return int(text)
+
+
+def check_replaced_max_age(value: object, what: str = "replaced_max_age") -> float | None:
+    """Seconds a replaced version tree is kept, or None (``None`` / ``"never"``) to keep it forever."""
+    if value is None or (isinstance(value, str) and value.strip().lower() == NEVER):
+        return None
+    try:
+        return parse_age(value)
+    except ConfigurationError as exc:
+        raise ConfigurationError(
+            f"{what}: {exc} Or {NEVER!r} to keep replaced versions until removed by hand."
+        ) from None
 
 
 def check_base_path(value: object) -> str:
