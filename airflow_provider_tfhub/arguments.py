@@ -25,6 +25,8 @@ from tfhub_cache.errors import ConfigurationError, InvalidHandleError, TFHubErro
 
 #: argument name -> a check that raises the core's error for a bad value
 ArgumentChecks = Mapping[str, Callable[[Any], object]]
+#: called with the MappedOperator and the ``expand()`` arguments once they are checked
+ExpandHook = Callable[[Any, Mapping[str, Any]], None]
 
 
 def is_checkable(value: object) -> bool:
@@ -50,9 +52,10 @@ def _named(exc: TFHubError, where: str) -> TFHubError:
 class CheckedPartial:
     """An ``OperatorPartial`` whose ``expand()`` / ``expand_kwargs()`` check literal arguments first."""
 
-    def __init__(self, partial: Any, checks: ArgumentChecks) -> None:
+    def __init__(self, partial: Any, checks: ArgumentChecks, on_expand: ExpandHook | None = None) -> None:
         self.partial = partial
         self.checks = checks
+        self.on_expand = on_expand
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.partial, name)
@@ -82,6 +85,8 @@ class CheckedPartial:
             elif isinstance(values, Mapping):
                 for key, value in values.items():
                     self._check({name: value}, f"{task_id}: key {key!r} of expand({name}={{...}})")
+        if self.on_expand is not None:
+            self.on_expand(mapped, mapped_kwargs)
         return mapped
 
     def expand_kwargs(self, kwargs: Any, *, strict: bool = True) -> Any:
@@ -104,9 +109,13 @@ class MappedArgumentChecks:
     argument_error: str | None = None
 
     @classmethod
+    def on_expand(cls, mapped: Any, mapped_kwargs: Mapping[str, Any]) -> None:
+        """Adjust the MappedOperator from the checked ``expand()`` arguments (e.g. its map labels); none here."""
+
+    @classmethod
     def partial(cls, **kwargs: Any) -> Any:
         base: Any = super()
-        return CheckedPartial(base.partial(**kwargs), cls.argument_checks)
+        return CheckedPartial(base.partial(**kwargs), cls.argument_checks, cls.on_expand)
 
 
 def _in_running_task() -> bool:

@@ -36,7 +36,7 @@ def get_provider_info() -> dict[str, Any]:
                 "connection-type": "tfhub",
                 "hook-class-name": "airflow_provider_tfhub.hooks.tfhub.TFHubHook",
                 "hook-name": "TensorFlow Hub",
-                # What Airflow 3.3's form does with this (see the README, "The tfhub connection"):
+                # What Airflow 3.3's form does with this (see docs/configuration.md, "The tfhub connection"):
                 # - conn-fields become the "Extra Fields"; an `enum` holding None would be offered as a
                 #   literal "null" choice, and a `default` is pre-filled, so neither is given here;
                 # - ui-field-behaviour `placeholders` reach only the standard fields (host, password...);

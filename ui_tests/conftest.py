@@ -3,7 +3,9 @@
 Session fixtures, in order: a migrated metadata DB; the api-server, started at once; while it boots,
 a finished ``tfhub_prestage`` run whose mapped ``stage`` tasks staged two models from the loopback
 hub (run by ``dag.test()`` in a subprocess, so the run is real and no scheduler is needed); a
-Chromium driven by Selenium. Every
+Chromium driven by Selenium. The runs whose task logs are looked at (a mapped bad handle, a load)
+use ``dag.test(use_executor=True)``: the LocalExecutor runs each task in Airflow's supervisor, which
+writes the log file the UI shows and captures the task's raw stderr as a real deployment does. Every
 process started here is stopped by its PID (its process group) at the end. Screenshots go to
 ``ui_tests/screenshots/`` (git-ignored).
 """
@@ -30,6 +32,7 @@ import pytest
 from tfhub_cache.testing.models import build_archives_in_subprocess
 
 ROOT = Path(__file__).resolve().parents[1]
+UI_DAGS = Path(__file__).resolve().parent / "dags"
 SCREENSHOTS = Path(os.environ.get("TFHUB_UI_SCREENSHOTS", ROOT / "ui_tests" / "screenshots"))
 MODELS_CACHE = ROOT / ".cache" / "ui-test-models"
 CHROMIUM = os.environ.get("TFHUB_UI_CHROMIUM", "/usr/bin/chromium")
@@ -44,20 +47,33 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _dags_folder(home: str) -> str:
+    """The example DAGs plus this suite's own, in one folder: ``dag.test()`` runs only DAGs of a configured bundle."""
+    folder = Path(home) / "dags"
+    shutil.copytree(ROOT / "dags", folder, ignore=shutil.ignore_patterns("__pycache__"))
+    for dag_file in UI_DAGS.glob("*.py"):
+        shutil.copy(dag_file, folder / dag_file.name)
+    return str(folder)
+
+
 @pytest.fixture(scope="session")
 def airflow_env() -> Iterator[dict[str, str]]:
     home = tempfile.mkdtemp(prefix="tfhub-ui-airflow-")
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "TFHUB_"))}
     env.update(
         {
             "AIRFLOW_HOME": home,
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-            "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
+            "AIRFLOW__CORE__DAGS_FOLDER": _dags_folder(home),
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home}/airflow.db",
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
             "AIRFLOW__API__HOST": "127.0.0.1",
-            "AIRFLOW__API__PORT": str(free_port()),
+            "AIRFLOW__API__PORT": str(port),
+            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
             "AIRFLOW__API__WORKERS": "1",
+            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+            "AIRFLOW__API_AUTH__JWT_SECRET": os.urandom(16).hex(),  # the executor's and the api-server's
             "NO_GCE_CHECK": "true",
             "TF_CPP_MIN_LOG_LEVEL": "2",
             "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
@@ -88,10 +104,30 @@ RUN_DAG = """
 import json, sys
 from airflow.dag_processing.dagbag import DagBag
 conf = json.loads(sys.argv[1])
-dag = DagBag(dag_folder=conf.pop("dags_folder")).get_dag("tfhub_prestage")
-dr = dag.test(run_conf=conf)
+dag_id, use_executor = conf.pop("dag_id", "tfhub_prestage"), conf.pop("use_executor", False)
+dag = DagBag(dag_folder=conf.pop("dags_folder")).get_dag(dag_id)
+dr = dag.test(run_conf=conf, use_executor=use_executor)
 print("RESULT " + json.dumps({"run_id": dr.run_id, "state": str(dr.state)}))
 """
+
+
+def run_dag(env: dict[str, str], conf: dict[str, Any], log_name: str) -> dict[str, Any]:
+    """``dag.test()`` in a subprocess with ``conf`` (plus the keys RUN_DAG pops) -> its run id and state."""
+    log = Path(env["AIRFLOW_HOME"]) / log_name
+    with open(log, "w") as out:
+        subprocess.run(
+            [sys.executable, "-c", RUN_DAG, json.dumps(conf)],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            check=False,
+            timeout=600,
+        )
+    lines = [line for line in log.read_text().splitlines() if line.startswith("RESULT ")]
+    assert lines, f"dag.test() did not finish; see the end of its log:\n{log.read_text()[-3000:]}"
+    result: dict[str, Any] = json.loads(lines[-1][len("RESULT ") :])
+    result["log"] = str(log)
+    return result
 
 
 @pytest.fixture(scope="session")
@@ -165,6 +201,52 @@ def api_server(
             text = (Path(airflow_env["AIRFLOW_HOME"]) / "api-server.log").read_text()
             pytest.fail(f"api-server did not come up on {base}:\n{text[-3000:]}")
         time.sleep(1)
+
+
+#: A handle without its version: the mapped stage task can only see it at run time (it comes from conf).
+BAD_HANDLE = "https://tfhub.dev/google/nnlm-en-dim50"
+
+
+@pytest.fixture(scope="session")
+def bad_handle_run(
+    api_server: str, airflow_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Any]:
+    """A finished ``tfhub_prestage`` run whose only mapped ``stage`` task got a handle without a version."""
+    conf = {
+        "dag_id": "tfhub_prestage",
+        "use_executor": True,
+        "handles": [BAD_HANDLE],
+        "cache_dir": str(tmp_path_factory.mktemp("bad-cache")),
+        "dags_folder": airflow_env["AIRFLOW__CORE__DAGS_FOLDER"],
+    }
+    result = run_dag(airflow_env, conf, "dag-test-bad-handle.log")
+    assert result["state"] == "failed", Path(result["log"]).read_text()[-3000:]
+    result["handle"] = BAD_HANDLE
+    return result
+
+
+@pytest.fixture(scope="session")
+def load_run(api_server: str, airflow_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A finished ``tfhub_ui_load`` run (stage, then the TPU plan and smoke load), TensorFlow not told to be quiet."""
+    from tfhub_cache.testing.hub import HubServer
+
+    archives = _build_archives()
+    path = next(iter(MODELS))
+    env = {k: v for k, v in airflow_env.items() if k != "TF_CPP_MIN_LOG_LEVEL"}  # what a deployment has
+    hub = HubServer().start()
+    try:
+        conf = {
+            "dag_id": "tfhub_ui_load",
+            "use_executor": True,
+            "handle": hub.add_model(path, archives[path]),
+            "cache_dir": str(tmp_path_factory.mktemp("load-cache")),
+            "dags_folder": env["AIRFLOW__CORE__DAGS_FOLDER"],
+        }
+        result = run_dag(env, conf, "dag-test-load.log")
+    finally:
+        hub.stop()
+    assert result["state"] == "success", Path(result["log"]).read_text()[-3000:]
+    return result
 
 
 def _stop_group(proc: subprocess.Popen[Any]) -> None:

@@ -48,8 +48,10 @@ class TFHubLoadModelOperator(MappedArgumentChecks, BaseOperator):
         seconds or a ``timedelta``) so ``prune`` keeps it while training may reload it; ``None``
         (default) holds nothing. Release it with ``TFHubReleaseOperator`` as a teardown.
 
-    XCom: the plan (``path``, ``handle``, ``load_format``, ``tpu``, ``load_options``, ``reason``) plus
-    ``signatures`` and, with ``smoke_test``, ``smoke_test`` (the call's inputs and outputs).
+    XCom: the plan (``path``, ``handle``, ``revision``, ``cache_dir``, ``load_format``, ``tpu``,
+    ``load_options``, ``reason``) plus ``signatures`` and, with ``smoke_test`` (on by default),
+    ``smoke_test``: the call's input specs, its small outputs and ``output_shapes`` (the shape of every
+    output, also of those too large to copy).
     """
 
     template_fields: Sequence[str] = ("handle", "staged", "cache_dir", "hold_for")

@@ -7,7 +7,7 @@ The XCom value is the staged-model dict (``handle``, ``path``, ``cache_dir``, ``
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from airflow.sdk import BaseOperator
@@ -20,7 +20,11 @@ from airflow_provider_tfhub.arguments import (
     raise_argument_error,
 )
 from airflow_provider_tfhub.links import TFHubModelPageLink, TFHubStagedModelLink
-from airflow_provider_tfhub.operators.labels import HANDLE_MAP_INDEX_TEMPLATE, HandleLabelMixin
+from airflow_provider_tfhub.operators.labels import (
+    HANDLE_MAP_INDEX_TEMPLATE,
+    HandleLabelMixin,
+    keep_hosts_if_ambiguous,
+)
 from airflow_provider_tfhub.run_holds import HoldFor, check_hold_for, hold_staged
 from airflow_provider_tfhub.task_helpers import emit_asset_events, result_of, run_core
 from tfhub_cache import settings
@@ -87,6 +91,10 @@ class TFHubStageModelOperator(MappedArgumentChecks, HandleLabelMixin, BaseOperat
         "max_extracted_files": check_max_files,
         "upstream_cache": settings.resolve_upstream_cache,
     }
+
+    @classmethod
+    def on_expand(cls, mapped: Any, mapped_kwargs: Mapping[str, Any]) -> None:
+        keep_hosts_if_ambiguous(mapped, mapped_kwargs)
 
     def __init__(
         self,

@@ -407,7 +407,8 @@ print("RESULT " + json.dumps(out))
 def test_without_tensorflow_errors_name_the_extra_and_parsing_still_works(tmp_path: Path) -> None:
     result = run_py(NO_TENSORFLOW_SCRIPT, str(ROOT / "dags" / "tfhub_tpu_training.py"), str(tmp_path))
 
-    hint = "pip install 'airflow-provider-tfhub[tensorflow]'"
+    hint = loading.TENSORFLOW_INSTALL_HINT
+    assert 'pip install "tfhub-cache[tensorflow]"' in hint
     assert hint in result["load_error"] and "TensorFlow is required" in result["load_error"]
     assert hint in result["operator_error"]  # AirflowFailException: retrying cannot install TensorFlow
     assert result["detect"] == [
@@ -462,3 +463,35 @@ def test_uncompressed_gs_location_loads_through_the_plan(
     stats = gcs_for_tf.relay.stats
     assert stats.refused == []  # TensorFlow asked for nothing but the two Google storage hosts
     assert stats.connects.get("www.googleapis.com", 0) > 0 and stats.connects.get("storage.googleapis.com", 0) > 0
+
+
+QUIET_LOAD_SCRIPT = """
+import json, logging, sys
+logging.basicConfig(stream=sys.stdout, level=logging.INFO, format="%(name)s %(levelname)s %(message)s")
+from airflow_provider_tfhub.operators.load import TFHubLoadModelOperator
+xcom = TFHubLoadModelOperator(task_id="load", handle=sys.argv[1], cache_dir=sys.argv[2], tpu=False).execute({})
+print("RESULT " + json.dumps({"called": xcom["smoke_test"]["called"]}))
+"""
+
+#: What TensorFlow's native runtime writes to fd 2 at start-up on a CPU-only machine (oneDNN, CUDA probes).
+NATIVE_NOTICES = ("E0000", "I0000", "oneDNN", "cudart_stub", "cuInit", "absl::InitializeLog")
+
+
+def test_tensorflow_native_notices_go_to_the_log_not_stderr(hub_server: Any, tmp_path: Path) -> None:
+    """Airflow shows each stderr line of a task as an ERROR: a successful load must write none there."""
+    env = {k: v for k, v in env_without_tpu().items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    proc = subprocess.run(
+        [sys.executable, "-c", QUIET_LOAD_SCRIPT, f"{hub_server.url}/google/small_a/1", str(tmp_path / "cache")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert '"called": true' in proc.stdout
+    leaked = [line for line in proc.stderr.splitlines() if any(n in line for n in NATIVE_NOTICES)]
+    assert leaked == [], leaked
+    # Airflow's structlog set-up takes over the root logger once the operator is imported: match either format.
+    relogged = [line for line in proc.stdout.splitlines() if "TensorFlow: " in line and "native_stderr" in line]
+    assert relogged, f"TensorFlow's start-up notices were dropped, not logged:\n{proc.stdout[-3000:]}"

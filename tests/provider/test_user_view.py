@@ -208,6 +208,57 @@ def test_partial_keeps_an_explicit_map_index_template() -> None:
     assert own.map_index_template == "{{ task.handle }}"
 
 
+def test_labels_keep_the_host_only_where_handles_would_read_alike() -> None:
+    from tfhub_cache.labels import ambiguous_labels
+
+    handles = ["https://tfhub.dev/google/x/1", "https://mirror.corp/google/x/1", "https://tfhub.dev/google/y/1"]
+    assert ambiguous_labels(handles) == {"google/x/1"}
+    assert ambiguous_labels([handles[0], f" {handles[0]} ", handles[2]]) == frozenset()  # same model twice
+    assert [handle_label(h, keep_host=True) for h in handles[:2]] == ["tfhub.dev/google/x/1", "mirror.corp/google/x/1"]
+
+
+def test_mapped_handles_on_two_hosts_are_labelled_with_their_hosts(
+    hub: Any, mirror: Any, model_archives: dict[str, Path], cache_dir: str, tmp_path: Path
+) -> None:
+    from airflow.dag_processing.bundles.manager import DagBundlesManager
+    from airflow.dag_processing.dagbag import DagBag, sync_bag_to_db
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    hub.add_model("/google/x/1", model_archives["demo_v1"])
+    handles = [f"{hub.url}/google/x/1", f"{mirror.url}/google/x/1", f"{hub.url}/google/small_a/1"]
+    (tmp_path / "dags").mkdir()
+    (tmp_path / "dags" / "labels_two_hosts.py").write_text(
+        "from datetime import datetime\n"
+        "from airflow.sdk import DAG\n"
+        "from airflow_provider_tfhub.operators.stage import TFHubStageModelOperator\n"
+        "with DAG('labels_two_hosts', schedule=None, start_date=datetime(2026, 1, 1)):\n"
+        f"    TFHubStageModelOperator.partial(task_id='stage', cache_dir={cache_dir!r}).expand(handle={handles!r})\n"
+        f"    TFHubStageModelOperator.partial(task_id='one_host', cache_dir={cache_dir!r}).expand(\n"
+        f"        handle={handles[::2]!r}\n"
+        "    )\n"
+    )
+    bag = DagBag(dag_folder=str(tmp_path / "dags"))
+    assert not bag.import_errors, bag.import_errors
+    # dag.test() serializes only DAGs of the configured bundles: register this file's DAG under one
+    DagBundlesManager().sync_bundles_to_db()
+    sync_bag_to_db(bag, "dags-folder", None)
+    dr = bag.get_dag("labels_two_hosts").test()
+    assert dr.state == "success"
+    with create_session() as session:
+        instances = session.scalars(select(TaskInstance).where(TaskInstance.run_id == dr.run_id)).all()
+        labels = {(ti.task_id, ti.map_index): ti.rendered_map_index for ti in instances}
+    hosts = [h.split("://", 1)[1].split("/", 1)[0] for h in handles]
+    assert labels == {
+        ("stage", 0): f"{hosts[0]}/google/x/1",
+        ("stage", 1): f"{hosts[1]}/google/x/1",
+        ("stage", 2): f"{hosts[2]}/google/small_a/1",
+        ("one_host", 0): "google/x/1",
+        ("one_host", 1): "google/small_a/1",
+    }
+
+
 # -- the connection form -----------------------------------------------------------------------------
 def _tfhub_form() -> dict[str, Any]:
     """What the Add Connection form receives for ``tfhub``, from Airflow's own UI service."""

@@ -33,6 +33,7 @@ from typing import Any, Literal, TypedDict
 
 from tfhub_cache.errors import ConfigurationError
 from tfhub_cache.handles import url_scheme
+from tfhub_cache.native_stderr import import_tensorflow, native_stderr_to_log
 
 __all__ = [
     "IO_DEVICE",
@@ -58,7 +59,10 @@ IO_DEVICE = "/job:localhost"
 #: Environment variables set by TPU runtimes (Cloud TPU nodes/VMs, GKE, Colab, TPU pods).
 TPU_ENV_VARS = ("TPU_NAME", "COLAB_TPU_ADDR", "TPU_WORKER_HOSTNAMES")
 
-TENSORFLOW_INSTALL_HINT = "pip install 'airflow-provider-tfhub[tensorflow]'"
+#: How to get TensorFlow: the library's extra, or the provider's on an Airflow worker.
+TENSORFLOW_INSTALL_HINT = (
+    'pip install "tfhub-cache[tensorflow]" (on an Airflow worker: pip install "airflow-provider-tfhub[tensorflow]")'
+)
 
 #: The environment variable a plan travels in to a training process (pod, TPU VM, external venv).
 PLAN_ENV_VAR = "TFHUB_LOAD_PLAN"
@@ -136,7 +140,7 @@ def _detect() -> tuple[bool, str]:
             return False, f"{name} is set but empty"
     checked = ", ".join(TPU_ENV_VARS)
     try:
-        import tensorflow as tf
+        tf = import_tensorflow()
     except Exception:
         return False, f"none of {checked} is set and TensorFlow is not installed"
     outcome: list[bool] = []
@@ -237,7 +241,7 @@ def _plan_for(staged: Mapping[str, Any], path: str, on_tpu: bool, target: str) -
 
 def _tensorflow() -> Any:
     try:
-        import tensorflow as tf
+        tf = import_tensorflow()
     except ImportError as exc:
         raise ImportError(
             f"TensorFlow is required to load TF Hub models but could not be imported ({exc}); install it with "
@@ -363,7 +367,8 @@ def load(
         raise ConfigurationError(
             f"The plan's load_options {dict(options)!r} are not tf.saved_model.LoadOptions arguments: {exc}"
         ) from exc
-    return tf.saved_model.load(path, tags=tags, options=load_options)
+    with native_stderr_to_log():  # the first op initialises devices: cuInit's notice on a GPU-less host
+        return tf.saved_model.load(path, tags=tags, options=load_options)
 
 
 # -- what the loaded model offers --------------------------------------------------------------------------

@@ -5,7 +5,7 @@ disk while the files' data did not, leaving zero-length files behind a name that
 Flushing every file, then every directory (bottom-up, so entries reach the disk after what they
 name), then publishing, then flushing the parent directory (so the rename itself persists) closes
 that window. Whether it runs is ``TFHUB_FSYNC`` (``1``/``0``); the default and its measured cost
-are in the README ("Reliability") and ``benchmarks/README.md``.
+are in ``docs/guarantees.md`` ("Reliability: what is guaranteed, and the limits") and ``benchmarks/README.md``.
 """
 
 from __future__ import annotations

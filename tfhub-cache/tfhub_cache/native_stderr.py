@@ -1,0 +1,68 @@
+"""TensorFlow's C++ notices routed through ``logging`` instead of raw stderr.
+
+TensorFlow's native runtime writes straight to file descriptor 2 while it starts (oneDNN notices,
+``cudart_stub`` and ``E0000 ... failed call to cuInit`` on a machine without a GPU). Airflow's task
+runner reads a task's stderr and shows every such line as a red ``ERROR``, so a successful load task
+looks failed. :func:`importing_tensorflow` imports TensorFlow with fd 2 pointed at a temporary file and
+re-emits what was written there as INFO records of this module's logger; Python exceptions are raised,
+not written to fd 2, so none is lost. ``TF_CPP_MIN_LOG_LEVEL`` defaults to ``1`` (the INFO notices are
+dropped at the source) when the environment does not set it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+import tempfile
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+__all__ = ["import_tensorflow", "native_stderr_to_log"]
+
+log = logging.getLogger(__name__)
+
+#: fd 2 is process-wide: two threads must not swap it at once.
+_SWAP_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def native_stderr_to_log(logger: logging.Logger = log, level: int = logging.INFO) -> Iterator[None]:
+    """While the block runs, whatever native code writes to fd 2 is collected, then logged line by line.
+
+    Python's own ``sys.stderr`` is flushed before and after so nothing already buffered is lost or
+    reordered into the capture.
+    """
+    with _SWAP_LOCK, tempfile.TemporaryFile(mode="w+b") as capture:
+        with contextlib.suppress(Exception):
+            sys.stderr.flush()
+        saved = os.dup(2)
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield
+        finally:
+            with contextlib.suppress(Exception):
+                sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            text = capture.read().decode("utf-8", errors="replace")
+            for line in text.splitlines():
+                if line.strip():
+                    logger.log(level, "TensorFlow: %s", line.rstrip())
+
+
+def import_tensorflow() -> Any:
+    """``import tensorflow`` with its start-up notices logged at INFO, not written to stderr.
+
+    Raises whatever the import raises (ImportError when TensorFlow is not installed).
+    """
+    loaded = sys.modules.get("tensorflow")
+    if loaded is not None:  # None there means "import fails": let the import statement raise it
+        return loaded
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+    with native_stderr_to_log():
+        import tensorflow as tf
+    return tf
