@@ -14,7 +14,7 @@ from airflow.sdk import PokeReturnValue
 from airflow_provider_tfhub.sensors.base import BaseTFHubCacheSensor, cached_handle
 from airflow_provider_tfhub.task_helpers import run_core
 from airflow_provider_tfhub.triggers.tfhub import TFHubModelCachedTrigger
-from tfhub_cache.cache.staging import lookup_entry
+from tfhub_cache.cache.entries import lookup_entry
 from tfhub_cache.units import human_duration
 
 

@@ -17,7 +17,7 @@ from airflow.sdk import PokeReturnValue
 
 from airflow_provider_tfhub.sensors.base import BaseTFHubCacheSensor, cached_handle
 from airflow_provider_tfhub.triggers.tfhub import TFHubModelUpdatedTrigger
-from tfhub_cache.cache.staging import lookup_entry
+from tfhub_cache.cache.entries import lookup_entry
 from tfhub_cache.errors import TFHubError
 from tfhub_cache.fetch.update_check import check_for_update
 

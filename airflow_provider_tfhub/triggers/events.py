@@ -30,9 +30,9 @@ from airflow_provider_tfhub.triggers.cache_access import open_cache, read_entry
 from airflow_provider_tfhub.triggers.tfhub import preload_trigger_imports
 from tfhub_cache.errors import TFHubError
 from tfhub_cache.fetch.mirrors import parse_mirrors
-from tfhub_cache.fetch.transfer import RetryPolicy
 from tfhub_cache.fetch.update_check import acheck_for_update
 from tfhub_cache.handles import require_cacheable
+from tfhub_cache.retry import RetryPolicy
 from tfhub_cache.storage import Storage
 
 preload_trigger_imports()  # the triggerer loads this module by classpath: import the transport now, not in run()

@@ -313,7 +313,7 @@ def test_with_no_network_the_retries_are_summarised(tmp_path: Path, caplog: pyte
 
     from tfhub_cache.cache.staging import stage
     from tfhub_cache.errors import DownloadError
-    from tfhub_cache.fetch.transfer import RetryPolicy
+    from tfhub_cache.retry import RetryPolicy
 
     with socket.socket() as s:  # a loopback port nobody listens on: connection refused, like no network
         s.bind(("127.0.0.1", 0))
