@@ -60,6 +60,16 @@ def slowest(runs: list[Run]) -> float:
     return max(r.wall for r in runs)
 
 
+def pair(ours: float, theirs: float, fmt: str, our_note: str = "", their_note: str = "") -> str:
+    """Two table cells, the smaller (better) value in bold: no side is bold by default."""
+    cells = [fmt.format(ours) + our_note, fmt.format(theirs) + their_note]
+    if ours != theirs:
+        best = 0 if ours < theirs else 1
+        value = fmt.format((ours, theirs)[best])
+        cells[best] = cells[best].replace(value, f"**{value}**", 1)
+    return " | ".join(cells)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--hosts", type=int, default=8)
@@ -139,19 +149,19 @@ def report(args: argparse.Namespace, r: dict[str, Any], started: float, load_sta
     rows = [
         "| | tiered (ours): 1 hub download into gs://, then pulls | one `hub.resolve` per host |",
         "| --- | --- | --- |",
-        f"| hub archive downloads | **{r['tiered_downloads']}** | {r['hub_downloads']} |",
-        f"| time until every host has the model (slowest whole process) | **{slowest(tiered):.1f} s** "
-        f"| {slowest(hub):.1f} s |",
+        f"| hub archive downloads | {pair(r['tiered_downloads'], r['hub_downloads'], '{}')} |",
+        f"| time until every host has the model (slowest whole process) "
+        f"| {pair(slowest(tiered), slowest(hub), '{:.1f} s')} |",
         f"| fastest host (whole process) | {min(x.wall for x in tiered):.1f} s | {min(x.wall for x in hub):.1f} s |",
         f"| CPU of the whole fleet (user+sys) | {sum(x.cpu for x in tiered):.1f} s | {sum(x.cpu for x in hub):.1f} s |",
         f"| hosts on the same revision | {len(tiered)} on {len(revisions)} revision(s) | n/a (no revisions) |",
         "",
         "| one host alone (in-process, imports excluded) | ours | tensorflow_hub |",
         "| --- | --- | --- |",
-        f"| one pull from gs:// vs one `hub.resolve` over the WAN model | **{r['one_pull'].seconds:.2f} s** "
-        f"| {r['one_resolve'].seconds:.2f} s |",
-        f"| pull from the emulator vs a cold stage from the loopback hub (no WAN) | **{r['pull'].seconds:.2f} s** "
-        f"(pull) | {r['cold_stage'].seconds:.2f} s (our cold stage) |",
+        f"| one pull from gs:// vs one `hub.resolve` over the WAN model "
+        f"| {pair(r['one_pull'].seconds, r['one_resolve'].seconds, '{:.2f} s')} |",
+        f"| pull from the emulator vs a cold stage from the loopback hub (no WAN) "
+        f"| {pair(r['pull'].seconds, r['cold_stage'].seconds, '{:.2f} s', ' (pull)', ' (our cold stage)')} |",
         f"| peak RSS: pull vs cold stage | {r['pull'].rss_mb:.0f} MB | {r['cold_stage'].rss_mb:.0f} MB |",
     ]
     return "\n".join(

@@ -91,7 +91,10 @@ def airflow_env() -> Iterator[dict[str, str]]:
     try:
         yield env
     finally:
-        shutil.rmtree(home, ignore_errors=True)
+        if os.environ.get("TFHUB_UI_KEEP_HOME"):  # to read the task logs of a failed run
+            print(f"AIRFLOW_HOME kept: {home}")
+        else:
+            shutil.rmtree(home, ignore_errors=True)
 
 
 def _build_archives() -> dict[str, Path]:

@@ -120,8 +120,7 @@ class TFHubLoadModelOperator(MappedArgumentChecks, BaseOperator):
         plan = run_core(loading.build_plan, staged, tpu=self.tpu)
         if isinstance(staged, dict):
             run_core(hold_staged, staged, hold_for=self.hold_for, context=context, conn_id=self.tfhub_conn_id)
-        self.log.info("Loading %s from %s (%s)", plan["handle"], plan["path"], plan["reason"])
-        try:
+        try:  # loading.load logs "Loading <handle> from <path> (<reason>)"
             model = run_core(loading.load, plan, tpu=plan["tpu"])  # the target planned for, not this worker
         except ImportError as exc:  # no TensorFlow on this worker: retrying cannot help
             raise AirflowFailException(str(exc)) from exc

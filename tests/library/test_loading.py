@@ -495,3 +495,38 @@ def test_tensorflow_native_notices_go_to_the_log_not_stderr(hub_server: Any, tmp
     # Airflow's structlog set-up takes over the root logger once the operator is imported: match either format.
     relogged = [line for line in proc.stdout.splitlines() if "TensorFlow: " in line and "native_stderr" in line]
     assert relogged, f"TensorFlow's start-up notices were dropped, not logged:\n{proc.stdout[-3000:]}"
+    # TensorFlow's wheel prints its start-up notices once per shared library that carries them (twice):
+    # logged as they come, the task log reads as if TensorFlow started twice.
+    notices = [line.split("TensorFlow: ", 1)[1] for line in relogged]
+    assert len(notices) == len(set(notices)), f"a notice logged more than once:\n{chr(10).join(relogged)}"
+    assert not [n for n in notices if "absl::InitializeLog" in n], relogged
+    assert not [n for n in notices if n[:1] in "IWEF" and n[1:5].isdigit()], f"glog prefixes kept: {relogged}"
+    loading_lines = [line for line in proc.stdout.splitlines() if " Loading " in f" {line}" and " from " in line]
+    assert len(loading_lines) == 1, loading_lines
+
+
+FAKE_NATIVE_NOTICES = (
+    "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n"
+    "I0000 00:00:1796537324.623661   28735 port.cc:153] oneDNN custom operations are on.\n"
+    "E0000 00:00:1796537329.762739   28735 cuda_platform.cc:52] failed call to cuInit: UNKNOWN ERROR (303)\n"
+    "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n"
+    "I0000 00:00:1796537329.897257   28735 port.cc:153] oneDNN custom operations are on.\n"
+    "\n"
+    "some other native line\n"
+)
+
+
+def test_native_notices_are_logged_once_each_without_the_glog_prefix(caplog: pytest.LogCaptureFixture) -> None:
+    """What native code writes to fd 2 (the real descriptor) comes back as one INFO record per distinct notice."""
+    from tfhub_cache.native_stderr import native_stderr_to_log
+
+    with caplog.at_level("INFO", logger="tfhub_cache.native_stderr"), native_stderr_to_log():
+        os.write(2, FAKE_NATIVE_NOTICES.encode())
+
+    records = [r for r in caplog.records if r.name == "tfhub_cache.native_stderr"]
+    assert [r.getMessage() for r in records] == [
+        "TensorFlow: oneDNN custom operations are on. [port.cc:153]",
+        "TensorFlow: failed call to cuInit: UNKNOWN ERROR (303) [cuda_platform.cc:52]",
+        "TensorFlow: some other native line",
+    ]
+    assert {r.levelname for r in records} == {"INFO"}

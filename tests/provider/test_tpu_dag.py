@@ -20,7 +20,6 @@ import http.server
 import json
 import math
 import os
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -32,6 +31,7 @@ from typing import Any
 import pytest
 from airflow_utils import get_dag
 from tls_relay import TFGCS, tf_gcs
+from training_venv import build_training_venv
 
 from tfhub_cache import loading
 
@@ -41,7 +41,6 @@ DAG_ID = "tfhub_tpu_training"
 BUCKET = "tpu-dag"
 TASKS = ("stage", "plan", "plan_json", "choose_runner", "train_in_venv", "train_on_gke_tpu")
 IO_DEVICE_OPTIONS = {"experimental_io_device": "/job:localhost"}
-TFHUB_CACHE_TENSORFLOW = f"{ROOT / 'tfhub-cache'}[tensorflow]"
 
 RUN_DAG_SCRIPT = """
 import json, sys
@@ -126,35 +125,7 @@ def gcs_env(gcs: TFGCS) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def training_python(tmp_path_factory: pytest.TempPathFactory) -> str:
     """A venv with only ``tfhub-cache[tensorflow]`` (and what it needs), pinned to this venv's versions."""
-    uv = shutil.which("uv", path=str(Path(sys.executable).parent)) or shutil.which("uv")
-    assert uv, "uv is needed to build the training venv (make install puts it into .venv)"
-    venv = tmp_path_factory.mktemp("training-venv") / "venv"
-    frozen = subprocess.run(
-        [uv, "pip", "freeze", "--python", sys.executable], capture_output=True, text=True, check=True
-    ).stdout
-    pins = [line for line in frozen.splitlines() if "==" in line and not line.startswith(("-e", "tfhub-cache"))]
-    constraints = venv.parent / "constraints.txt"
-    constraints.write_text("\n".join(pins) + "\n")
-    subprocess.run([uv, "venv", "--quiet", "--python", sys.executable, str(venv)], check=True)
-    python = str(venv / "bin" / "python")
-    subprocess.run(
-        [uv, "pip", "install", "--quiet", "--python", python, "-c", str(constraints), TFHUB_CACHE_TENSORFLOW],
-        check=True,
-        timeout=900,
-    )
-    probe = subprocess.run(
-        [
-            python,
-            "-c",
-            "import importlib.util as u; print(u.find_spec('airflow') is None, u.find_spec('tfhub_cache') is not None)",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-        env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
-    )
-    assert probe.stdout.split() == ["True", "True"]
-    return python
+    return build_training_venv(tmp_path_factory.mktemp("training-venv"))
 
 
 def test_the_venv_variant_pulls_into_a_local_dir_and_trains_without_airflow(

@@ -7,6 +7,12 @@ looks failed. :func:`importing_tensorflow` imports TensorFlow with fd 2 pointed 
 re-emits what was written there as INFO records of this module's logger; Python exceptions are raised,
 not written to fd 2, so none is lost. ``TF_CPP_MIN_LOG_LEVEL`` defaults to ``1`` (the INFO notices are
 dropped at the source) when the environment does not set it.
+
+TensorFlow's wheels link the same start-up code into two shared libraries, so one ``import tensorflow``
+prints each notice twice, with the preamble ``WARNING: All log messages before absl::InitializeLog() is
+called are written to STDERR`` before each copy; read as-is, that looks like TensorFlow starting twice.
+Each notice is therefore logged once per capture, without the glog prefix (severity, time, thread id) and
+with its source file at the end, and the preamble is dropped.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import sys
 import tempfile
 import threading
@@ -26,6 +33,29 @@ log = logging.getLogger(__name__)
 
 #: fd 2 is process-wide: two threads must not swap it at once.
 _SWAP_LOCK = threading.Lock()
+
+#: A glog line: ``I0000 00:00:1796537324.623661   28735 port.cc:153] message`` (severity, date, time, thread, source).
+_GLOG_LINE = re.compile(r"^[IWEF]\d{4} [\d:.]+\s+\d+ (?P<source>[^\]\s]+)\] (?P<message>.*)$")
+#: absl's note that it has not been configured yet: about logging itself, not about the model.
+_ABSL_PREAMBLE = "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR"
+
+
+def _readable_notices(text: str) -> list[str]:
+    """Captured native stderr -> one line per distinct notice, in first-seen order.
+
+    A glog line becomes ``message [source.cc:line]``; other lines are kept as written. Blank lines,
+    absl's preamble and repeats are dropped.
+    """
+    notices: list[str] = []
+    for raw in text.splitlines():
+        line = raw.rstrip()
+        if not line.strip() or line.strip() == _ABSL_PREAMBLE:
+            continue
+        match = _GLOG_LINE.match(line)
+        notice = f"{match['message']} [{match['source']}]" if match else line
+        if notice not in notices:
+            notices.append(notice)
+    return notices
 
 
 @contextlib.contextmanager
@@ -48,10 +78,8 @@ def native_stderr_to_log(logger: logging.Logger = log, level: int = logging.INFO
             os.dup2(saved, 2)
             os.close(saved)
             capture.seek(0)
-            text = capture.read().decode("utf-8", errors="replace")
-            for line in text.splitlines():
-                if line.strip():
-                    logger.log(level, "TensorFlow: %s", line.rstrip())
+            for notice in _readable_notices(capture.read().decode("utf-8", errors="replace")):
+                logger.log(level, "TensorFlow: %s", notice)
 
 
 def import_tensorflow() -> Any:
