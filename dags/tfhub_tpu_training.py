@@ -9,8 +9,10 @@ On Google Cloud the training does not run in the Airflow worker. This DAG is sha
 
    * ``train_on_gke_tpu``: a ``KubernetesPodOperator`` on a GKE TPU node pool (node selector,
      ``google.com/tpu`` resource), the plan in the ``TFHUB_LOAD_PLAN`` environment variable;
-   * ``train_in_venv``: ``@task.external_python`` in a venv with only ``tfhub-cache[tensorflow]``
-     (a TPU VM that runs an Airflow worker, or any host; this is the variant that runs anywhere).
+   * ``train_in_venv``: ``@task.external_python`` in a venv with ``tfhub-cache[tensorflow]`` and
+     ``pendulum`` (a TPU VM that runs an Airflow worker, or any host; this is the variant that runs
+     anywhere). Airflow's operator runs ``python -c "import pendulum"`` in the venv on every run; without
+     pendulum that probe's traceback lands in the task log as red ERROR lines of a successful task.
 
    Both call :func:`train_head`: it pulls the planned revision onto the host's disk
    (``loading.load(plan, local_cache=..., tpu="auto")``: no hub request, no inflate), which on a TPU
@@ -60,13 +62,18 @@ def train_head(
     renders). Returns what was done, JSON-friendly.
     """
     import importlib.util
+    import logging
     import os
     import sys
     from typing import Any  # noqa: F401 - the nested functions' annotations, when run as source
 
-    import tensorflow as tf
-
     from tfhub_cache import loading
+    from tfhub_cache.native_stderr import import_tensorflow
+
+    # The library's lines (the pull, the load) and TensorFlow's start-up notices, once each (TensorFlow
+    # prints them twice per import), go to stderr: the pod's log, or the venv task's log.
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    tf = import_tensorflow()
 
     tpu = {"true": True, "false": False}.get(str(tpu).strip().lower(), tpu)
 

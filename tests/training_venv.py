@@ -17,8 +17,8 @@ ROOT = Path(__file__).resolve().parents[1]
 TFHUB_CACHE_TENSORFLOW = f"{ROOT / 'tfhub-cache'}[tensorflow]"
 
 
-def build_training_venv(directory: Path) -> str:
-    """Create ``directory/venv`` with ``tfhub-cache[tensorflow]``; return its python (asserted Airflow-free)."""
+def build_training_venv(directory: Path, also: tuple[str, ...] = ()) -> str:
+    """Create ``directory/venv`` with ``tfhub-cache[tensorflow]`` (and ``also``); return its python (Airflow-free)."""
     uv = shutil.which("uv", path=str(Path(sys.executable).parent)) or shutil.which("uv")
     assert uv, "uv is needed to build the training venv (make install puts it into .venv)"
     directory.mkdir(parents=True, exist_ok=True)
@@ -32,7 +32,7 @@ def build_training_venv(directory: Path) -> str:
     subprocess.run([uv, "venv", "--quiet", "--python", sys.executable, str(venv)], check=True)
     python = str(venv / "bin" / "python")
     subprocess.run(
-        [uv, "pip", "install", "--quiet", "--python", python, "-c", str(constraints), TFHUB_CACHE_TENSORFLOW],
+        [uv, "pip", "install", "--quiet", "--python", python, "-c", str(constraints), TFHUB_CACHE_TENSORFLOW, *also],
         check=True,
         timeout=900,
     )

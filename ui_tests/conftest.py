@@ -3,11 +3,12 @@
 Session fixtures, in order: a migrated metadata DB; the api-server, started at once; while it boots,
 a finished ``tfhub_prestage`` run whose mapped ``stage`` tasks staged two models from the loopback
 hub (run by ``dag.test()`` in a subprocess, so the run is real and no scheduler is needed); a
-Chromium driven by Selenium. The runs whose task logs are looked at (a mapped bad handle, a load)
-use ``dag.test(use_executor=True)``: the LocalExecutor runs each task in Airflow's supervisor, which
-writes the log file the UI shows and captures the task's raw stderr as a real deployment does. Every
-process started here is stopped by its PID (its process group) at the end. Screenshots go to
-``ui_tests/screenshots/`` (git-ignored).
+Chromium driven by Selenium. The runs whose task logs are looked at (a mapped bad handle, the TPU
+example on its venv runner against a ``gs://`` emulator) use ``dag.test(use_executor=True)``: the
+LocalExecutor runs each task in Airflow's supervisor, which writes the log file the UI shows and
+captures the task's raw stderr as a real deployment does. Every process started here is stopped by
+its PID (its process group) at the end. Screenshots go to ``ui_tests/screenshots/`` (git-ignored).
+``TFHUB_UI_KEEP_HOME=1`` keeps the temporary AIRFLOW_HOME (task logs, DAG-run logs) for a look after a failure.
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ import pytest
 from tfhub_cache.testing.models import build_archives_in_subprocess
 
 ROOT = Path(__file__).resolve().parents[1]
-UI_DAGS = Path(__file__).resolve().parent / "dags"
+# tls_relay and training_venv are shared with the main suite; appended, so its conftest cannot shadow this one.
+sys.path.append(str(ROOT / "tests"))
 SCREENSHOTS = Path(os.environ.get("TFHUB_UI_SCREENSHOTS", ROOT / "ui_tests" / "screenshots"))
 MODELS_CACHE = ROOT / ".cache" / "ui-test-models"
 CHROMIUM = os.environ.get("TFHUB_UI_CHROMIUM", "/usr/bin/chromium")
@@ -48,11 +50,9 @@ def free_port() -> int:
 
 
 def _dags_folder(home: str) -> str:
-    """The example DAGs plus this suite's own, in one folder: ``dag.test()`` runs only DAGs of a configured bundle."""
+    """A copy of the example DAGs: ``dag.test()`` runs only DAGs of a configured bundle."""
     folder = Path(home) / "dags"
     shutil.copytree(ROOT / "dags", folder, ignore=shutil.ignore_patterns("__pycache__"))
-    for dag_file in UI_DAGS.glob("*.py"):
-        shutil.copy(dag_file, folder / dag_file.name)
     return str(folder)
 
 
@@ -228,28 +228,51 @@ def bad_handle_run(
     return result
 
 
+#: The TPU example's tasks; ``train_on_gke_tpu`` is skipped on the venv runner.
+TPU_EXAMPLE_TASKS = ("stage", "plan", "plan_json", "choose_runner", "train_in_venv")
+
+
 @pytest.fixture(scope="session")
-def load_run(api_server: str, airflow_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """A finished ``tfhub_ui_load`` run (stage, then the TPU plan and smoke load), TensorFlow not told to be quiet."""
+def tpu_example_run(
+    api_server: str, airflow_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, Any]]:
+    """A finished run of ``dags/tfhub_tpu_training.py`` as shipped, on its venv runner, TensorFlow not told to be quiet.
+
+    Production-shaped on loopback: ``stage`` puts the model into a ``gs://`` cache (fake-gcs-server,
+    which stock TensorFlow reaches through the TLS relay of ``tests/tls_relay.py``), ``plan`` plans for a
+    declared TPU and smoke-loads from ``gs://``, ``train_in_venv`` pulls the revision to a local dir and
+    trains in a venv holding ``tfhub-cache[tensorflow]`` and ``pendulum``, as the docs advise, and no
+Airflow (``TFHUB_TRAINING_PYTHON``).
+    """
+    from tls_relay import tf_gcs
+    from training_venv import build_training_venv
+
     from tfhub_cache.testing.hub import HubServer
 
     archives = _build_archives()
     path = next(iter(MODELS))
-    env = {k: v for k, v in airflow_env.items() if k != "TF_CPP_MIN_LOG_LEVEL"}  # what a deployment has
-    hub = HubServer().start()
-    try:
-        conf = {
-            "dag_id": "tfhub_ui_load",
-            "use_executor": True,
-            "handle": hub.add_model(path, archives[path]),
-            "cache_dir": str(tmp_path_factory.mktemp("load-cache")),
-            "dags_folder": env["AIRFLOW__CORE__DAGS_FOLDER"],
-        }
-        result = run_dag(env, conf, "dag-test-load.log")
-    finally:
-        hub.stop()
-    assert result["state"] == "success", Path(result["log"]).read_text()[-3000:]
-    return result
+    python = build_training_venv(tmp_path_factory.mktemp("training"), also=("pendulum",))  # as the docs say
+    with tf_gcs(tmp_path_factory.mktemp("tf-gcs")) as gcs:
+        gcs.emulator.create_bucket("ui-tpu")
+        env = {k: v for k, v in airflow_env.items() if k != "TF_CPP_MIN_LOG_LEVEL"}  # what a deployment has
+        env.update({**gcs.env, **gcs.emulator.env(), "TFHUB_TRAINING_PYTHON": python})
+        hub = HubServer().start()
+        try:
+            conf = {
+                "dag_id": "tfhub_tpu_training",
+                "use_executor": True,
+                "handle": hub.add_model(path, archives[path]),
+                "cache_dir": "gs://ui-tpu/tfhub-modules",
+                "runner": "venv",
+                "local_cache": str(tmp_path_factory.mktemp("tpu-host-cache")),
+                "training_tpu": "true",
+                "dags_folder": env["AIRFLOW__CORE__DAGS_FOLDER"],
+            }
+            result = run_dag(env, conf, "dag-test-tpu-example.log")
+        finally:
+            hub.stop()
+        assert result["state"] == "success", Path(result["log"]).read_text()[-3000:]
+        yield result
 
 
 def _stop_group(proc: subprocess.Popen[Any]) -> None:

@@ -1,5 +1,5 @@
 """What a person sees in Airflow's UI, in a real browser: the connection form, mapped-task labels, extra links,
-the log of a mapped task given a bad handle, and the log of a successful load (no ERROR line).
+the log of a mapped task given a bad handle, and the logs of a successful TPU-example run (no ERROR line).
 
 Each check writes screenshots to ``ui_tests/screenshots/`` (git-ignored) before it asserts, so a
 failure can be looked at. Run with ``make test-ui``.
@@ -214,18 +214,36 @@ def test_mapped_bad_handle_fails_on_the_first_try_labelled_with_the_cause_in_vie
     assert handle in cause.text, cause.text
 
 
-# -- (5) the TPU example's plan task: a successful load has no ERROR line ------------------------------
-def test_successful_load_task_log_has_no_error_line(
-    api_server: str, browser: WebDriver, load_run: dict[str, Any]
+# -- (5) the TPU example, run as shipped: no ERROR line in any task's log -------------------------------
+def test_successful_tpu_example_run_has_no_error_line(
+    api_server: str, browser: WebDriver, tpu_example_run: dict[str, Any]
 ) -> None:
-    run_id = load_run["run_id"]
-    events = task_log(api_server, "tfhub_ui_load", run_id, "plan", 1)
-    lines = [e for e in events if isinstance(e, dict)]
-    assert any("Smoke call" in str(e.get("event")) for e in lines), events[-20:]
-    errors = [e for e in lines if str(e.get("level", "")).lower() in ("error", "critical")]
-    assert errors == [], errors
+    from conftest import TPU_EXAMPLE_TASKS
+
+    run_id = tpu_example_run["run_id"]
+    tis = api_get(api_server, f"/api/v2/dags/tfhub_tpu_training/dagRuns/{quote(run_id, safe='')}/taskInstances")
+    states = {ti["task_id"]: ti["state"] for ti in tis["task_instances"]}
+    assert states == {**dict.fromkeys(TPU_EXAMPLE_TASKS, "success"), "train_on_gke_tpu": "skipped"}, states
+
+    logs = {task: task_log(api_server, "tfhub_tpu_training", run_id, task, 1) for task in TPU_EXAMPLE_TASKS}
+    errors = {
+        task: [e for e in events if isinstance(e, dict) and str(e.get("level", "")).lower() in ("error", "critical")]
+        for task, events in logs.items()
+    }
+    assert {task: found for task, found in errors.items() if found} == {}
+    text = {task: "\n".join(str(e.get("event")) for e in evs if isinstance(e, dict)) for task, evs in logs.items()}
+    assert "Smoke call" in text["plan"], text["plan"][-3000:]
+    assert "losses [" in text["train_in_venv"], text["train_in_venv"][-3000:]  # train_head trained
+    # TensorFlow's start-up notices, which it prints twice per import, appear once each: in the plan task
+    # and in the training venv's output.
+    for task in ("plan", "train_in_venv"):
+        notices = [line for line in text[task].splitlines() if "TensorFlow: " in line]
+        assert notices and len(notices) == len(set(notices)), (task, notices)
+        assert "absl::InitializeLog" not in text[task], text[task][-3000:]
+    assert len([line for line in text["plan"].splitlines() if line.startswith("Loading ")]) == 1, text["plan"]
 
     d = browser
-    d.get(f"{api_server}/dags/tfhub_ui_load/runs/{run_id}/tasks/plan")
-    wait_for(d, "//*[contains(text(), 'Smoke call')]", "the smoke call line in the log view")
-    screenshot(d, "5-load-task-log")
+    for task, anchor in (("plan", "Smoke call"), ("train_in_venv", "losses [")):
+        d.get(f"{api_server}/dags/tfhub_tpu_training/runs/{run_id}/tasks/{task}")
+        wait_for(d, f"//*[contains(text(), '{anchor}')]", f"the {anchor!r} line in {task}'s log view")
+        screenshot(d, f"5-tpu-example-{task}-log")
