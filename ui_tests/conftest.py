@@ -242,7 +242,7 @@ def tpu_example_run(
     which stock TensorFlow reaches through the TLS relay of ``tests/tls_relay.py``), ``plan`` plans for a
     declared TPU and smoke-loads from ``gs://``, ``train_in_venv`` pulls the revision to a local dir and
     trains in a venv holding ``tfhub-cache[tensorflow]`` and ``pendulum``, as the docs advise, and no
-Airflow (``TFHUB_TRAINING_PYTHON``).
+    Airflow (``TFHUB_TRAINING_PYTHON``).
     """
     from tls_relay import tf_gcs
     from training_venv import build_training_venv
