@@ -82,7 +82,7 @@ class TFHubExportForServingOperator(MappedArgumentChecks, BaseOperator):
         *,
         base_path: str,
         model_name: str,
-        staged: Mapping[str, Any] | None = None,
+        staged: Any = None,  # the staged-model dict or, usually, stage.output (an XComArg)
         handle: str | None = None,
         version: int | str | None = None,
         keep_versions: int | str | None = None,
