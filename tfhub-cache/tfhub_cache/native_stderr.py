@@ -3,13 +3,14 @@
 TensorFlow's native runtime writes straight to file descriptor 2 while it starts (oneDNN notices,
 ``cudart_stub`` and ``E0000 ... failed call to cuInit`` on a machine without a GPU). Airflow's task
 runner reads a task's stderr and shows every such line as a red ``ERROR``, so a successful load task
-looks failed. :func:`importing_tensorflow` imports TensorFlow with fd 2 pointed at a temporary file and
+looks failed. :func:`import_tensorflow` imports TensorFlow with fd 2 pointed at a temporary file and
 re-emits what was written there as INFO records of this module's logger; Python exceptions are raised,
-not written to fd 2, so none is lost. ``TF_CPP_MIN_LOG_LEVEL`` defaults to ``1`` (the INFO notices are
-dropped at the source) when the environment does not set it.
+not written to fd 2, so none is lost. ``TF_CPP_MIN_LOG_LEVEL`` defaults to ``1`` when the environment
+does not set it: TensorFlow then drops its INFO notices at the source, except those written before its
+logging is initialised (oneDNN's, ``cudart_stub``'s).
 
-TensorFlow's wheels link the same start-up code into two shared libraries, so one ``import tensorflow``
-prints each notice twice, with the preamble ``WARNING: All log messages before absl::InitializeLog() is
+One ``import tensorflow`` (TensorFlow 2.21) prints each start-up notice twice, once as each of two of its
+native libraries loads, with the preamble ``WARNING: All log messages before absl::InitializeLog() is
 called are written to STDERR`` before each copy; read as-is, that looks like TensorFlow starting twice.
 Each notice is therefore logged once per capture, without the glog prefix (severity, time, thread id) and
 with its source file at the end, and the preamble is dropped.
