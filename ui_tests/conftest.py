@@ -149,22 +149,10 @@ def mapped_run(
             "cache_dir": str(tmp_path_factory.mktemp("cache")),
             "dags_folder": airflow_env["AIRFLOW__CORE__DAGS_FOLDER"],
         }
-        log = Path(airflow_env["AIRFLOW_HOME"]) / "dag-test.log"
-        with open(log, "w") as out:
-            subprocess.run(
-                [sys.executable, "-c", RUN_DAG, json.dumps(conf)],
-                env=airflow_env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                check=False,
-                timeout=600,
-            )
+        result = run_dag(airflow_env, conf, "dag-test.log")
     finally:
         hub.stop()
-    lines = [line for line in log.read_text().splitlines() if line.startswith("RESULT ")]
-    assert lines, f"dag.test() did not finish; see the end of its log:\n{log.read_text()[-3000:]}"
-    result: dict[str, Any] = json.loads(lines[-1][len("RESULT ") :])
-    assert result["state"] == "success", log.read_text()[-3000:]
+    assert result["state"] == "success", Path(result["log"]).read_text()[-3000:]
     result["handles"] = handles
     return result
 
